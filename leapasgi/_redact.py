@@ -1,0 +1,50 @@
+"""Scrubbing secrets out of text that may leave the process (error messages, logs)."""
+
+from __future__ import annotations
+
+import base64
+import urllib.parse
+from collections.abc import Iterable
+
+__all__ = ["REDACTED", "Redactor"]
+
+REDACTED = "[redacted]"
+# Secrets shorter than this are not scrubbed: replacing "a" everywhere would wreck every text.
+_MIN_SECRET_LENGTH = 6
+
+
+def _variants(secret: str) -> set[str]:
+    raw = secret.encode()
+    found = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+    # base64 of the secret at each of the three byte alignments it can have inside a longer
+    # encoded string; the stable middle of each encoding is what would appear.
+    for pad in range(3):
+        encoded = base64.b64encode(b"\0" * pad + raw).decode()
+        start = (pad * 4 + 2) // 3 + (1 if pad else 0)
+        core = encoded[start:].rstrip("=")
+        core = core[: len(core) - 3] if len(core) > 8 else core
+        if len(core) >= _MIN_SECRET_LENGTH:
+            found.add(core)
+    return {v for v in found if len(v) >= _MIN_SECRET_LENGTH}
+
+
+class Redactor:
+    """Replaces every known secret, raw, URL-encoded or base64, with ``[redacted]``."""
+
+    __slots__ = ("_needles",)
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        needles: set[str] = set()
+        for secret in secrets:
+            if secret and len(secret) >= _MIN_SECRET_LENGTH:
+                needles |= _variants(secret)
+        self._needles = sorted(needles, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for needle in self._needles:
+            if needle in text:
+                text = text.replace(needle, REDACTED)
+        return text
+
+    def __repr__(self) -> str:
+        return f"Redactor({len(self._needles)} patterns)"

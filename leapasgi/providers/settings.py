@@ -1,0 +1,93 @@
+"""Typed settings of one OpenAI-compatible provider; keys are SecretStr."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from ..exceptions import ConfigurationError
+from ..features import Feature
+from ..retry import RetryPolicy
+from .base import Timeouts
+from .presets import get_preset
+
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "ProviderSettings"]
+
+DEFAULT_MAX_CONNECTIONS = 100
+_FORBIDDEN_HEADERS = frozenset({"authorization", "host", "content-length", "cookie"})
+
+
+class ProviderSettings(BaseModel):
+    """Everything needed to talk to one upstream. Build by hand or with ``from_preset``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    base_url: str
+    api_key: SecretStr | None = None
+    preset: str | None = None
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    features: frozenset[str] = frozenset(Feature)
+    models: tuple[str, ...] = ()
+    headers: Mapping[str, str] = Field(default_factory=dict)
+    max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
+    legacy_max_tokens: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s?#]+", value):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        for key, item in value.items():
+            if key.lower() in _FORBIDDEN_HEADERS:
+                raise ValueError(f"header {key!r} is set by leapasgi and cannot be overridden")
+            if any(c in key + item for c in "\r\n\0"):
+                raise ValueError(f"header {key!r} contains a line break")
+        return value
+
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str,
+        *,
+        name: str | None = None,
+        api_key: str | SecretStr | None = None,
+        base_url: str | None = None,
+        models: Iterable[str] | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        features: Iterable[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ProviderSettings:
+        """Settings for a known service; the key comes from its environment variable if not given."""
+        known = get_preset(preset)
+        environ = os.environ if env is None else env
+        if api_key is None and known.api_key_env:
+            api_key = environ.get(known.api_key_env) or None
+        if api_key is None and known.key_required:
+            raise ConfigurationError(
+                f"Provider {name or known.name!r} needs an API key: set {known.api_key_env} "
+                "or pass api_key"
+            )
+        fields: dict[str, Any] = {
+            "name": name or known.name,
+            "base_url": base_url or known.base_url,
+            "api_key": api_key,
+            "preset": known.name,
+            "timeouts": timeouts or Timeouts.uniform(known.timeout),
+            "retry": retry or RetryPolicy(),
+            "features": frozenset(features) if features is not None else known.features,
+            "models": tuple(models or ()),
+            "legacy_max_tokens": known.legacy_max_tokens,
+        }
+        return cls(**fields)

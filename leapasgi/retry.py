@@ -1,0 +1,113 @@
+"""Retry policy: which failures are worth another attempt, and how long to wait first.
+
+Pure code: no I/O, no clock reads except through arguments.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_MAX_RETRIES",
+    "INITIAL_RETRY_DELAY",
+    "MAX_RETRY_AFTER",
+    "MAX_RETRY_DELAY",
+    "RETRYABLE_STATUSES",
+    "RetryPolicy",
+    "is_retryable_status",
+    "parse_retry_after",
+]
+
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+# A Retry-After hint above this means "not here, not soon": fail over instead of waiting.
+MAX_RETRY_AFTER = 60.0
+DEFAULT_MAX_RETRIES = 3
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+def is_retryable_status(status: int) -> bool:
+    """True for 408, 409, 429 and every 5xx; never for other 4xx."""
+    return status in RETRYABLE_STATUSES or 500 <= status <= 599
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date).
+
+    ``now`` is the wall-clock time (unix seconds) an HTTP date is measured from. Unparseable,
+    negative or non-finite values give None; a date in the past gives 0.
+    """
+    ms = _header(headers, "retry-after-ms")
+    if ms is not None:
+        value = _parse_float(ms)
+        if value is not None:
+            return value / 1000.0
+    raw = _header(headers, "retry-after")
+    if raw is None:
+        return None
+    value = _parse_float(raw)
+    if value is not None:
+        return value
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        value = headers.get(name.title())
+    return value.strip() if value is not None else None
+
+
+def _parse_float(raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Bounds for retrying one provider: attempts, backoff window and the largest hint honoured."""
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    initial_delay: float = INITIAL_RETRY_DELAY
+    max_delay: float = MAX_RETRY_DELAY
+    max_retry_after: float = MAX_RETRY_AFTER
+
+    def backoff(self, retry: int, *, rng: Callable[[], float] = random.random) -> float:
+        """Capped exponential backoff with full jitter for retry number ``retry`` (0-based)."""
+        ceiling = min(self.max_delay, self.initial_delay * (2.0 ** min(retry, 62)))
+        return ceiling * rng()
+
+    def delay(
+        self,
+        retry: int,
+        *,
+        retry_after: float | None,
+        rng: Callable[[], float] = random.random,
+    ) -> float | None:
+        """How long to wait before retry number ``retry``; None means do not retry here.
+
+        A server hint wins over backoff when it is within ``max_retry_after``; a longer hint
+        means the provider should not be retried now.
+        """
+        if retry >= self.max_retries:
+            return None
+        if retry_after is not None:
+            if retry_after > self.max_retry_after:
+                return None
+            return retry_after
+        return self.backoff(retry, rng=rng)

@@ -1,0 +1,155 @@
+"""Chat completion responses, streaming chunks and usage, as providers send them.
+
+Response models are lenient where providers differ (missing ``object``, ``created`` or ``id``
+get defaults) and keep every field they do not model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ._base import WireModel
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionMessage",
+    "Choice",
+    "ChoiceDelta",
+    "ChoiceDeltaFunctionCall",
+    "ChoiceDeltaToolCall",
+    "ChunkChoice",
+    "CompletionTokensDetails",
+    "FinishReason",
+    "FunctionCall",
+    "PromptTokensDetails",
+    "ToolCall",
+    "Usage",
+]
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+class FunctionCall(WireModel):
+    """A function name and its arguments as a JSON-encoded string."""
+
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(WireModel):
+    """A complete tool call in an assistant message."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatCompletionMessage(WireModel):
+    """The assistant message of one choice."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    annotations: list[dict[str, Any]] | None = None
+    audio: dict[str, Any] | None = None
+    function_call: FunctionCall | None = None
+
+
+class Choice(WireModel):
+    """One choice of a non-streaming completion."""
+
+    index: int = 0
+    message: ChatCompletionMessage
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class PromptTokensDetails(WireModel):
+    """Breakdown of prompt tokens."""
+
+    cached_tokens: int | None = None
+    audio_tokens: int | None = None
+
+
+class CompletionTokensDetails(WireModel):
+    """Breakdown of completion tokens."""
+
+    reasoning_tokens: int | None = None
+    audio_tokens: int | None = None
+    accepted_prediction_tokens: int | None = None
+    rejected_prediction_tokens: int | None = None
+
+
+class Usage(WireModel):
+    """Token counts of one completion."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+
+class ChatCompletion(WireModel):
+    """A non-streaming chat completion."""
+
+    id: str = ""
+    object: str = "chat.completion"
+    created: int = 0
+    model: str = ""
+    choices: list[Choice] = Field(default_factory=list)
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    service_tier: str | None = None
+
+
+class ChoiceDeltaFunctionCall(WireModel):
+    """A fragment of a tool call's function: the name comes once, arguments in pieces."""
+
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChoiceDeltaToolCall(WireModel):
+    """A fragment of one tool call, identified by ``index`` within its choice."""
+
+    index: int | None = None
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChoiceDeltaFunctionCall | None = None
+
+
+class ChoiceDelta(WireModel):
+    """What one chunk adds to a choice's message."""
+
+    role: str | None = None
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ChoiceDeltaToolCall] | None = None
+    function_call: ChoiceDeltaFunctionCall | None = None
+
+
+class ChunkChoice(WireModel):
+    """One choice's part of a streaming chunk."""
+
+    index: int = 0
+    delta: ChoiceDelta = Field(default_factory=ChoiceDelta)
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class ChatCompletionChunk(WireModel):
+    """One event of a streamed chat completion."""
+
+    id: str = ""
+    object: str = "chat.completion.chunk"
+    created: int = 0
+    model: str = ""
+    choices: list[ChunkChoice] = Field(default_factory=list)
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+    service_tier: str | None = None
