@@ -200,7 +200,8 @@ class ModelNotFoundError(NotFoundError):
     default_code = "model_not_found"
 
     def __init__(self, message: str, **fields: Any) -> None:
-        fields.setdefault("param", "model")
+        if fields.get("param") is None:
+            fields["param"] = "model"
         super().__init__(message, **fields)
 
 

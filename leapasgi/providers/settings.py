@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -38,6 +39,13 @@ class ProviderSettings(BaseModel):
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
     legacy_max_tokens: bool = False
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A key can sit in the URL query (``?key=...``); reprs show the URL without it.
+        for name, value in super().__repr_args__():
+            if name == "base_url" and isinstance(value, str):
+                value = urllib.parse.urlsplit(value)._replace(query="", fragment="").geturl()
+            yield name, value
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
@@ -69,7 +77,7 @@ class ProviderSettings(BaseModel):
         features: Iterable[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ProviderSettings:
-        """Settings for a known service; the key comes from its environment variable if not given."""
+        """Settings for a known service; a missing key is read from its environment variable."""
         known = get_preset(preset)
         environ = os.environ if env is None else env
         if api_key is None and known.api_key_env:

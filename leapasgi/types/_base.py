@@ -30,10 +30,7 @@ def tag_by(key: str, *, string_tag: str | None = None) -> Discriminator:
     def pick(value: Any) -> str | None:
         if isinstance(value, str):
             return string_tag
-        if isinstance(value, dict):
-            tag = value.get(key)
-        else:
-            tag = getattr(value, key, None)
+        tag = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
         return f"{key}{TAG_MARK}{tag}" if isinstance(tag, str) else None
 
     return Discriminator(

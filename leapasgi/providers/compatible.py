@@ -1,0 +1,364 @@
+"""The client for any OpenAI-compatible upstream, over one pooled aiohttp session."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import ValidationError
+
+from .. import __version__
+from .._redact import Redactor
+from ..clock import Clock, SystemClock
+from ..exceptions import (
+    DeadlineExceededError,
+    FirstByteTimeoutError,
+    IdleTimeoutError,
+    LeapError,
+    MalformedResponseError,
+)
+from ..features import Feature
+from ..sse import SSEDecoder
+from ..streaming import ChunkNormalizer, chunks_from_completion, error_from_payload, parse_event
+from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
+from ._errors import MAX_ERROR_BODY, error_from_response, translate_client_error
+from .settings import ProviderSettings
+
+__all__ = ["OpenAICompatibleProvider"]
+
+_T = TypeVar("_T")
+_KEEPALIVE_SECONDS = 30.0
+
+
+class OpenAICompatibleProvider:
+    """Chat completions, streams, model lists and free health checks against one upstream.
+
+    One ``aiohttp.ClientSession`` per provider, created on first use and closed by ``aclose()``.
+    Retries (connection errors, timeouts, 408, 409, 429, 5xx) stay inside one total deadline and
+    never happen once a streamed chunk has been handed on.
+    """
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        clock: Clock | None = None,
+        rng: Callable[[], float] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.random
+        self._session: aiohttp.ClientSession | None = None
+        base = urllib.parse.urlsplit(settings.base_url)
+        self._chat_url = self._url(base, "/chat/completions")
+        self._models_url = self._url(base, "/models")
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        secrets = [key] if key else []
+        secrets += [v for _, v in urllib.parse.parse_qsl(base.query)]
+        self._redact = Redactor(secrets)
+        headers = {"User-Agent": f"leapasgi/{__version__}", **settings.headers}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self._json_headers = {**headers, "Content-Type": "application/json"}
+        self._sse_headers = {**self._json_headers, "Accept": "text/event-stream"}
+        self._get_headers = headers
+
+    @staticmethod
+    def _url(base: urllib.parse.SplitResult, path: str) -> str:
+        return urllib.parse.urlunsplit(base._replace(path=base.path.rstrip("/") + path))
+
+    def __repr__(self) -> str:
+        base = urllib.parse.urlsplit(self.settings.base_url)
+        shown = urllib.parse.urlunsplit(base._replace(query="", fragment=""))
+        return f"{type(self).__name__}(name={self.name!r}, base_url={shown!r})"
+
+    def supports(self, feature: Feature | str) -> bool:
+        """True when the provider was declared to support ``feature``."""
+        return str(feature) in self.settings.features
+
+    async def __aenter__(self) -> OpenAICompatibleProvider:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections; the next call opens a new pool."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.settings.max_connections,
+                keepalive_timeout=_KEEPALIVE_SECONDS,
+            )
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=self.settings.timeouts.connect
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                auto_decompress=True,
+            )
+            self._session = session
+        return session
+
+    # -- public calls -------------------------------------------------------------------------
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+        """One non-streaming completion, retried within the policy and the total deadline."""
+        body = self._encode(request, stream=False)
+        deadline = self._clock.monotonic() + self.settings.timeouts.total
+        return await self._retrying(lambda: self._chat_once(body, deadline), deadline)
+
+    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        """A streamed completion; failures before the first chunk are retried, later ones raise."""
+        body = self._encode(request, stream=True)
+        deadline = self._clock.monotonic() + self.settings.timeouts.total
+        include_usage = request.include_usage
+        retry = 0
+        while True:
+            normalizer = ChunkNormalizer(include_usage=include_usage, provider=self.name)
+            handed_on = False
+            try:
+                async for chunk in self._stream_once(body, deadline, normalizer):
+                    handed_on = True
+                    yield chunk
+                return
+            except LeapError as exc:
+                exc.attempts = retry + 1
+                if handed_on:
+                    raise
+                await self._before_retry(exc, retry, deadline)
+            retry += 1
+
+    async def list_models(self) -> list[Model]:
+        """The upstream's models from ``GET /models``."""
+        deadline = self._clock.monotonic() + self.settings.timeouts.total
+        return await self._retrying(lambda: self._models_once(deadline), deadline)
+
+    async def check_health(self) -> None:
+        """One ``GET /models`` (free, never billed); raises the error that made it fail."""
+        timeouts = self.settings.timeouts
+        deadline = self._clock.monotonic() + timeouts.connect + timeouts.first_byte
+        await self._models_once(deadline)
+
+    # -- one attempt of each call ---------------------------------------------------------------
+
+    async def _chat_once(self, body: bytes, deadline: float) -> ChatCompletion:
+        async with await self._send("POST", self._chat_url, body, deadline) as response:
+            data = await self._read_body(response, deadline)
+        return self._completion(data)
+
+    def _completion(self, data: bytes) -> ChatCompletion:
+        try:
+            completion = ChatCompletion.model_validate_json(data)
+        except ValidationError:
+            raise self._malformed(data) from None
+        extra = completion.model_extra
+        if not completion.choices and extra and "error" in extra:
+            raise error_from_payload(extra, provider=self.name)
+        return completion
+
+    async def _stream_once(
+        self, body: bytes, deadline: float, normalizer: ChunkNormalizer
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        async with await self._send("POST", self._chat_url, body, deadline, sse=True) as response:
+            if response.content_type.endswith("event-stream"):
+                chunks = self._sse_chunks(response, deadline)
+            else:
+                # Some upstreams ignore "stream": true and answer with one JSON completion.
+                whole = self._completion(await self._read_body(response, deadline))
+                chunks = _iterate(chunks_from_completion(whole, include_usage=True))
+            async for chunk in chunks:
+                mended = normalizer.push(chunk)
+                if mended is not None:
+                    yield mended
+        tail = normalizer.finish()
+        if tail is not None:
+            yield tail
+
+    async def _sse_chunks(
+        self, response: aiohttp.ClientResponse, deadline: float
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """Chunks as the upstream sent them, up to ``[DONE]`` or the end of the body."""
+        decoder = SSEDecoder()
+        read = response.content.readany
+        name = self.name
+        while data := await self._read(read, deadline):
+            for event in decoder.feed(data):
+                chunk = parse_event(event, provider=name)
+                if chunk is None:
+                    return
+                yield chunk
+        for event in decoder.close():
+            chunk = parse_event(event, provider=name)
+            if chunk is None:
+                return
+            yield chunk
+
+    async def _models_once(self, deadline: float) -> list[Model]:
+        async with await self._send("GET", self._models_url, None, deadline) as response:
+            data = await self._read_body(response, deadline)
+        try:
+            payload = json.loads(data)
+            if isinstance(payload, list):
+                payload = {"data": payload}
+            return ModelList.model_validate(payload).data
+        except (ValueError, ValidationError):
+            raise self._malformed(data) from None
+
+    # -- HTTP plumbing ------------------------------------------------------------------------
+
+    async def _send(
+        self, method: str, url: str, body: bytes | None, deadline: float, *, sse: bool = False
+    ) -> aiohttp.ClientResponse:
+        """Send a request and wait for its headers; error statuses raise, with the body read."""
+        headers = self._sse_headers if sse else (self._json_headers if body else self._get_headers)
+        session = self._client()
+        limit, stage = self._budget(self.settings.timeouts.first_byte, deadline)
+        try:
+            async with asyncio.timeout(limit):
+                response = await session.request(
+                    method, url, data=body, headers=headers, allow_redirects=False
+                )
+        except aiohttp.ClientError as exc:
+            raise translate_client_error(exc, provider=self.name) from exc
+        except TimeoutError:
+            raise self._timeout(stage, "the response headers") from None
+        if response.status >= 300:
+            async with response:
+                data = await self._read_body(response, deadline, limit=MAX_ERROR_BODY)
+            raise error_from_response(
+                response.status,
+                response.headers,
+                data,
+                provider=self.name,
+                now=self._clock.time(),
+                redact=self._redact,
+            )
+        return response
+
+    async def _read_body(
+        self, response: aiohttp.ClientResponse, deadline: float, *, limit: int | None = None
+    ) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        content = response.content
+        while data := await self._read(content.readany, deadline):
+            parts.append(data)
+            size += len(data)
+            if limit is not None and size >= limit:
+                break
+        return b"".join(parts)
+
+    async def _read(self, read: Callable[[], Awaitable[bytes]], deadline: float) -> bytes:
+        limit, stage = self._budget(self.settings.timeouts.idle, deadline)
+        try:
+            async with asyncio.timeout(limit):
+                return await read()
+        except aiohttp.ClientError as exc:
+            raise translate_client_error(exc, provider=self.name, in_body=True) from exc
+        except TimeoutError:
+            raise self._timeout(stage, "the next part of the response") from None
+
+    def _budget(self, stage_timeout: float, deadline: float) -> tuple[float, str]:
+        remaining = deadline - self._clock.monotonic()
+        if remaining <= stage_timeout:
+            return max(remaining, 0.0), "deadline"
+        return stage_timeout, "stage"
+
+    def _timeout(self, stage: str, waiting_for: str) -> LeapError:
+        timeouts = self.settings.timeouts
+        if stage == "deadline":
+            return DeadlineExceededError(
+                f"Provider {self.name!r} did not finish within the {timeouts.total:g} s deadline",
+                provider=self.name,
+                retryable=False,
+            )
+        if waiting_for == "the response headers":
+            return FirstByteTimeoutError(
+                f"Provider {self.name!r} sent no response within {timeouts.first_byte:g} s",
+                provider=self.name,
+            )
+        return IdleTimeoutError(
+            f"Provider {self.name!r} went silent for {timeouts.idle:g} s", provider=self.name
+        )
+
+    def _malformed(self, data: bytes, *, wanted: str = "JSON") -> LeapError:
+        return MalformedResponseError(
+            f"Provider {self.name!r} answered with something other than {wanted} "
+            f"({len(data)} bytes)",
+            provider=self.name,
+        )
+
+    # -- retries and encoding -----------------------------------------------------------------
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[_T]], deadline: float) -> _T:
+        retry = 0
+        while True:
+            try:
+                return await attempt()
+            except LeapError as exc:
+                exc.attempts = retry + 1
+                await self._before_retry(exc, retry, deadline)
+            retry += 1
+
+    async def _before_retry(self, exc: LeapError, retry: int, deadline: float) -> None:
+        """Wait before retry number ``retry``, or raise ``exc`` when it must not be retried."""
+        if not exc.retryable or isinstance(exc, DeadlineExceededError):
+            raise exc
+        policy = self.settings.retry
+        delay = policy.delay(retry, retry_after=exc.retry_after, rng=self._rng)
+        if delay is None:
+            if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
+                exc.retry_here = False
+                exc.message += (
+                    f" (Retry-After {exc.retry_after:g} s is over the {policy.max_retry_after:g} s"
+                    " cap: not retried on this provider)"
+                )
+                exc.args = (exc.message,)
+            raise exc
+        if self._clock.monotonic() + delay >= deadline:
+            raise exc
+        await self._clock.sleep(delay)
+
+    def _encode(self, request: ChatCompletionRequest, *, stream: bool) -> bytes:
+        updates: dict[str, Any] = {}
+        exclude: set[str] = set()
+        if stream:
+            updates["stream"] = True
+        else:
+            exclude.add("stream_options")
+            if request.stream:
+                updates["stream"] = False
+        if self.settings.legacy_max_tokens and request.max_completion_tokens is not None:
+            updates["max_tokens"] = request.max_completion_tokens
+            exclude.add("max_completion_tokens")
+        if updates:
+            request = request.model_copy(update=updates)
+        return request.model_dump_json(
+            exclude_unset=True, by_alias=True, exclude=exclude or None
+        ).encode()
+
+
+async def _iterate(items: list[_T]) -> AsyncIterator[_T]:
+    for item in items:
+        yield item

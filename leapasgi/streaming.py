@@ -1,0 +1,228 @@
+"""From upstream SSE events to chunks the official openai SDK accepts.
+
+Providers bend the streaming rules (Ollama repeats ``role`` and tool-call ids on every delta,
+Together puts usage on the finish chunk, some omit ``object``); ``ChunkNormalizer`` mends each
+chunk so that clients folding the stream get what OpenAI itself would have sent.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from .exceptions import (
+    InvalidRequestError,
+    LeapError,
+    MalformedStreamError,
+    RateLimitError,
+    StreamInterruptedError,
+    UpstreamStreamError,
+    error_for_status,
+)
+from .sse import SSEEvent
+from .types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChoiceDelta,
+    ChoiceDeltaFunctionCall,
+    ChoiceDeltaToolCall,
+    ChunkChoice,
+    Usage,
+)
+
+__all__ = ["ChunkNormalizer", "chunks_from_completion", "error_from_payload", "parse_event"]
+
+_CHUNK_OBJECT = "chat.completion.chunk"
+
+
+def parse_event(event: SSEEvent, *, provider: str | None = None) -> ChatCompletionChunk | None:
+    """The chunk in ``event``; None for ``[DONE]``. Error events and bad JSON raise."""
+    data = event.data
+    if data == "[DONE]":
+        return None
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise MalformedStreamError(
+            "The upstream sent a stream event that is not valid JSON", provider=provider
+        ) from None
+    if not isinstance(payload, dict):
+        raise MalformedStreamError(
+            "The upstream sent a stream event that is not a JSON object", provider=provider
+        )
+    if "error" in payload or event.event == "error":
+        raise error_from_payload(payload, provider=provider)
+    try:
+        return ChatCompletionChunk.model_validate(payload)
+    except ValidationError as exc:
+        where = ".".join(str(part) for part in exc.errors()[0]["loc"])
+        raise MalformedStreamError(
+            f"The upstream sent a chunk that does not fit the wire format (at {where or 'root'})",
+            provider=provider,
+        ) from None
+
+
+def error_from_payload(payload: dict[str, Any], *, provider: str | None = None) -> LeapError:
+    """The error an in-stream ``{"error": {...}}`` event stands for."""
+    body = payload.get("error", payload)
+    if not isinstance(body, dict):
+        body = {"message": str(body)}
+    message = str(body.get("message") or "The upstream reported an error in the stream")
+    kind = str(body.get("type") or "")
+    code = body.get("code")
+    code_text = str(code) if code is not None else None
+    param = body.get("param") if isinstance(body.get("param"), str) else None
+    status = (
+        body.get("status") or body.get("status_code") or (code if isinstance(code, int) else None)
+    )
+    if isinstance(status, int) and 400 <= status <= 599:
+        return error_for_status(status, message, provider=provider, param=param, code=code_text)
+    if "rate_limit" in kind or code_text in ("rate_limit_exceeded", "insufficient_quota"):
+        return RateLimitError(message, provider=provider, code=code_text)
+    if kind == "invalid_request_error":
+        return InvalidRequestError(message, provider=provider, param=param, code=code_text)
+    return UpstreamStreamError(message, provider=provider, code=code_text)
+
+
+class ChunkNormalizer:
+    """Mends one stream's chunks to the OpenAI rules; one instance per stream."""
+
+    __slots__ = (
+        "_finished",
+        "_identity",
+        "_include_usage",
+        "_provider",
+        "_started",
+        "_tool_ids",
+        "_usage",
+        "_usage_sent",
+    )
+
+    def __init__(self, *, include_usage: bool, provider: str | None = None) -> None:
+        self._include_usage = include_usage
+        self._provider = provider
+        self._identity: tuple[str, int, str] | None = None
+        self._started: set[int] = set()
+        self._finished: set[int] = set()
+        # (choice index, tool-call index) -> tool-call id, for calls whose head was sent.
+        self._tool_ids: dict[tuple[int, int], str | None] = {}
+        self._usage: Usage | None = None
+        self._usage_sent = False
+
+    @property
+    def complete(self) -> bool:
+        """True once every choice seen so far has sent its finish_reason."""
+        return bool(self._started) and self._finished >= self._started
+
+    def push(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk | None:
+        """The mended chunk, or None when nothing of it is left to send."""
+        chunk.object = _CHUNK_OBJECT
+        if self._identity is None:
+            self._identity = (chunk.id, chunk.created, chunk.model)
+        else:
+            chunk.id, chunk.created, chunk.model = self._identity
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+            if chunk.choices or not self._include_usage:
+                chunk.usage = None
+            else:
+                self._usage_sent = True
+                return chunk
+        if not chunk.choices:
+            return None
+        for choice in chunk.choices:
+            self._mend_choice(choice.index, choice.delta)
+            if choice.finish_reason == "":
+                choice.finish_reason = None
+            if choice.finish_reason is not None:
+                self._finished.add(choice.index)
+        if self._include_usage:
+            chunk.usage = None
+        return chunk
+
+    def finish(self) -> ChatCompletionChunk | None:
+        """The usage chunk still owed at the end; raises when the stream was cut short."""
+        if not self.complete:
+            raise StreamInterruptedError(
+                "The upstream stream ended before the completion finished", provider=self._provider
+            )
+        if not self._include_usage or self._usage_sent or self._usage is None:
+            return None
+        chunk_id, created, model = self._identity or ("", 0, "")
+        self._usage_sent = True
+        return ChatCompletionChunk(
+            id=chunk_id, created=created, model=model, choices=[], usage=self._usage
+        )
+
+    def _mend_choice(self, index: int, delta: ChoiceDelta) -> None:
+        if index in self._started:
+            if delta.role is not None:
+                delta.role = None
+                delta.__pydantic_fields_set__.discard("role")
+        else:
+            self._started.add(index)
+            delta.role = "assistant"
+        if delta.tool_calls:
+            self._mend_tool_calls(index, delta)
+
+    def _mend_tool_calls(self, choice: int, delta: ChoiceDelta) -> None:
+        assert delta.tool_calls is not None
+        for position, call in enumerate(delta.tool_calls):
+            if call.index is None:
+                call.index = self._infer_index(choice, call.id, position)
+            key = (choice, call.index)
+            if key not in self._tool_ids:
+                self._tool_ids[key] = call.id
+                if call.type is None:
+                    call.type = "function"
+                continue
+            for name in ("id", "type"):
+                if getattr(call, name) is not None:
+                    setattr(call, name, None)
+                    call.__pydantic_fields_set__.discard(name)
+            function = call.function
+            if function is not None and function.name is not None:
+                function.name = None
+                function.__pydantic_fields_set__.discard("name")
+
+    def _infer_index(self, choice: int, call_id: str | None, position: int) -> int:
+        known = [i for (c, i) in self._tool_ids if c == choice]
+        if call_id is not None:
+            for (c, i), seen in self._tool_ids.items():
+                if c == choice and seen == call_id:
+                    return i
+            return max(known, default=-1) + 1
+        return max(known, default=position)
+
+
+def chunks_from_completion(
+    completion: ChatCompletion, *, include_usage: bool
+) -> list[ChatCompletionChunk]:
+    """A whole completion as stream chunks, for upstreams that ignore ``"stream": true``."""
+    identity = {"id": completion.id, "created": completion.created, "model": completion.model}
+    chunks: list[ChatCompletionChunk] = []
+    for choice in completion.choices:
+        message = choice.message
+        calls = [
+            ChoiceDeltaToolCall(
+                index=i,
+                id=call.id,
+                type="function",
+                function=ChoiceDeltaFunctionCall(
+                    name=call.function.name, arguments=call.function.arguments
+                ),
+            )
+            for i, call in enumerate(message.tool_calls or ())
+        ]
+        delta = ChoiceDelta(role="assistant", content=message.content, tool_calls=calls or None)
+        if message.refusal is not None:
+            delta.refusal = message.refusal
+        finish = ChunkChoice(index=choice.index, delta=ChoiceDelta(), finish_reason=None)
+        finish.finish_reason = choice.finish_reason or "stop"
+        for part in (ChunkChoice(index=choice.index, delta=delta), finish):
+            chunks.append(ChatCompletionChunk(**identity, choices=[part]))
+    if include_usage and completion.usage is not None:
+        chunks.append(ChatCompletionChunk(**identity, choices=[], usage=completion.usage))
+    return chunks
