@@ -20,6 +20,8 @@ from .types import (
 
 __all__ = ["ChatCompletionAccumulator", "collect"]
 
+_MESSAGE_FIELDS = frozenset(ChatCompletionMessage.model_fields)
+
 
 class _FunctionParts:
     """A function name, kept from its first fragment, and argument pieces."""
@@ -89,7 +91,7 @@ class _ChoiceParts:
             self.function_call.add(delta.function_call)
         for key, value in (delta.model_extra or {}).items():
             # Text a provider adds beside the content (Ollama's ``reasoning``) streams like it.
-            if isinstance(value, str):
+            if isinstance(value, str) and key not in _MESSAGE_FIELDS:
                 self.extra_text.setdefault(key, []).append(value)
         if choice.finish_reason is not None:
             self.finish_reason = choice.finish_reason

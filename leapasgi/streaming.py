@@ -43,25 +43,25 @@ def parse_event(event: SSEEvent, *, provider: str | None = None) -> ChatCompleti
     if data == "[DONE]":
         return None
     try:
-        payload = json.loads(data)
-    except ValueError:
-        raise MalformedStreamError(
-            "The upstream sent a stream event that is not valid JSON", provider=provider
-        ) from None
-    if not isinstance(payload, dict):
-        raise MalformedStreamError(
-            "The upstream sent a stream event that is not a JSON object", provider=provider
-        )
-    if "error" in payload or event.event == "error":
-        raise error_from_payload(payload, provider=provider)
-    try:
-        return ChatCompletionChunk.model_validate(payload)
+        chunk = ChatCompletionChunk.model_validate_json(data)
     except ValidationError as exc:
-        where = ".".join(str(part) for part in exc.errors()[0]["loc"])
-        raise MalformedStreamError(
-            f"The upstream sent a chunk that does not fit the wire format (at {where or 'root'})",
-            provider=provider,
-        ) from None
+        raise _malformed(exc, data, provider) from None
+    extra = chunk.model_extra
+    if event.event == "error" or (extra and "error" in extra):
+        raise error_from_payload(json.loads(data), provider=provider)
+    return chunk
+
+
+def _malformed(exc: ValidationError, data: str, provider: str | None) -> LeapError:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    if first["type"] == "json_invalid":
+        what = "is not valid JSON"
+    elif first["type"] == "model_type":
+        what = "is not a JSON object"
+    else:
+        where = ".".join(str(part) for part in first["loc"]) or "root"
+        what = f"does not fit the chunk format (at {where})"
+    return MalformedStreamError(f"The upstream sent a stream event that {what}", provider=provider)
 
 
 def error_from_payload(payload: dict[str, Any], *, provider: str | None = None) -> LeapError:
@@ -118,11 +118,13 @@ class ChunkNormalizer:
 
     def push(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk | None:
         """The mended chunk, or None when nothing of it is left to send."""
-        chunk.object = _CHUNK_OBJECT
-        if self._identity is None:
+        if chunk.object != _CHUNK_OBJECT:
+            chunk.object = _CHUNK_OBJECT
+        identity = self._identity
+        if identity is None:
             self._identity = (chunk.id, chunk.created, chunk.model)
-        else:
-            chunk.id, chunk.created, chunk.model = self._identity
+        elif (chunk.id, chunk.created, chunk.model) != identity:
+            chunk.id, chunk.created, chunk.model = identity
         if chunk.usage is not None:
             self._usage = chunk.usage
             if chunk.choices or not self._include_usage:
@@ -138,7 +140,7 @@ class ChunkNormalizer:
                 choice.finish_reason = None
             if choice.finish_reason is not None:
                 self._finished.add(choice.index)
-        if self._include_usage:
+        if self._include_usage and "usage" not in chunk.model_fields_set:
             chunk.usage = None
         return chunk
 

@@ -330,7 +330,7 @@ def test_unknown_fields_are_tolerated_and_streamed_text_kept() -> None:
             {**delta(role="assistant", reasoning="Let me "), "token_id": 7, "text": "x"},
             x_groq={"id": "req_1"},
         ),
-        chunk({**delta(reasoning="think.", content="Done", seed=3)}),
+        chunk(delta(reasoning="think.", content="Done", seed=3, annotations="?")),
         chunk(delta(finish="stop")),
     ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator
 
@@ -13,6 +13,12 @@ class WireModel(BaseModel):
     """A pydantic model of an OpenAI wire object that keeps fields it does not model."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+    # Fields every wire dump carries even when the upstream left them out (their defaults).
+    always_sent: ClassVar[frozenset[str]] = frozenset()
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.always_sent:
+            self.__pydantic_fields_set__.update(self.always_sent)
 
     def to_wire(self) -> dict[str, Any]:
         """This object as JSON-ready data, with only the fields that were set."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field
 
 from ._base import WireModel
@@ -12,6 +14,8 @@ __all__ = ["Model", "ModelList"]
 class Model(WireModel):
     """One model a provider serves."""
 
+    always_sent: ClassVar[frozenset[str]] = frozenset({"id", "object", "created", "owned_by"})
+
     id: str
     object: str = "model"
     created: int = 0
@@ -20,6 +24,8 @@ class Model(WireModel):
 
 class ModelList(WireModel):
     """The list of models."""
+
+    always_sent: ClassVar[frozenset[str]] = frozenset({"object", "data"})
 
     object: str = "list"
     data: list[Model] = Field(default_factory=list)

@@ -6,7 +6,7 @@ get defaults) and keep every field they do not model.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -42,6 +42,8 @@ class FunctionCall(WireModel):
 class ToolCall(WireModel):
     """A complete tool call in an assistant message."""
 
+    always_sent: ClassVar[frozenset[str]] = frozenset({"id", "type", "function"})
+
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
@@ -49,6 +51,8 @@ class ToolCall(WireModel):
 
 class ChatCompletionMessage(WireModel):
     """The assistant message of one choice."""
+
+    always_sent: ClassVar[frozenset[str]] = frozenset({"role", "content"})
 
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -61,6 +65,8 @@ class ChatCompletionMessage(WireModel):
 
 class Choice(WireModel):
     """One choice of a non-streaming completion."""
+
+    always_sent: ClassVar[frozenset[str]] = frozenset({"index", "message", "finish_reason"})
 
     index: int = 0
     message: ChatCompletionMessage
@@ -96,6 +102,10 @@ class Usage(WireModel):
 
 class ChatCompletion(WireModel):
     """A non-streaming chat completion."""
+
+    always_sent: ClassVar[frozenset[str]] = frozenset(
+        {"id", "object", "created", "model", "choices"}
+    )
 
     id: str = ""
     object: str = "chat.completion"
@@ -136,6 +146,8 @@ class ChoiceDelta(WireModel):
 class ChunkChoice(WireModel):
     """One choice's part of a streaming chunk."""
 
+    always_sent: ClassVar[frozenset[str]] = frozenset({"index", "delta", "finish_reason"})
+
     index: int = 0
     delta: ChoiceDelta = Field(default_factory=ChoiceDelta)
     finish_reason: str | None = None
@@ -144,6 +156,10 @@ class ChunkChoice(WireModel):
 
 class ChatCompletionChunk(WireModel):
     """One event of a streamed chat completion."""
+
+    always_sent: ClassVar[frozenset[str]] = frozenset(
+        {"id", "object", "created", "model", "choices"}
+    )
 
     id: str = ""
     object: str = "chat.completion.chunk"

@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -14,7 +14,7 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from pydantic import SecretStr
 
-from leapasgi.clock import FakeClock
+from leapasgi.clock import Clock, FakeClock, SystemClock
 from leapasgi.exceptions import (
     AuthenticationError,
     ConnectRefusedError,
@@ -57,7 +57,7 @@ FAST = Timeouts(connect=0.5, first_byte=0.5, idle=0.5, total=5.0)
 def make(
     upstream: FakeUpstream | str,
     *,
-    clock: FakeClock | None = None,
+    clock: Clock | None = None,
     timeouts: Timeouts = FAST,
     retries: int = 3,
     **fields: Any,
@@ -80,8 +80,13 @@ def req(**fields: Any) -> ChatCompletionRequest:
     return ChatCompletionRequest.model_validate(body)
 
 
-async def drain(stream: AsyncIterator[ChatCompletionChunk]) -> list[ChatCompletionChunk]:
-    return [c async for c in stream]
+async def drain(
+    stream: AsyncIterator[ChatCompletionChunk], into: list[ChatCompletionChunk] | None = None
+) -> list[ChatCompletionChunk]:
+    received = [] if into is None else into
+    async for c in stream:
+        received.append(c)
+    return received
 
 
 def sdk_final(chunks: list[ChatCompletionChunk]) -> Any:
@@ -425,8 +430,7 @@ async def test_idle_timeout_mid_stream_is_not_retried(upstream: FakeUpstream) ->
     received: list[ChatCompletionChunk] = []
     async with make(upstream, timeouts=timeouts) as provider:
         with pytest.raises(IdleTimeoutError):
-            async for c in provider.stream(req(stream=True)):
-                received.append(c)
+            await drain(provider.stream(req(stream=True)), received)
     assert len(received) == 3
     assert len(upstream.chat_requests) == 1
 
@@ -434,8 +438,7 @@ async def test_idle_timeout_mid_stream_is_not_retried(upstream: FakeUpstream) ->
 async def test_a_drip_is_stopped_by_the_total_deadline(upstream: FakeUpstream) -> None:
     upstream.push(Behavior(json_body=completion("x" * 200), drip=0.05))
     timeouts = Timeouts(connect=0.5, first_byte=0.5, idle=0.5, total=0.6)
-    async with make(upstream, timeouts=timeouts, clock=None) as provider:
-        provider._clock = __import__("leapasgi.clock", fromlist=["SystemClock"]).SystemClock()
+    async with make(upstream, timeouts=timeouts, clock=SystemClock()) as provider:
         with pytest.raises(DeadlineExceededError):
             await provider.chat(req())
     assert len(upstream.chat_requests) == 1
@@ -467,8 +470,7 @@ async def test_an_error_after_the_first_chunk_is_raised_not_retried(
     received: list[ChatCompletionChunk] = []
     async with make(upstream) as provider:
         with pytest.raises(UpstreamStreamError) as caught:
-            async for c in provider.stream(req(stream=True)):
-                received.append(c)
+            await drain(provider.stream(req(stream=True)), received)
     assert caught.value.message == "model crashed"
     assert len(received) == 1
     assert len(upstream.chat_requests) == 1
@@ -476,13 +478,12 @@ async def test_an_error_after_the_first_chunk_is_raised_not_retried(
 
 @pytest.mark.parametrize("then", ["end", "reset"])
 async def test_a_cut_stream_is_an_error_not_a_clean_end(upstream: FakeUpstream, then: str) -> None:
-    events = text_stream(["a", "b"], done=False, finish=False) + [b'data: {"id": "chatc']
+    events = [*text_stream(["a", "b"], done=False, finish=False), b'data: {"id": "chatc']
     upstream.push(Behavior(events=events, then=then))
     received: list[ChatCompletionChunk] = []
     async with make(upstream) as provider:
         with pytest.raises(StreamInterruptedError):
-            async for c in provider.stream(req(stream=True)):
-                received.append(c)
+            await drain(provider.stream(req(stream=True)), received)
     assert len(received) == 3
     assert len(upstream.chat_requests) == 1
 

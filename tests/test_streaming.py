@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+
+from leapasgi.exceptions import (
+    InvalidRequestError,
+    MalformedStreamError,
+    RateLimitError,
+    StreamInterruptedError,
+    UpstreamStreamError,
+    UpstreamUnavailableError,
+)
+from leapasgi.sse import SSEEvent
+from leapasgi.streaming import (
+    ChunkNormalizer,
+    chunks_from_completion,
+    error_from_payload,
+    parse_event,
+)
+from leapasgi.types import ChatCompletion, ChatCompletionChunk
+
+
+def raw(delta: dict[str, Any], *, index: int = 0, finish: str | None = None, **extra: Any) -> Any:
+    body = {
+        "id": extra.pop("id", "c1"),
+        "created": 5,
+        "model": "m",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish}],
+    }
+    body.update(extra)
+    return ChatCompletionChunk.model_validate(body)
+
+
+def run(chunks: list[ChatCompletionChunk], *, include_usage: bool = False) -> list[dict[str, Any]]:
+    normalizer = ChunkNormalizer(include_usage=include_usage)
+    out = [normalizer.push(c) for c in chunks]
+    tail = normalizer.finish()
+    return [c.to_wire() for c in [*out, tail] if c is not None]
+
+
+def sdk_final(wire: list[dict[str, Any]]) -> Any:
+    state: ChatCompletionStreamState = ChatCompletionStreamState()
+    for item in wire:
+        state.handle_chunk(openai.types.chat.ChatCompletionChunk.model_validate(item))
+    return state.get_final_completion()
+
+
+def test_role_only_in_the_first_delta_of_each_choice() -> None:
+    chunks = [
+        raw({"role": "assistant", "content": "a"}),
+        raw({"role": "assistant", "content": "b"}, index=1),
+        raw({"role": "assistant", "content": "c"}),
+        raw({"role": "assistant", "content": "d"}, index=1),
+        raw({}, finish="stop"),
+        raw({}, index=1, finish="stop"),
+    ]
+    wire = run(chunks)
+    roles = [(w["choices"][0]["index"], w["choices"][0]["delta"].get("role")) for w in wire]
+    assert roles == [(0, "assistant"), (1, "assistant"), (0, None), (1, None), (0, None), (1, None)]
+    final = sdk_final(wire)
+    assert [c.message.content for c in final.choices] == ["ac", "bd"]
+    assert {c.message.role for c in final.choices} == {"assistant"}
+
+
+def test_a_missing_role_is_added_to_the_first_delta() -> None:
+    wire = run([raw({"content": "x"}), raw({}, finish="stop")])
+    assert wire[0]["choices"][0]["delta"]["role"] == "assistant"
+
+
+def test_object_and_identity_are_made_consistent() -> None:
+    chunks = [raw({"content": "x"}, object="chat.completion"), raw({}, finish="stop", id="c2")]
+    wire = run(chunks)
+    assert {w["object"] for w in wire} == {"chat.completion.chunk"}
+    assert {w["id"] for w in wire} == {"c1"}
+
+
+def test_repeated_tool_call_heads_are_stripped_per_index() -> None:
+    def call(index: int, call_id: str, name: str, args: str) -> dict[str, Any]:
+        return {
+            "index": index,
+            "id": call_id,
+            "type": "function",
+            "function": {"name": name, "arguments": args},
+        }
+
+    chunks = [
+        raw({"role": "assistant", "content": None}),
+        raw({"tool_calls": [call(0, "call_a", "weather", '{"ci')]}),
+        raw({"tool_calls": [call(1, "call_b", "time", '{"tz":')]}),
+        raw({"tool_calls": [call(0, "call_a", "weather", 'ty":"Oslo"}')]}),
+        raw({"tool_calls": [call(1, "call_b", "time", '"UTC"}')]}),
+        raw({}, finish="tool_calls"),
+    ]
+    wire = run(chunks)
+    later = wire[3]["choices"][0]["delta"]["tool_calls"][0]
+    assert later == {"index": 0, "function": {"arguments": 'ty":"Oslo"}'}}
+    final = sdk_final(wire)
+    calls = final.choices[0].message.tool_calls
+    assert [(c.id, c.function.name) for c in calls] == [("call_a", "weather"), ("call_b", "time")]
+    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Oslo"}, {"tz": "UTC"}]
+
+
+def test_tool_calls_without_index_get_one() -> None:
+    whole = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    other = {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}
+    wire = run([raw({"tool_calls": [whole]}), raw({"tool_calls": [other]}), raw({}, finish="stop")])
+    assert wire[0]["choices"][0]["delta"]["tool_calls"][0]["index"] == 0
+    assert wire[1]["choices"][0]["delta"]["tool_calls"][0]["index"] == 1
+
+
+def test_usage_rules_with_include_usage() -> None:
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    wire = run([raw({"content": "x"}), raw({}, finish="stop", usage=usage)], include_usage=True)
+    assert [w["usage"] for w in wire[:-1]] == [None, None]
+    assert wire[-1]["choices"] == []
+    assert wire[-1]["usage"]["total_tokens"] == 3
+    assert wire[-1]["id"] == "c1"
+
+
+def test_no_usage_chunk_without_include_usage() -> None:
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    usage_only = ChatCompletionChunk.model_validate({"id": "c1", "choices": [], "usage": usage})
+    wire = run([raw({"content": "x"}), raw({}, finish="stop"), usage_only])
+    assert all(w["choices"] for w in wire)
+
+
+def test_a_stream_that_never_finished_is_interrupted() -> None:
+    normalizer = ChunkNormalizer(include_usage=False)
+    normalizer.push(raw({"content": "x"}))
+    with pytest.raises(StreamInterruptedError):
+        normalizer.finish()
+    with pytest.raises(StreamInterruptedError):
+        ChunkNormalizer(include_usage=False).finish()
+
+
+def test_parse_event_done_chunk_and_errors() -> None:
+    assert parse_event(SSEEvent("[DONE]")) is None
+    parsed = parse_event(SSEEvent('{"id": "x", "choices": [], "vendor": 1}'))
+    assert parsed is not None
+    assert parsed.model_extra == {"vendor": 1}
+    for bad in ("{nope", "[1, 2]", '{"choices": 5}'):
+        with pytest.raises(MalformedStreamError):
+            parse_event(SSEEvent(bad), provider="p")
+    with pytest.raises(UpstreamStreamError) as caught:
+        parse_event(SSEEvent('{"error": {"message": "boom", "type": "server_error"}}'))
+    assert caught.value.message == "boom"
+    with pytest.raises(UpstreamStreamError):
+        parse_event(SSEEvent('{"message": "anthropic style"}', event="error"))
+
+
+def test_error_payloads_map_to_the_right_class() -> None:
+    assert isinstance(error_from_payload({"error": {"code": 503}}), UpstreamUnavailableError)
+    limited = error_from_payload({"error": {"type": "rate_limit_error"}})
+    assert isinstance(limited, RateLimitError)
+    bad = error_from_payload({"error": {"type": "invalid_request_error", "param": "n"}})
+    assert isinstance(bad, InvalidRequestError)
+    assert bad.param == "n"
+    assert not bad.retryable
+    plain = error_from_payload({"error": "just text"})
+    assert isinstance(plain, UpstreamStreamError)
+    assert plain.message == "just text"
+
+
+def test_a_whole_completion_becomes_a_valid_stream() -> None:
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "c9",
+            "created": 1,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {"id": "call_1", "function": {"name": "f", "arguments": '{"a":1}'}}
+                        ],
+                    },
+                }
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
+    wire = run(chunks_from_completion(completion, include_usage=True), include_usage=True)
+    assert wire[-1]["usage"]["total_tokens"] == 2
+    final = sdk_final(wire)
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert final.choices[0].message.tool_calls[0].function.arguments == '{"a":1}'
