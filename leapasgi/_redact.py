@@ -20,11 +20,8 @@ def _variants(secret: str) -> set[str]:
     # encoded string; the stable middle of each encoding is what would appear.
     for pad in range(3):
         encoded = base64.b64encode(b"\0" * pad + raw).decode()
-        start = (pad * 4 + 2) // 3 + (1 if pad else 0)
-        core = encoded[start:].rstrip("=")
-        core = core[: len(core) - 3] if len(core) > 8 else core
-        if len(core) >= _MIN_SECRET_LENGTH:
-            found.add(core)
+        # Only the characters made entirely of the secret's bits.
+        found.add(encoded[(8 * pad + 5) // 6 : 8 * (pad + len(raw)) // 6])
     return {v for v in found if len(v) >= _MIN_SECRET_LENGTH}
 
 

@@ -64,7 +64,7 @@ def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
     if value is None:
-        value = headers.get(name.title())
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
     return value.strip() if value is not None else None
 
 

@@ -113,7 +113,6 @@ def test_parse_retry_after_reads_case_insensitive_headers() -> None:
     assert parse_retry_after(headers, now=NOW) == 0.7
 
 
-@pytest.mark.xfail(strict=True, reason="plain dicts are only looked up lower- and title-case")
 def test_parse_retry_after_reads_upper_case_keys_of_a_plain_dict() -> None:
     assert parse_retry_after({"RETRY-AFTER": "7"}, now=NOW) == 7.0
 

@@ -72,7 +72,7 @@ class _Builder:
 
     def __init__(self, root: Mapping[str, Any]) -> None:
         self._root = root
-        self._refs: list[str] = []
+        self._refs: list[str] = ["#"]  # the root is being expanded too
         self._depth = 0
 
     def build(self, schema: Any, variant: int) -> Any:

@@ -128,7 +128,7 @@ class _Answer:
 class MockProvider:
     """An in-process provider that answers like a model, fails on cue and records requests.
 
-    ``reply=None`` echoes the last user message; faults queued with ``inject`` apply one per
+    ``reply=None`` echoes the last user message (or quotes a tool result); faults queued with ``inject`` apply one per
     request (chat or stream), then ``fail_always`` applies while the queue is empty. A
     mid-stream fault whose ``after_chunks`` exceeds the stream fires at its end.
     """

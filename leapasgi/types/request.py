@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from ._base import WireModel, tag_by
+from ._base import LIST_TAG, STR_TAG, WireModel, str_or_list, tag_by
 from .content import ImageURLPart
 from .messages import Message, SystemMessage
 
@@ -88,15 +88,16 @@ class CustomToolChoice(WireModel):
     custom: NamedFunction
 
 
-ToolChoice = (
-    Literal["none", "auto", "required"]
-    | Annotated[
-        Annotated[NamedToolChoice, Tag("type:function")]
-        | Annotated[AllowedToolsChoice, Tag("type:allowed_tools")]
-        | Annotated[CustomToolChoice, Tag("type:custom")],
-        tag_by("type"),
-    ]
-)
+ToolChoice = Annotated[
+    Annotated[Literal["none", "auto", "required"], Tag(STR_TAG)]
+    | Annotated[NamedToolChoice, Tag("type:function")]
+    | Annotated[AllowedToolsChoice, Tag("type:allowed_tools")]
+    | Annotated[CustomToolChoice, Tag("type:custom")],
+    tag_by("type", string_tag=STR_TAG),
+]
+_Stop = Annotated[
+    Annotated[str, Tag(STR_TAG)] | Annotated[list[str], Tag(LIST_TAG)], str_or_list("strings")
+]
 
 
 class ResponseFormatText(WireModel):
@@ -154,7 +155,7 @@ class ChatCompletionRequest(WireModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     n: int | None = Field(default=None, ge=1, le=128)
-    stop: str | list[str] | None = Field(default=None)
+    stop: _Stop | None = None
     seed: int | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
