@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+
+import leapasgi
+import leapmcp
+
+MODULES = [
+    "leapasgi",
+    "leapasgi.exceptions",
+    "leapasgi.providers",
+    "leapasgi.types",
+    "leapmcp",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_is_sorted_and_lists_exactly_the_public_names(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = list(module.__all__)
+    # isort-style order, as ruff keeps it: constants first, then classes, then functions.
+    assert exported == sorted(exported, key=lambda n: (not n.isupper(), n[:1].islower(), n))
+    public = {
+        n
+        for n, value in vars(module).items()
+        if not n.startswith("_")
+        and not isinstance(value, ModuleType)
+        and n not in {"annotations"}
+        and getattr(value, "__module__", name).startswith(name.split(".")[0])
+    }
+    assert public - {"__version__"} <= set(exported)
+    assert set(exported) - {"__version__"} <= set(vars(module))
+
+
+def test_every_exported_name_resolves() -> None:
+    for name in leapasgi.__all__:
+        assert getattr(leapasgi, name) is not None
+
+
+def test_the_version_is_the_package_version() -> None:
+    from importlib.metadata import version
+
+    assert leapasgi.__version__ == version("leapasgi")
+
+
+def test_the_console_scripts_run() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "leapasgi", "presets"], capture_output=True, text=True, check=True
+    )
+    assert "groq" in out.stdout
+    assert "https://api.groq.com/openai/v1" in out.stdout
+    assert leapmcp.__all__ == []
