@@ -83,7 +83,7 @@ def error_from_response(
         message = f"Provider {provider!r} answered HTTP {status}"
     param = detail.get("param")
     code = detail.get("code")
-    return error_for_status(
+    error = error_for_status(
         status,
         redact(message),
         provider=provider,
@@ -92,6 +92,11 @@ def error_from_response(
         code=redact(str(code)) if code is not None else None,
         request_id=headers.get("x-request-id"),
     )
+    # The upstream's own verdict on retrying (as the openai SDK reads it) overrides the status.
+    should_retry = headers.get("x-should-retry")
+    if should_retry in ("true", "false"):
+        error.retryable = error.retry_here = should_retry == "true"
+    return error
 
 
 def _error_detail(body: bytes) -> dict[str, Any]:

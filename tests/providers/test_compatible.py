@@ -314,6 +314,22 @@ async def test_retry_after_is_honoured(upstream: FakeUpstream) -> None:
     assert clock.sleeps == [2.0, 1.5]
 
 
+@pytest.mark.parametrize(("status", "header", "attempts"), [(500, "false", 1), (400, "true", 2)])
+async def test_the_upstreams_x_should_retry_overrides_the_status(
+    upstream: FakeUpstream, status: int, header: str, attempts: int
+) -> None:
+    upstream.push(
+        Behavior(status=status, json_body=error_body("no"), headers={"x-should-retry": header})
+    )
+    async with make(upstream, retries=1) as provider:
+        if attempts == 1:
+            with pytest.raises(UpstreamUnavailableError):
+                await provider.chat(req())
+        else:
+            await provider.chat(req())
+    assert len(upstream.chat_requests) == attempts
+
+
 async def test_a_retry_after_hint_over_the_cap_means_fail_over(upstream: FakeUpstream) -> None:
     upstream.push(
         Behavior(status=429, json_body=error_body("quota"), headers={"Retry-After": "9999"})
