@@ -71,9 +71,7 @@ async def main() -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    server = site._server
-    assert server is not None
-    print(server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
+    print(runner.addresses[0][1], flush=True)
     while True:
         await __import__("asyncio").sleep(3600)
 

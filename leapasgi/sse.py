@@ -100,10 +100,8 @@ class SSEDecoder:
         return None
 
     def _dispatch(self) -> SSEEvent | None:
-        if not self._data:
-            self._event = None
-            return None
-        event = SSEEvent("\n".join(self._data), self._event, self._id, self._retry)
+        data = "\n".join(self._data)
+        event = SSEEvent(data, self._event, self._id, self._retry) if data else None
         self._data = []
         self._event = None
         return event

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from leapasgi.sse import DONE, PING, SSEDecoder, SSEEvent, encode_data, encode_json
 
@@ -64,6 +68,10 @@ def test_an_unterminated_last_line_is_dropped_as_cut() -> None:
     assert decode(b'data: {"a": 1}\n\ndata: {"b"') == [SSEEvent('{"a": 1}')]
 
 
+def test_empty_data_is_not_an_event() -> None:
+    assert decode(b"data:\n\ndata: \n\n") == []
+
+
 def test_a_field_without_colon_and_unknown_fields_are_ignored() -> None:
     assert decode(b"data\nfoo: bar\ndata: x\n\n") == [SSEEvent("\nx")]
 
@@ -79,3 +87,26 @@ def test_encoding_matches_what_the_sdk_reads() -> None:
         SSEEvent('{"x":1}'),
         SSEEvent("[DONE]"),
     ]
+
+
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=20
+)
+
+
+@given(
+    events=st.lists(st.lists(_text, min_size=1, max_size=3), min_size=1, max_size=5),
+    newline=st.sampled_from(["\n", "\r\n", "\r"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=8),
+)
+def test_any_split_of_any_stream_decodes_to_the_same_events(
+    events: list[list[str]], newline: str, cuts: list[int]
+) -> None:
+    body = "".join(
+        "".join(f"data: {line}{newline}" for line in lines) + newline for lines in events
+    ).encode()
+    points = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
+    reads = [body[a:b] for a, b in itertools.pairwise(points)]
+    # An event whose data is empty is not dispatched (WHATWG rule), so the SDK never sees it.
+    expected = [SSEEvent("\n".join(lines)) for lines in events if "\n".join(lines)]
+    assert decode(*reads) == expected

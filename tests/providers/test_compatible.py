@@ -566,3 +566,23 @@ async def test_the_key_never_leaks_into_errors_reprs_or_logs(
     assert outputs
     assert not [o for o in outputs if _leaks(o)]
     assert upstream.seen[0].query == f"key={CANARY}"
+
+
+async def test_the_pool_never_opens_more_connections_than_its_limit(
+    upstream: FakeUpstream,
+) -> None:
+    upstream.default = Behavior(json_body=completion("slow"), before=0.05)
+    async with make(upstream, max_connections=2) as provider:
+        await asyncio.gather(*(provider.chat(req()) for _ in range(6)))
+    assert len(upstream.chat_requests) == 6
+    assert len({s.peer for s in upstream.chat_requests}) == 2
+    spans = sorted((s.started, s.finished or 0.0) for s in upstream.chat_requests)
+    overlapping = max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
+    assert overlapping <= 2
+
+
+def test_both_providers_satisfy_the_provider_protocol() -> None:
+    from leapasgi.providers import MockProvider, Provider
+
+    assert isinstance(make("http://127.0.0.1:1/v1"), Provider)
+    assert isinstance(MockProvider(), Provider)
