@@ -120,8 +120,6 @@ class OpenAICompatibleProvider:
             self._session = session
         return session
 
-    # -- public calls -------------------------------------------------------------------------
-
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         """One non-streaming completion, retried within the policy and the total deadline."""
         body = self._encode(request, stream=False)
@@ -159,8 +157,6 @@ class OpenAICompatibleProvider:
         timeouts = self.settings.timeouts
         deadline = self._clock.monotonic() + timeouts.connect + timeouts.first_byte
         await self._models_once(deadline)
-
-    # -- one attempt of each call ---------------------------------------------------------------
 
     async def _chat_once(self, body: bytes, deadline: float) -> ChatCompletion:
         async with await self._send("POST", self._chat_url, body, deadline) as response:
@@ -224,8 +220,6 @@ class OpenAICompatibleProvider:
             return ModelList.model_validate(payload).data
         except (ValueError, ValidationError):
             raise self._malformed(data) from None
-
-    # -- HTTP plumbing ------------------------------------------------------------------------
 
     async def _send(
         self, method: str, url: str, body: bytes | None, deadline: float, *, sse: bool = False
@@ -308,8 +302,6 @@ class OpenAICompatibleProvider:
             f"({len(data)} bytes)",
             provider=self.name,
         )
-
-    # -- retries and encoding -----------------------------------------------------------------
 
     async def _retrying(self, attempt: Callable[[], Awaitable[_T]], deadline: float) -> _T:
         retry = 0

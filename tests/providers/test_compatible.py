@@ -96,9 +96,6 @@ def sdk_final(chunks: list[ChatCompletionChunk]) -> Any:
     return state.get_final_completion()
 
 
-# -- the happy paths ------------------------------------------------------------------------------
-
-
 async def test_chat_forwards_the_request_and_keeps_unknown_fields(upstream: FakeUpstream) -> None:
     upstream.push(Behavior(json_body=completion("hello there", x_vendor={"a": 1})))
     async with make(upstream) as provider:
@@ -252,8 +249,6 @@ async def test_failed_health_check_raises(upstream: FakeUpstream) -> None:
     assert len(upstream.seen) == 1
 
 
-# -- error mapping and retries ------------------------------------------------------------------
-
 STATUS_CASES: list[tuple[int, type[LeapError], bool]] = [
     (400, InvalidRequestError, False),
     (401, AuthenticationError, False),
@@ -380,9 +375,6 @@ async def test_a_non_json_success_is_a_clear_error(upstream: FakeUpstream) -> No
             await provider.chat(req())
 
 
-# -- connection failures and the four clocks ----------------------------------------------------
-
-
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -460,9 +452,6 @@ async def test_a_drip_is_stopped_by_the_total_deadline(upstream: FakeUpstream) -
     assert len(upstream.chat_requests) == 1
 
 
-# -- streams that break ---------------------------------------------------------------------------
-
-
 async def test_an_error_as_the_first_event_is_retried_invisibly(upstream: FakeUpstream) -> None:
     upstream.push(
         Behavior(events=sse(error_body("overloaded", type="server_error"), done=False)),
@@ -534,9 +523,6 @@ async def test_closing_a_stream_early_closes_the_upstream_request(upstream: Fake
                 break
             await asyncio.sleep(0.01)
     assert upstream.chat_requests[0].client_went_away
-
-
-# -- secrets --------------------------------------------------------------------------------------
 
 
 def _leaks(text: str) -> bool:
