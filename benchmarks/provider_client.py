@@ -1,20 +1,22 @@
 """CPU cost of one call through the provider client against a local fake upstream.
 
-    python benchmarks/provider_client.py [--calls 2000]
+    python benchmarks/provider_client.py [--calls 1000] [--rounds 5]
 
 The fake upstream runs in its own process (benchmarks/upstream.py) so that only the client's CPU
-time is measured. Rows: a bare aiohttp POST + read as the floor, then our non-streaming chat
-call and our 20-chunk stream (SSE decoding, chunk validation and normalization included).
+time is measured. The floors are bare aiohttp: a POST and read of the JSON answer, and of the
+20-event stream. Then our non-streaming chat call and our 20-chunk stream (SSE decoding, chunk
+validation and normalization included); the difference to its floor is what our layer costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -30,23 +32,40 @@ REQUEST = ChatCompletionRequest.model_validate(
 STREAM_REQUEST = REQUEST.model_copy(update={"stream": True})
 
 
-async def measure(name: str, calls: int, call: Callable[[], Awaitable[object]]) -> None:
-    for _ in range(min(200, calls)):  # warm up pools, caches and the JIT-less interpreter
-        await call()
+async def measure(calls: int, call: Callable[[], Awaitable[object]]) -> tuple[float, float]:
+    """CPU and wall seconds per call over ``calls`` sequential calls."""
     cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(calls):
         await call()
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    print(
-        f"{name:<34} {cpu / calls * 1e6:9.0f} us CPU/call {wall / calls * 1e6:9.0f} us wall/call"
-        f" {calls / wall:8.0f} calls/s"
-    )
+    return (time.process_time() - cpu) / calls, (time.perf_counter() - wall) / calls
 
 
-async def run(port: int, calls: int) -> None:
+async def compare(
+    calls: int, rounds: int, rows: Mapping[str, Callable[[], Awaitable[object]]]
+) -> None:
+    """Interleave the rows round by round, so machine drift hits each alike; print medians."""
+    for call in rows.values():  # warm up pools and caches
+        for _ in range(min(200, calls)):
+            await call()
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in rows}
+    for _ in range(rounds):
+        for name, call in rows.items():
+            samples[name].append(await measure(calls, call))
+    for name, results in samples.items():
+        cpu = statistics.median(r[0] for r in results)
+        wall = statistics.median(r[1] for r in results)
+        spread = (max(r[0] for r in results) - min(r[0] for r in results)) * 1e6
+        print(
+            f"{name:<34} {cpu * 1e6:6.0f} us CPU/call (spread {spread:4.0f})"
+            f" {wall * 1e6:6.0f} us wall/call {1 / wall:7.0f} calls/s"
+        )
+
+
+async def run(port: int, calls: int, rounds: int) -> None:
     base = f"http://127.0.0.1:{port}/v1"
     provider = OpenAICompatibleProvider(ProviderSettings(name="bench", base_url=base))
     body = REQUEST.model_dump_json(exclude_unset=True).encode()
+    stream_body = STREAM_REQUEST.model_dump_json(exclude_unset=True).encode()
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as session:
 
@@ -54,22 +73,35 @@ async def run(port: int, calls: int) -> None:
             async with session.post(f"{base}/chat/completions", data=body, headers=headers) as r:
                 return await r.read()
 
+        async def bare_stream() -> object:
+            async with session.post(
+                f"{base}/chat/completions", data=stream_body, headers=headers
+            ) as r:
+                return [piece async for piece in r.content.iter_any()]
+
         async def chat() -> object:
             return await provider.chat(REQUEST)
 
         async def stream() -> object:
             return [chunk async for chunk in provider.stream(STREAM_REQUEST)]
 
-        print(f"{calls} sequential calls each, Python {sys.version.split()[0]}")
-        await measure("bare aiohttp POST + read (floor)", calls, bare)
-        await measure("provider.chat (non-streaming)", calls, chat)
-        await measure("provider.stream (20 chunks)", calls, stream)
+        print(
+            f"median of {rounds} rounds x {calls} sequential calls, Python {sys.version.split()[0]}"
+        )
+        rows = {
+            "bare aiohttp POST + read (floor)": bare,
+            "bare aiohttp stream read (floor)": bare_stream,
+            "provider.chat (non-streaming)": chat,
+            "provider.stream (20 chunks)": stream,
+        }
+        await compare(calls, rounds, rows)
     await provider.aclose()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--calls", type=int, default=1000, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     upstream = subprocess.Popen(
         [sys.executable, str(HERE / "upstream.py")], stdout=subprocess.PIPE, text=True
@@ -77,7 +109,7 @@ def main() -> None:
     try:
         assert upstream.stdout is not None
         port = int(upstream.stdout.readline())
-        asyncio.run(run(port, args.calls))
+        asyncio.run(run(port, args.calls, args.rounds))
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)

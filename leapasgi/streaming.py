@@ -155,7 +155,12 @@ class ChunkNormalizer:
         chunk_id, created, model = self._identity or ("", 0, "")
         self._usage_sent = True
         return ChatCompletionChunk(
-            id=chunk_id, created=created, model=model, choices=[], usage=self._usage
+            id=chunk_id,
+            object=_CHUNK_OBJECT,
+            created=created,
+            model=model,
+            choices=[],
+            usage=self._usage,
         )
 
     def _mend_choice(self, index: int, delta: ChoiceDelta) -> None:
@@ -203,7 +208,12 @@ def chunks_from_completion(
     completion: ChatCompletion, *, include_usage: bool
 ) -> list[ChatCompletionChunk]:
     """A whole completion as stream chunks, for upstreams that ignore ``"stream": true``."""
-    identity = {"id": completion.id, "created": completion.created, "model": completion.model}
+    identity = {
+        "id": completion.id,
+        "object": _CHUNK_OBJECT,
+        "created": completion.created,
+        "model": completion.model,
+    }
     chunks: list[ChatCompletionChunk] = []
     for choice in completion.choices:
         message = choice.message
@@ -221,9 +231,10 @@ def chunks_from_completion(
         delta = ChoiceDelta(role="assistant", content=message.content, tool_calls=calls or None)
         if message.refusal is not None:
             delta.refusal = message.refusal
-        finish = ChunkChoice(index=choice.index, delta=ChoiceDelta(), finish_reason=None)
-        finish.finish_reason = choice.finish_reason or "stop"
-        for part in (ChunkChoice(index=choice.index, delta=delta), finish):
+        finish = ChunkChoice(
+            index=choice.index, delta=ChoiceDelta(), finish_reason=choice.finish_reason or "stop"
+        )
+        for part in (ChunkChoice(index=choice.index, delta=delta, finish_reason=None), finish):
             chunks.append(ChatCompletionChunk(**identity, choices=[part]))
     if include_usage and completion.usage is not None:
         chunks.append(ChatCompletionChunk(**identity, choices=[], usage=completion.usage))

@@ -43,6 +43,8 @@ from .request import (
     ToolChoice,
 )
 from .response import (
+    CHUNK_CHOICE_CORE,
+    CHUNK_CORE,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionMessage,
@@ -60,6 +62,8 @@ from .response import (
 )
 
 __all__ = [
+    "CHUNK_CHOICE_CORE",
+    "CHUNK_CORE",
     "AllowedToolsChoice",
     "AssistantContent",
     "AssistantMessage",

@@ -6,28 +6,43 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Discriminator
 
-__all__ = ["LIST_TAG", "STR_TAG", "TAG_MARK", "WireModel", "str_or_list", "tag_by"]
+__all__ = [
+    "LIST_TAG",
+    "STR_TAG",
+    "TAG_MARK",
+    "CoreWireModel",
+    "WireModel",
+    "str_or_list",
+    "tag_by",
+]
 
 
 class WireModel(BaseModel):
     """A pydantic model of an OpenAI wire object that keeps fields it does not model."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
-    # Fields every wire dump carries even when the upstream left them out (their defaults).
-    always_sent: ClassVar[frozenset[str]] = frozenset()
-
-    def model_post_init(self, context: Any, /) -> None:
-        if self.always_sent:
-            self.__pydantic_fields_set__.update(self.always_sent)
 
     def to_wire(self) -> dict[str, Any]:
         """This object as JSON-ready data, with only the fields that were set."""
         return self.model_dump(mode="json", exclude_unset=True, by_alias=True)
 
+    def to_wire_json(self) -> bytes:
+        """``to_wire()`` as compact JSON bytes."""
+        return self.model_dump_json(exclude_unset=True, by_alias=True).encode()
+
 
 # Union tags in validation error locations start with this marker, so that the error mapper can
 # tell a tag ("role:user") from a field name ("user") when it names the offending field.
 TAG_MARK = ":"
+
+
+class CoreWireModel(WireModel):
+    """A wire model whose core fields are in every dump, even when the sender left them out."""
+
+    always_sent: ClassVar[frozenset[str]] = frozenset()
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.__pydantic_fields_set__.update(self.always_sent)
 
 
 def tag_by(key: str, *, string_tag: str | None = None) -> Discriminator:

@@ -6,12 +6,12 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from ._base import WireModel
+from ._base import CoreWireModel
 
 __all__ = ["Model", "ModelList"]
 
 
-class Model(WireModel):
+class Model(CoreWireModel):
     """One model a provider serves."""
 
     always_sent: ClassVar[frozenset[str]] = frozenset({"id", "object", "created", "owned_by"})
@@ -22,7 +22,7 @@ class Model(WireModel):
     owned_by: str = ""
 
 
-class ModelList(WireModel):
+class ModelList(CoreWireModel):
     """The list of models."""
 
     always_sent: ClassVar[frozenset[str]] = frozenset({"object", "data"})

@@ -10,9 +10,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from ._base import WireModel
+from ._base import CoreWireModel, WireModel
 
 __all__ = [
+    "CHUNK_CHOICE_CORE",
+    "CHUNK_CORE",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionMessage",
@@ -29,6 +31,12 @@ __all__ = [
     "Usage",
 ]
 
+# The fields of a chunk and of its choices that every wire dump carries. Chunks skip the
+# CoreWireModel hook, which would cost a Python call per parsed chunk; they mark these when
+# they are serialized instead.
+CHUNK_CORE = frozenset({"id", "object", "created", "model", "choices"})
+CHUNK_CHOICE_CORE = frozenset({"index", "delta", "finish_reason"})
+
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 
@@ -39,7 +47,7 @@ class FunctionCall(WireModel):
     arguments: str = ""
 
 
-class ToolCall(WireModel):
+class ToolCall(CoreWireModel):
     """A complete tool call in an assistant message."""
 
     always_sent: ClassVar[frozenset[str]] = frozenset({"id", "type", "function"})
@@ -49,7 +57,7 @@ class ToolCall(WireModel):
     function: FunctionCall
 
 
-class ChatCompletionMessage(WireModel):
+class ChatCompletionMessage(CoreWireModel):
     """The assistant message of one choice."""
 
     always_sent: ClassVar[frozenset[str]] = frozenset({"role", "content"})
@@ -63,7 +71,7 @@ class ChatCompletionMessage(WireModel):
     function_call: FunctionCall | None = None
 
 
-class Choice(WireModel):
+class Choice(CoreWireModel):
     """One choice of a non-streaming completion."""
 
     always_sent: ClassVar[frozenset[str]] = frozenset({"index", "message", "finish_reason"})
@@ -100,7 +108,7 @@ class Usage(WireModel):
     completion_tokens_details: CompletionTokensDetails | None = None
 
 
-class ChatCompletion(WireModel):
+class ChatCompletion(CoreWireModel):
     """A non-streaming chat completion."""
 
     always_sent: ClassVar[frozenset[str]] = frozenset(
@@ -146,8 +154,6 @@ class ChoiceDelta(WireModel):
 class ChunkChoice(WireModel):
     """One choice's part of a streaming chunk."""
 
-    always_sent: ClassVar[frozenset[str]] = frozenset({"index", "delta", "finish_reason"})
-
     index: int = 0
     delta: ChoiceDelta = Field(default_factory=ChoiceDelta)
     finish_reason: str | None = None
@@ -157,10 +163,6 @@ class ChunkChoice(WireModel):
 class ChatCompletionChunk(WireModel):
     """One event of a streamed chat completion."""
 
-    always_sent: ClassVar[frozenset[str]] = frozenset(
-        {"id", "object", "created", "model", "choices"}
-    )
-
     id: str = ""
     object: str = "chat.completion.chunk"
     created: int = 0
@@ -169,3 +171,16 @@ class ChatCompletionChunk(WireModel):
     usage: Usage | None = None
     system_fingerprint: str | None = None
     service_tier: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        self._mark_core()
+        return super().to_wire()
+
+    def to_wire_json(self) -> bytes:
+        self._mark_core()
+        return super().to_wire_json()
+
+    def _mark_core(self) -> None:
+        self.__pydantic_fields_set__.update(CHUNK_CORE)
+        for choice in self.choices:
+            choice.__pydantic_fields_set__.update(CHUNK_CHOICE_CORE)
