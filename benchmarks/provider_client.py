@@ -1,6 +1,7 @@
 """CPU cost of one call through the provider client against a local fake upstream.
 
     python benchmarks/provider_client.py [--calls 1000] [--rounds 5]
+    python benchmarks/provider_client.py --instructions      # needs valgrind
 
 The fake upstream runs in its own process (benchmarks/upstream.py) so that only the client's CPU
 time is measured. The floors are bare aiohttp: a POST and read of the JSON answer, and of the
@@ -30,6 +31,12 @@ REQUEST = ChatCompletionRequest.model_validate(
     {"model": "bench", "messages": [{"role": "user", "content": "Say hello twenty times."}]}
 )
 STREAM_REQUEST = REQUEST.model_copy(update={"stream": True})
+ROW_NAMES = [
+    "bare aiohttp POST + read (floor)",
+    "bare aiohttp stream read (floor)",
+    "provider.chat (non-streaming)",
+    "provider.stream (20 chunks)",
+]
 
 
 async def measure(calls: int, call: Callable[[], Awaitable[object]]) -> tuple[float, float]:
@@ -61,7 +68,10 @@ async def compare(
         )
 
 
-async def run(port: int, calls: int, rounds: int) -> None:
+Rows = Mapping[str, Callable[[], Awaitable[object]]]
+
+
+async def run(port: int, calls: int, rounds: int, only: str | None) -> None:
     base = f"http://127.0.0.1:{port}/v1"
     provider = OpenAICompatibleProvider(ProviderSettings(name="bench", base_url=base))
     body = REQUEST.model_dump_json(exclude_unset=True).encode()
@@ -85,31 +95,63 @@ async def run(port: int, calls: int, rounds: int) -> None:
         async def stream() -> object:
             return [chunk async for chunk in provider.stream(STREAM_REQUEST)]
 
-        print(
-            f"median of {rounds} rounds x {calls} sequential calls, Python {sys.version.split()[0]}"
-        )
-        rows = {
-            "bare aiohttp POST + read (floor)": bare,
-            "bare aiohttp stream read (floor)": bare_stream,
-            "provider.chat (non-streaming)": chat,
-            "provider.stream (20 chunks)": stream,
-        }
-        await compare(calls, rounds, rows)
+        rows: Rows = dict(zip(ROW_NAMES, (bare, bare_stream, chat, stream), strict=True))
+        if only is not None:
+            call = rows[only]
+            for _ in range(calls):
+                await call()
+        else:
+            version = sys.version.split()[0]
+            print(f"median of {rounds} rounds x {calls} sequential calls, Python {version}")
+            await compare(calls, rounds, rows)
     await provider.aclose()
+
+
+def instructions(port: int, rows: list[str]) -> None:
+    """Instructions per call, counted by callgrind: repeatable where CPU time is noisy."""
+    small, large = 20, 220
+    print(f"instructions per call (callgrind, {large} - {small} calls, process start excluded)")
+    for name in rows:
+        counts = []
+        for calls in (small, large):
+            command = [
+                "valgrind",
+                "--tool=callgrind",
+                "--callgrind-out-file=/dev/null",
+                sys.executable,
+                __file__,
+                f"--port={port}",
+                f"--only={name}",
+                f"--calls={calls}",
+            ]
+            out = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+            counts.append(int(out.split("Collected : ")[1].split()[0]))
+        print(f"{name:<34} {(counts[1] - counts[0]) / (large - small) / 1000:8.0f} k instructions")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=1000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--instructions", action="store_true", help="count instructions with valgrind instead"
+    )
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--only", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.port is not None:
+        asyncio.run(run(args.port, args.calls, 1, args.only))
+        return
     upstream = subprocess.Popen(
         [sys.executable, str(HERE / "upstream.py")], stdout=subprocess.PIPE, text=True
     )
     try:
         assert upstream.stdout is not None
         port = int(upstream.stdout.readline())
-        asyncio.run(run(port, args.calls, args.rounds))
+        if args.instructions:
+            instructions(port, ROW_NAMES)
+        else:
+            asyncio.run(run(port, args.calls, args.rounds, None))
     finally:
         upstream.terminate()
         upstream.wait(timeout=10)
