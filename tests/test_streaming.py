@@ -75,6 +75,7 @@ def test_a_missing_role_is_added_to_the_first_delta() -> None:
 def test_object_and_identity_are_made_consistent() -> None:
     chunks = [raw({"content": "x"}, object="chat.completion"), raw({}, finish="stop", id="c2")]
     wire = run(chunks)
+    assert [json.loads(c.to_wire_json()) for c in chunks] == wire
     assert {w["object"] for w in wire} == {"chat.completion.chunk"}
     assert {w["id"] for w in wire} == {"c1"}
 

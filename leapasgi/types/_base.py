@@ -31,7 +31,7 @@ class WireModel(BaseModel):
         return self.model_dump_json(exclude_unset=True, by_alias=True).encode()
 
 
-# Union tags in validation error locations start with this marker, so that the error mapper can
+# Union tags in validation error locations contain this marker, so that the error mapper can
 # tell a tag ("role:user") from a field name ("user") when it names the offending field.
 TAG_MARK = ":"
 
