@@ -16,6 +16,7 @@ layer, with ``raise Mapped(...) from exc``.
     │   └── ModelNotFoundError           404 model_not_found
     ├── ConflictError                    409 (retryable)
     ├── RateLimitError                   429 (retryable, carries retry_after)
+    ├── NoProviderAvailableError         503 nothing can serve the request now (carries retry_after)
     ├── UpstreamUnavailableError         500/502/503/504 (retryable)
     │   └── MalformedResponseError       502 the upstream answered with something unreadable
     ├── UpstreamConnectionError          502 no HTTP exchange happened (retryable)
@@ -37,7 +38,10 @@ layer, with ``raise Mapped(...) from exc``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .trail import RoutingTrail
 
 __all__ = [
     "AuthenticationError",
@@ -56,6 +60,7 @@ __all__ = [
     "MalformedStreamError",
     "ModelNotFoundError",
     "NameResolutionError",
+    "NoProviderAvailableError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
@@ -106,6 +111,9 @@ class LeapError(Exception):
         self.code = code if code is not None else self.default_code
         self.request_id = request_id
         self.attempts = attempts
+        # The manager's routing trail of the request that failed (a RoutingTrail), for logs and
+        # response headers; None for errors raised outside the manager.
+        self.trail: RoutingTrail | None = None
 
     @property
     def http_status(self) -> int:
@@ -220,6 +228,15 @@ class RateLimitError(LeapError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+    retryable_by_default = True
+
+
+class NoProviderAvailableError(LeapError):
+    """Raised when no provider can take the request now (all inactive, draining or ejected)."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "no_provider_available"
     retryable_by_default = True
 
 

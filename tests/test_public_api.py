@@ -30,7 +30,7 @@ def test_all_is_sorted_and_lists_exactly_the_public_names(name: str) -> None:
         for n, value in vars(module).items()
         if not n.startswith("_")
         and not isinstance(value, ModuleType)
-        and n not in {"annotations"}
+        and n not in {"annotations", "TYPE_CHECKING"}
         and getattr(value, "__module__", name).startswith(name.split(".")[0])
     }
     assert public - {"__version__"} <= set(exported)

@@ -40,10 +40,12 @@ class ProviderSettings(BaseModel):
     legacy_max_tokens: bool = False
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        # A key can sit in the URL query (``?key=...``); reprs show the URL without it.
+        # A key can sit in the URL query (``?key=...``) or user info; reprs show neither.
         for name, value in super().__repr_args__():
             if name == "base_url" and isinstance(value, str):
-                value = urllib.parse.urlsplit(value)._replace(query="", fragment="").geturl()
+                parts = urllib.parse.urlsplit(value)
+                host = parts.netloc.rpartition("@")[2]
+                value = parts._replace(netloc=host, query="", fragment="").geturl()
             yield name, value
 
     @field_validator("base_url")

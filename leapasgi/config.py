@@ -1,0 +1,404 @@
+"""Typed configuration of the whole gateway, loaded from TOML or built in code.
+
+    GatewayConfig
+    ├── providers: [ProviderConfig]   [[providers]] one table per upstream (or the mock)
+    ├── routing: RoutingConfig        [routing] strategy, attempts, deadlines; [routing.aliases]
+    └── health: HealthConfig          [health] active checks and ejection
+
+String values in a file may use ``${VAR}``, ``${VAR:-default}`` (used when VAR is unset or
+empty) and ``$${`` for a literal ``${``. Every model is frozen and forbids unknown keys, so a typo
+fails the load with its key path. Secrets are ``SecretStr`` and no error echoes a value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.parse
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ._config_file import SKIPPED_CONTEXT, format_errors, prepare, read_text
+from .clock import Clock
+from .exceptions import ConfigurationError
+from .features import ALL_FEATURES
+from .providers.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Provider, Timeouts
+from .providers.compatible import OpenAICompatibleProvider
+from .providers.mock import MockProvider
+from .providers.presets import PRESETS, Preset, get_preset
+from .providers.settings import DEFAULT_MAX_CONNECTIONS, ProviderSettings
+from .retry import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY, RetryPolicy
+
+__all__ = [
+    "DEFAULT_BASE_EJECTION",
+    "DEFAULT_FAILURE_THRESHOLD",
+    "DEFAULT_FIRST_TOKEN_TIMEOUT",
+    "DEFAULT_HEALTH_INTERVAL",
+    "DEFAULT_HEALTH_TIMEOUT",
+    "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_EJECTION",
+    "DEFAULT_PROVIDER_RETRIES",
+    "DEFAULT_REQUEST_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "STRATEGIES",
+    "AliasConfig",
+    "GatewayConfig",
+    "HealthConfig",
+    "ProviderConfig",
+    "RoutingConfig",
+    "Strategy",
+    "load_config",
+    "parse_config",
+]
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_PROVIDER_RETRIES = 2
+DEFAULT_MAX_ATTEMPTS = 4
+DEFAULT_REQUEST_TIMEOUT = DEFAULT_TOTAL_TIMEOUT
+DEFAULT_FIRST_TOKEN_TIMEOUT = 60.0
+DEFAULT_HEALTH_INTERVAL = 30.0
+DEFAULT_HEALTH_TIMEOUT = 5.0
+DEFAULT_FAILURE_THRESHOLD = 5
+DEFAULT_BASE_EJECTION = 30.0
+DEFAULT_MAX_EJECTION = 300.0
+
+Strategy = Literal["priority", "round_robin", "weighted", "least_latency", "least_in_flight"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
+
+_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_HTTP_URL = re.compile(r"^https?://[^/\s?#]+")
+_FORBIDDEN_HEADERS = frozenset({"authorization", "host", "content-length", "cookie"})
+_MASK = "**********"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _check_target(target: str) -> str:
+    provider, slash, model = target.partition("/")
+    if not provider or (slash and not model):
+        raise ValueError("a target is 'model' or 'provider/model'")
+    return target
+
+
+def _provider_of(target: str) -> str | None:
+    provider, slash, _ = target.partition("/")
+    return provider if slash else None
+
+
+class ProviderConfig(_Config):
+    """One provider as the manager registers it."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    type: Literal["openai_compatible", "mock"] = "openai_compatible"
+    preset: str | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = Field(default=None, pattern=_ENV_NAME_PATTERN)
+    api_key_file: Path | None = None
+    timeout: float | None = Field(default=None, gt=0)
+    connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, gt=0)
+    # Retries on this provider within one request; the manager runs them (and caps the request).
+    max_retries: int = Field(default=DEFAULT_PROVIDER_RETRIES, ge=0)
+    features: list[str] | None = None
+    models: list[str] = Field(default_factory=list)
+    weight: float = Field(default=1.0, gt=0)
+    priority: int = 0
+    max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict)
+    optional: bool = False
+    reply: str | None = None
+    chunks: int | None = Field(default=None, ge=1)
+    chunk_delay: float = Field(default=0.0, ge=0)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A key can hide in a URL query or a header; reprs show neither.
+        for name, value in super().__repr_args__():
+            if name == "base_url" and isinstance(value, str):
+                value = urllib.parse.urlsplit(value)._replace(query="", fragment="").geturl()
+            elif name == "headers" and value:
+                value = dict.fromkeys(value, _MASK)
+            yield name, value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() not in PRESETS:
+            raise ValueError(f"unknown preset; known presets: {', '.join(sorted(PRESETS))}")
+        return None if value is None else value.lower()
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not _HTTP_URL.match(value):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("headers")
+    @classmethod
+    def _safe_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if key.lower() in _FORBIDDEN_HEADERS:
+                raise ValueError(f"header {key!r} is set by leapasgi and cannot be overridden")
+            if any(c in key + item for c in "\r\n\0"):
+                raise ValueError(f"header {key!r} contains a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_fit_type(self) -> Self:
+        if self.type == "mock":
+            names = ("preset", "base_url", "api_key", "api_key_env", "api_key_file")
+            stray = [n for n in names if getattr(self, n) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)}: not used by mock providers")
+            return self
+        stray = [n for n in ("reply", "chunks") if getattr(self, n) is not None]
+        stray += ["chunk_delay"] if self.chunk_delay else []
+        if stray:
+            raise ValueError(f"{', '.join(stray)}: for mock providers only")
+        if self.preset is None and self.base_url is None:
+            raise ValueError("base_url is required when no preset is given")
+        return self
+
+    def resolve_key(self, env: Mapping[str, str] | None = None) -> SecretStr | None:
+        """The API key: ``api_key``, else ``api_key_file``, else the key variable's value."""
+        if self.api_key is not None:
+            return self.api_key
+        if self.api_key_file is not None:
+            return self._read_key_file(self.api_key_file)
+        preset = self._preset()
+        variable = self.api_key_env or (preset.api_key_env if preset else None)
+        value = (os.environ if env is None else env).get(variable) if variable else None
+        if value:
+            return SecretStr(value)
+        if self.api_key_env is not None or (preset is not None and preset.key_required):
+            raise ConfigurationError(
+                f"Provider {self.name!r} needs an API key: set {variable}", provider=self.name
+            )
+        return None
+
+    def build(
+        self, *, clock: Clock | None = None, env: Mapping[str, str] | None = None
+    ) -> Provider:
+        """The provider client; its own retries are off, since the manager is the one retry loop."""
+        if self.type == "mock":
+            return MockProvider(
+                name=self.name,
+                models=self.models or None,
+                reply=self.reply,
+                chunks=self.chunks,
+                chunk_delay=self.chunk_delay,
+                features=self.features,
+                timeouts=self._timeouts(),
+                clock=clock,
+            )
+        preset = self._preset()
+        try:
+            settings = ProviderSettings(
+                name=self.name,
+                base_url=self.base_url or (preset.base_url if preset else ""),
+                api_key=self.resolve_key(env),
+                preset=self.preset,
+                timeouts=self._timeouts(),
+                retry=RetryPolicy(max_retries=0),
+                features=frozenset(self._features()),
+                models=tuple(self.models),
+                headers=self.headers,
+                max_connections=self.max_connections,
+                legacy_max_tokens=preset.legacy_max_tokens if preset else False,
+            )
+        except ValidationError as exc:
+            detail = format_errors(exc, source=f"provider {self.name!r}")
+            raise ConfigurationError(detail, provider=self.name) from None
+        return OpenAICompatibleProvider(settings, clock=clock)
+
+    def _preset(self) -> Preset | None:
+        return get_preset(self.preset) if self.preset else None
+
+    def _timeouts(self) -> Timeouts:
+        preset = self._preset()
+        seconds = self.timeout or (preset.timeout if preset else DEFAULT_TIMEOUT)
+        total = max(DEFAULT_TOTAL_TIMEOUT, seconds)
+        return Timeouts(connect=self.connect_timeout, first_byte=seconds, idle=seconds, total=total)
+
+    def _features(self) -> frozenset[str]:
+        if self.features is not None:
+            return frozenset(self.features)
+        preset = self._preset()
+        return preset.features if preset else ALL_FEATURES
+
+    def _read_key_file(self, path: Path) -> SecretStr:
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            raise ConfigurationError(
+                f"Provider {self.name!r}: cannot read API key file {path}: {reason}",
+                provider=self.name,
+            ) from None
+        if not key:
+            raise ConfigurationError(
+                f"Provider {self.name!r}: API key file {path} is empty", provider=self.name
+            )
+        return SecretStr(key)
+
+
+class AliasConfig(_Config):
+    """A model name that stands for targets in preference order.
+
+    A target is a model name, or ``provider/model`` to pin one provider. A target with a slash
+    always starts with a provider name: write ``together/meta-llama/...``, not ``meta-llama/...``.
+    """
+
+    targets: list[Annotated[str, AfterValidator(_check_target)]] = Field(min_length=1)
+    strategy: Strategy | None = None
+
+
+class RoutingConfig(_Config):
+    """How requests pick providers, and the bounds on one request's attempts and time."""
+
+    strategy: Strategy = "priority"
+    aliases: dict[str, AliasConfig] = Field(default_factory=dict)
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    request_timeout: float = Field(default=DEFAULT_REQUEST_TIMEOUT, gt=0)
+    # TOML has no null: 0 switches the first-token timeout off.
+    first_token_timeout: float | None = Field(default=DEFAULT_FIRST_TOKEN_TIMEOUT, gt=0)
+    retry_initial_delay: float = Field(default=INITIAL_RETRY_DELAY, ge=0)
+    retry_max_delay: float = Field(default=MAX_RETRY_DELAY, ge=0)
+    max_retry_after: float = Field(default=MAX_RETRY_AFTER, ge=0)
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _list_shorthand(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
+        return {k: {"targets": v} if isinstance(v, list) else v for k, v in value.items()}
+
+    @field_validator("first_token_timeout", mode="before")
+    @classmethod
+    def _zero_is_off(cls, value: Any) -> Any:
+        return None if value == 0 and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> Self:
+        if self.retry_max_delay < self.retry_initial_delay:
+            raise ValueError("retry_max_delay must be at least retry_initial_delay")
+        return self
+
+
+class HealthConfig(_Config):
+    """Active health checks and how long a failing provider is ejected."""
+
+    interval: float = Field(default=DEFAULT_HEALTH_INTERVAL, ge=0)
+    timeout: float = Field(default=DEFAULT_HEALTH_TIMEOUT, gt=0)
+    failure_threshold: int = Field(default=DEFAULT_FAILURE_THRESHOLD, ge=1)
+    base_ejection: float = Field(default=DEFAULT_BASE_EJECTION, gt=0)
+    max_ejection: float = Field(default=DEFAULT_MAX_EJECTION, gt=0)
+
+    @model_validator(mode="after")
+    def _ejections_ordered(self) -> Self:
+        if self.max_ejection < self.base_ejection:
+            raise ValueError("max_ejection must be at least base_ejection")
+        return self
+
+
+class GatewayConfig(_Config):
+    """Providers, routing and health of one gateway."""
+
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
+    # Optional providers dropped while loading a file (an unset variable), with the reason.
+    _skipped: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> Self:
+        self._skipped = dict((info.context or {}).get(SKIPPED_CONTEXT, {}))
+        names = set(self._skipped)
+        for provider in self.providers:
+            if provider.name in names:
+                raise ValueError(f"providers: duplicate provider name {provider.name!r}")
+            names.add(provider.name)
+        for alias, config in self.routing.aliases.items():
+            for i, target in enumerate(config.targets):
+                provider_name = _provider_of(target)
+                if provider_name is not None and provider_name not in names:
+                    known = ", ".join(sorted(names)) or "none"
+                    raise ValueError(
+                        f"routing.aliases.{alias}.targets[{i}]: unknown provider "
+                        f"{provider_name!r} (configured: {known}); a target with a slash "
+                        "starts with a provider name"
+                    )
+        return self
+
+    def enabled_providers(self, env: Mapping[str, str] | None = None) -> list[ProviderConfig]:
+        """The providers to register: optional ones whose key does not resolve are left out."""
+        enabled = []
+        for provider in self.providers:
+            try:
+                provider.resolve_key(env)
+            except ConfigurationError:
+                if not provider.optional:
+                    raise
+                continue
+            enabled.append(provider)
+        return enabled
+
+    def skipped_providers(self, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The optional providers left out, by name, each with the reason (never a value)."""
+        reasons = dict(self._skipped)
+        for provider in self.providers:
+            if provider.optional:
+                try:
+                    provider.resolve_key(env)
+                except ConfigurationError as exc:
+                    reasons[provider.name] = exc.message
+        return reasons
+
+
+def parse_config(
+    text: str, *, source: str = "<string>", env: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """The gateway configuration in TOML ``text``; ``source`` names it in error messages."""
+    return _parse(text, source=source, env=env, base_dir=None)
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """The gateway configuration in the TOML file at ``path``; variables come from ``env``."""
+    path = Path(path)
+    return _parse(read_text(path), source=str(path), env=env, base_dir=path.parent)
+
+
+def _parse(
+    text: str, *, source: str, env: Mapping[str, str] | None, base_dir: Path | None
+) -> GatewayConfig:
+    environ = os.environ if env is None else env
+    prepared = prepare(text, source=source, env=environ, base_dir=base_dir)
+    try:
+        return GatewayConfig.model_validate(
+            prepared.data, context={SKIPPED_CONTEXT: prepared.skipped}
+        )
+    except ValidationError as exc:
+        detail = format_errors(exc, source=source, provider_index=prepared.provider_index)
+        raise ConfigurationError(detail) from None

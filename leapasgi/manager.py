@@ -1,0 +1,658 @@
+"""The provider manager: route, pick, attempt, retry, fail over; and the health-check worker.
+
+Many providers behave like one: ``await manager.chat(request)`` and
+``async for chunk in manager.stream(request)``. Retries and failovers share one deadline and
+one attempt budget per request; providers registered here have their own retries switched off,
+so attempts never multiply across layers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import random
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar
+
+from pydantic import SecretStr
+
+from .balancing import Candidate, Strategy, order
+from .clock import Clock, SystemClock
+from .config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
+from .exceptions import (
+    DeadlineExceededError,
+    FirstByteTimeoutError,
+    LeapError,
+    NoProviderAvailableError,
+    UpstreamUnavailableError,
+)
+from .health import BreakerPolicy
+from .providers.base import Provider
+from .providers.presets import PRESETS
+from .registry import ProviderEntry, ProviderStatus, Registry, RouteSettings
+from .retry import RetryPolicy
+from .routing import Alias, Route, RouteTable
+from .trail import OK, Attempt, RoutingTrail
+from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, Usage
+
+__all__ = ["HealthResult", "ManagedStream", "ProviderManager"]
+
+logger = logging.getLogger("leapasgi.manager")
+
+_T = TypeVar("_T")
+# Retry-After for a 503 when nothing can serve and no upstream gave a hint.
+UNAVAILABLE_RETRY_AFTER = 5.0
+# Presets load_default_providers registers when their key is present (Ollama is probed instead).
+DEFAULT_PRESETS = ("openai", "groq", "together", "mistral", "deepseek", "openrouter", "fireworks")
+OLLAMA_PROBE_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthResult:
+    """The outcome of one active health check."""
+
+    provider: str
+    ok: bool
+    latency: float
+    error: str | None = None
+
+
+class ManagedStream:
+    """A streamed completion with its routing trail; iterate it, or ``aclose()`` it early."""
+
+    def __init__(self, chunks: AsyncIterator[ChatCompletionChunk], trail: RoutingTrail) -> None:
+        self._chunks = chunks
+        self.trail = trail
+
+    def __aiter__(self) -> ManagedStream:
+        return self
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        return await anext(self._chunks)
+
+    async def aclose(self) -> None:
+        """Stop the stream and cancel the upstream request."""
+        closer = getattr(self._chunks, "aclose", None)
+        if closer is not None:
+            await closer()
+
+
+class _Plan:
+    """The attempt queue of one request: fresh candidates first, then retries when due."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.fresh: deque[Route] = deque(routes)
+        self.later: list[tuple[float, int, Route]] = []
+        self.retries: Counter[str] = Counter()
+        self.ejected: list[Route] = []
+        self.hints: list[float] = []
+        self.last_error: LeapError | None = None
+        self._seq = itertools.count()
+
+    def retry_at(self, when: float, route: Route) -> None:
+        heapq.heappush(self.later, (when, next(self._seq), route))
+
+
+class ProviderManager:
+    """Routes requests over the registry's providers, with failover, breakers and health checks."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry | None = None,
+        routing: RoutingConfig | None = None,
+        health: HealthConfig | None = None,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock = clock or (registry.clock if registry is not None else SystemClock())
+        self.routing = routing or RoutingConfig()
+        self.health = health or HealthConfig()
+        policy = BreakerPolicy(
+            failure_threshold=self.health.failure_threshold,
+            base_ejection=self.health.base_ejection,
+            max_ejection=self.health.max_ejection,
+        )
+        self.registry = registry or Registry(clock=self._clock, policy=policy)
+        self.routes = RouteTable(
+            self.registry,
+            {
+                name: Alias(tuple(alias.targets), alias.strategy)
+                for name, alias in self.routing.aliases.items()
+            },
+        )
+        self._rng = rng or random.Random()
+        self._cursors: dict[str, itertools.count[int]] = {}
+        self._policies: dict[int, RetryPolicy] = {}
+        self._worker: asyncio.Task[None] | None = None
+        self._started = False
+        self._start_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        config: GatewayConfig,
+        *,
+        clock: Clock | None = None,
+        rng: random.Random | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ProviderManager:
+        """A manager with every enabled provider of ``config`` registered."""
+        manager = cls(routing=config.routing, health=config.health, clock=clock, rng=rng)
+        for provider in config.enabled_providers(env=env):
+            manager.register(provider, env=env)
+        return manager
+
+    # Registration
+
+    def register(
+        self, config: ProviderConfig, *, env: Mapping[str, str] | None = None
+    ) -> ProviderEntry:
+        """Build and register a provider from its config (replacing one of the same name)."""
+        provider = config.build(clock=self._clock, env=env)
+        settings = RouteSettings(
+            priority=config.priority,
+            weight=config.weight,
+            max_retries=config.max_retries,
+            models=tuple(config.models),
+            kind=config.type,
+            preset=config.preset,
+            base_url=getattr(getattr(provider, "settings", None), "base_url", None),
+        )
+        return self.registry.register(provider, settings, replace=True)
+
+    def register_provider(
+        self, provider: Provider, settings: RouteSettings | None = None
+    ) -> ProviderEntry:
+        """Register a provider object built elsewhere (replacing one of the same name)."""
+        return self.registry.register(provider, settings, replace=True)
+
+    def register_openai_compatible(
+        self,
+        name: str,
+        base_url: str,
+        api_key: str | SecretStr | None = None,
+        *,
+        models: Iterable[str] | None = None,
+    ) -> ProviderEntry:
+        """Register any OpenAI-compatible endpoint."""
+        config = ProviderConfig(
+            name=name,
+            base_url=base_url,
+            api_key=SecretStr(api_key) if isinstance(api_key, str) else api_key,
+            models=list(models or ()),
+        )
+        return self.register(config)
+
+    async def load_default_providers(
+        self,
+        api_keys: Mapping[str, str] | None = None,
+        *,
+        ollama_url: str | None = None,
+    ) -> list[str]:
+        """Register each preset whose key is in ``api_keys`` (else the environment), and Ollama
+        when its local endpoint answers; returns the names registered."""
+        keys = os.environ if api_keys is None else api_keys
+        names = []
+        for name in DEFAULT_PRESETS:
+            env_var = PRESETS[name].api_key_env
+            key = keys.get(env_var) if env_var else None
+            if key:
+                self.register(ProviderConfig(name=name, preset=name, api_key=SecretStr(key)))
+                names.append(name)
+        ollama = ProviderConfig(name="ollama", preset="ollama", base_url=ollama_url)
+        probe = ollama.build(clock=self._clock)
+        try:
+            async with asyncio.timeout(OLLAMA_PROBE_TIMEOUT):
+                await probe.check_health()
+        except (LeapError, TimeoutError):
+            await probe.aclose()
+        else:
+            self.register_provider(probe, RouteSettings(kind="openai_compatible", preset="ollama"))
+            names.append("ollama")
+        return names
+
+    async def remove(self, name: str) -> None:
+        """Unregister a provider and close it."""
+        entry = self.registry.remove(name)
+        await entry.provider.aclose()
+
+    # Lifecycle
+
+    async def __aenter__(self) -> ProviderManager:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Discover model lists and start the health-check worker; safe to call twice."""
+        if self._started:
+            return
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._started:
+                return
+            await self.discover_models()
+            if self.health.interval > 0 and self._worker is None:
+                self._worker = asyncio.create_task(self._health_loop(), name="leapasgi-health")
+            self._started = True
+
+    async def aclose(self) -> None:
+        """Stop the worker and close every provider."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        self._started = False
+        await asyncio.gather(*(entry.provider.aclose() for entry in self.registry))
+
+    async def discover_models(self) -> None:
+        """Ask every provider without a configured model list for its models."""
+        pending = [
+            e for e in self.registry if not e.settings.models and e.discovered_models is None
+        ]
+        await asyncio.gather(*(self._discover(entry) for entry in pending))
+
+    async def _discover(self, entry: ProviderEntry) -> None:
+        try:
+            async with asyncio.timeout(self.health.timeout):
+                models = await entry.provider.list_models()
+        except (LeapError, TimeoutError) as exc:
+            logger.warning("model discovery failed for %s: %s", entry.name, _reason(exc))
+            return
+        entry.discovered_models = tuple(model.id for model in models)
+
+    # Health
+
+    async def check_health(self, name: str | None = None) -> list[HealthResult]:
+        """Run active health checks now (one provider, or all but inactive ones), in parallel."""
+        if name is not None:
+            entries = [self.registry.get(name)]
+        else:
+            entries = [e for e in self.registry if e.status is not ProviderStatus.INACTIVE]
+        return list(await asyncio.gather(*(self._check(entry) for entry in entries)))
+
+    async def _check(self, entry: ProviderEntry) -> HealthResult:
+        started = self._clock.monotonic()
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self.health.timeout):
+                await entry.provider.check_health()
+        except TimeoutError:
+            error = f"health check timed out after {self.health.timeout:g} s"
+        except LeapError as exc:
+            error = exc.message
+        except Exception as exc:  # a custom provider's bug must not kill the worker
+            error = f"health check failed ({type(exc).__name__})"
+        entry.checked(error is None, f"health check: {error or 'ok'}")
+        return HealthResult(entry.name, error is None, self._clock.monotonic() - started, error)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self.check_health()
+            await self._clock.sleep(self.health.interval)
+
+    # Serving
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+        """One completion from the best provider that can serve it."""
+        completion, _ = await self.chat_with_trail(request)
+        return completion
+
+    async def chat_with_trail(
+        self, request: ChatCompletionRequest
+    ) -> tuple[ChatCompletion, RoutingTrail]:
+        """``chat``, with the routing trail of the request."""
+        await self.start()
+        trail = RoutingTrail()
+        deadline = self._clock.monotonic() + self.routing.request_timeout
+        plan = self._plan(request)
+        while (route := await self._next(plan, trail, deadline)) is not None:
+            entry = self.registry.get(route.provider)
+            try:
+                result = await self._attempt_chat(entry, route, request, trail, deadline)
+            except LeapError as exc:
+                self._after_failure(plan, route, entry, exc, trail, deadline)
+                continue
+            return result, trail
+        raise self._exhausted(plan, trail)
+
+    def stream(self, request: ChatCompletionRequest) -> ManagedStream:
+        """A streamed completion; failover happens only before the first chunk is handed on."""
+        trail = RoutingTrail()
+        return ManagedStream(self._stream(request, trail), trail)
+
+    async def list_models(self) -> list[Model]:
+        """Every model the manager can route, aliases included."""
+        await self.start()
+        created = int(self._clock.time())
+        return [
+            Model(id=name, created=created, owned_by=",".join(providers) or "leapasgi")
+            for name, providers in sorted(self.routes.models().items())
+        ]
+
+    # Attempts
+
+    async def _attempt_chat(
+        self,
+        entry: ProviderEntry,
+        route: Route,
+        request: ChatCompletionRequest,
+        trail: RoutingTrail,
+        deadline: float,
+    ) -> ChatCompletion:
+        started = self._clock.monotonic()
+        entry.begin()
+        try:
+            result = await self._bounded(entry.provider.chat(_for(route, request)), entry, deadline)
+        except LeapError as exc:
+            self._record_failure(entry, route, exc, started, trail)
+            raise
+        except BaseException:
+            entry.abandoned()
+            raise
+        finally:
+            entry.end()
+        latency = self._clock.monotonic() - started
+        usage = result.usage or Usage()
+        entry.succeeded(
+            latency, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+        )
+        trail.attempts.append(Attempt(route.provider, route.model, OK, latency=latency))
+        return result
+
+    async def _stream(
+        self, request: ChatCompletionRequest, trail: RoutingTrail
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        await self.start()
+        deadline = self._clock.monotonic() + self.routing.request_timeout
+        plan = self._plan(request)
+        while (route := await self._next(plan, trail, deadline)) is not None:
+            entry = self.registry.get(route.provider)
+            started = self._clock.monotonic()
+            entry.begin()
+            chunks = entry.provider.stream(_for(route, request))
+            try:
+                first = await self._first_chunk(chunks, entry, deadline)
+            except LeapError as exc:
+                await _close(chunks)
+                entry.end()
+                self._record_failure(entry, route, exc, started, trail)
+                self._after_failure(plan, route, entry, exc, trail, deadline)
+                continue
+            except BaseException:
+                await _close(chunks)
+                entry.end()
+                entry.abandoned()
+                raise
+            ttft = self._clock.monotonic() - started
+            trail.attempts.append(Attempt(route.provider, route.model, OK, latency=ttft))
+            async for chunk in self._rest(chunks, first, entry, route, trail, started, ttft):
+                yield chunk
+            return
+        raise self._exhausted(plan, trail)
+
+    async def _first_chunk(
+        self, chunks: AsyncIterator[ChatCompletionChunk], entry: ProviderEntry, deadline: float
+    ) -> ChatCompletionChunk:
+        limit = self.routing.first_token_timeout
+        remaining = deadline - self._clock.monotonic()
+        if limit and limit < remaining:
+            try:
+                async with asyncio.timeout(limit):
+                    return await self._bounded(anext(chunks), entry, None)
+            except TimeoutError:
+                raise FirstByteTimeoutError(
+                    f"Provider {entry.name!r} sent no first token within {limit:g} s",
+                    provider=entry.name,
+                ) from None
+        return await self._bounded(anext(chunks), entry, deadline)
+
+    async def _rest(
+        self,
+        chunks: AsyncIterator[ChatCompletionChunk],
+        first: ChatCompletionChunk,
+        entry: ProviderEntry,
+        route: Route,
+        trail: RoutingTrail,
+        started: float,
+        ttft: float,
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """The stream after its first chunk: no failover now; a failure surfaces once."""
+        usage = first.usage
+        finished = failed = False
+        try:
+            yield first
+            deadline = started + self.routing.request_timeout
+            while True:
+                try:
+                    chunk = await self._bounded(anext(chunks), entry, deadline)
+                except StopAsyncIteration:
+                    break
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                yield chunk
+            finished = True
+        except LeapError as exc:
+            failed = True
+            entry.failed(exc, self._clock.monotonic() - started)
+            trail.attempts[-1].outcome = type(exc).__name__
+            trail.attempts[-1].message = exc.message
+            exc.trail = trail
+            raise
+        finally:
+            await _close(chunks)
+            entry.end()
+            if finished:
+                usage = usage or Usage()
+                entry.succeeded(
+                    self._clock.monotonic() - started,
+                    ttft=ttft,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                )
+            elif not failed:
+                entry.abandoned()
+
+    async def _bounded(
+        self, call: Awaitable[_T], entry: ProviderEntry, deadline: float | None
+    ) -> _T:
+        """Await ``call`` within the request deadline; foreign errors become LeapErrors."""
+        try:
+            if deadline is None:
+                return await call
+            remaining = deadline - self._clock.monotonic()
+            async with asyncio.timeout(max(remaining, 0.0)):
+                return await call
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"The request did not finish within {self.routing.request_timeout:g} s",
+                provider=entry.name,
+                retryable=False,
+            ) from None
+        except (LeapError, StopAsyncIteration, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise UpstreamUnavailableError(
+                f"Provider {entry.name!r} failed unexpectedly ({type(exc).__name__})",
+                provider=entry.name,
+            ) from exc
+
+    # Planning, failover and recording
+
+    def _plan(self, request: ChatCompletionRequest) -> _Plan:
+        routes = self.routes.routes(request)
+        alias = self.routes.aliases.get(request.model)
+        strategy = Strategy(
+            alias.strategy if alias is not None and alias.strategy else self.routing.strategy
+        )
+        now = self._clock.monotonic()
+        usable: dict[str, Route] = {}
+        candidates = []
+        for position, route in enumerate(routes):
+            entry = self.registry.get(route.provider)
+            if entry.status in (ProviderStatus.INACTIVE, ProviderStatus.MAINTENANCE):
+                continue
+            usable[route.provider] = route
+            candidates.append(
+                Candidate(
+                    route.provider,
+                    # An alias lists its targets in preference order; that order is the priority.
+                    priority=position if alias is not None else entry.settings.priority,
+                    weight=entry.settings.weight,
+                    latency=entry.stats.ewma.value(now=now),
+                    in_flight=entry.stats.in_flight,
+                )
+            )
+        cursor = next(self._cursors.setdefault(request.model, itertools.count()))
+        ordered = order(strategy, candidates, rng=self._rng, cursor=cursor)
+        return _Plan([usable[c.name] for c in ordered])
+
+    async def _next(self, plan: _Plan, trail: RoutingTrail, deadline: float) -> Route | None:
+        """The next route to try, waiting for a due retry if nothing fresh is left."""
+        if trail.tries >= self.routing.max_attempts:
+            return None
+        while plan.fresh:
+            route = plan.fresh.popleft()
+            if route.provider not in self.registry:
+                continue
+            entry = self.registry.get(route.provider)
+            if entry.breaker.allow():
+                return route
+            plan.ejected.append(route)
+            trail.attempts.append(Attempt(route.provider, route.model, "ejected", skipped=True))
+        if plan.later:
+            when, _, route = heapq.heappop(plan.later)
+            wait = when - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+            if (
+                route.provider in self.registry
+                and self.registry.get(route.provider).breaker.allow()
+            ):
+                return route
+            return await self._next(plan, trail, deadline)
+        if plan.ejected and trail.tries == 0:
+            # Panic mode: every candidate is ejected; try the one ejected longest ago rather
+            # than failing at once (the breaker admits it as a probe).
+            route = min(plan.ejected, key=lambda r: self._ejected_at(r))
+            plan.ejected.clear()
+            self.registry.get(route.provider).breaker.force_probe()
+            return route
+        return None
+
+    def _ejected_at(self, route: Route) -> float:
+        entry = self.registry.get(route.provider)
+        return entry.breaker.ejected_at if entry.breaker.ejected_at is not None else 0.0
+
+    def _record_failure(
+        self,
+        entry: ProviderEntry,
+        route: Route,
+        exc: LeapError,
+        started: float,
+        trail: RoutingTrail,
+    ) -> None:
+        latency = self._clock.monotonic() - started
+        if exc.retryable and not isinstance(exc, DeadlineExceededError):
+            entry.failed(exc, latency)
+        else:
+            entry.refused(exc)
+        trail.attempts.append(
+            Attempt(
+                route.provider,
+                route.model,
+                type(exc).__name__,
+                status=exc.upstream_status,
+                latency=latency,
+                message=exc.message,
+            )
+        )
+
+    def _after_failure(
+        self,
+        plan: _Plan,
+        route: Route,
+        entry: ProviderEntry,
+        exc: LeapError,
+        trail: RoutingTrail,
+        deadline: float,
+    ) -> None:
+        """Decide what a failed attempt leads to; non-retryable errors go back to the caller."""
+        if not exc.retryable or isinstance(exc, DeadlineExceededError):
+            exc.attempts = trail.tries
+            exc.trail = trail
+            raise exc
+        plan.last_error = exc
+        if exc.retry_after is not None:
+            plan.hints.append(exc.retry_after)
+        if not exc.retry_here:
+            return
+        retry = plan.retries[route.provider]
+        policy = self._policy(entry.settings.max_retries)
+        delay = policy.delay(retry, retry_after=exc.retry_after, rng=self._rng.random)
+        if delay is None:
+            return
+        when = self._clock.monotonic() + delay
+        if when < deadline:
+            plan.retries[route.provider] = retry + 1
+            plan.retry_at(when, route)
+
+    def _policy(self, max_retries: int) -> RetryPolicy:
+        policy = self._policies.get(max_retries)
+        if policy is None:
+            routing = self.routing
+            policy = self._policies[max_retries] = RetryPolicy(
+                max_retries=max_retries,
+                initial_delay=routing.retry_initial_delay,
+                max_delay=routing.retry_max_delay,
+                max_retry_after=routing.max_retry_after,
+            )
+        return policy
+
+    def _exhausted(self, plan: _Plan, trail: RoutingTrail) -> LeapError:
+        """The error for a request nothing could serve: the last upstream error, or a 503."""
+        error = plan.last_error
+        if error is None:
+            error = NoProviderAvailableError(
+                "No provider can serve this request right now",
+                retry_after=UNAVAILABLE_RETRY_AFTER,
+            )
+        if plan.hints:
+            error.retry_after = min(plan.hints)
+        error.attempts = trail.tries
+        error.trail = trail
+        return error
+
+
+def _for(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:
+    if request.model == route.model:
+        return request
+    return request.model_copy(update={"model": route.model})
+
+
+async def _close(chunks: AsyncIterator[ChatCompletionChunk]) -> None:
+    closer: Callable[[], Awaitable[None]] | None = getattr(chunks, "aclose", None)
+    if closer is not None:
+        with contextlib.suppress(LeapError):
+            await closer()
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, LeapError) else type(exc).__name__

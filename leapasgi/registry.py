@@ -1,0 +1,388 @@
+"""The provider registry: providers by name, their status, breaker and live metrics.
+
+Every method is synchronous and does no I/O, so under asyncio each runs to completion without
+interleaving: many tasks can register, change status and record outcomes at once, and reading
+a snapshot never waits for anything.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .clock import Clock, SystemClock
+from .exceptions import ConflictError, InvalidRequestError, LeapError, NotFoundError
+from .features import Feature
+from .health import BreakerPolicy, BreakerState, CircuitBreaker, Health
+from .metrics import ProviderStats, Quantiles
+from .providers.base import Provider
+
+__all__ = [
+    "ProviderEntry",
+    "ProviderSnapshot",
+    "ProviderStatus",
+    "Registry",
+    "RegistryStats",
+    "RouteSettings",
+    "Transition",
+]
+
+# Transitions kept per provider; older ones are dropped.
+MAX_TRANSITIONS = 100
+
+
+class ProviderStatus(StrEnum):
+    """Whether a provider takes traffic."""
+
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    UNHEALTHY = "unhealthy"
+    MAINTENANCE = "maintenance"
+
+
+# Statuses an operator can set; UNHEALTHY only ever comes from the breaker or health checks.
+ADMIN_STATUSES = frozenset(
+    {ProviderStatus.ACTIVE, ProviderStatus.INACTIVE, ProviderStatus.MAINTENANCE}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A status change: when (wall clock), to what, and why."""
+
+    at: float
+    status: ProviderStatus
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSettings:
+    """How the manager routes to one provider."""
+
+    priority: int = 0
+    weight: float = 1.0
+    max_retries: int = 2
+    models: tuple[str, ...] = ()
+    kind: str = "openai_compatible"
+    preset: str | None = None
+    base_url: str | None = None
+
+
+class ProviderEntry:
+    """One registered provider with its settings, status history, breaker and live stats."""
+
+    __slots__ = (
+        "_admin",
+        "_clock",
+        "_effective",
+        "breaker",
+        "discovered_models",
+        "provider",
+        "settings",
+        "stats",
+        "transitions",
+    )
+
+    def __init__(
+        self, provider: Provider, settings: RouteSettings, *, policy: BreakerPolicy, clock: Clock
+    ) -> None:
+        self.provider = provider
+        self.settings = settings
+        self.breaker = CircuitBreaker(policy, clock=clock)
+        self.stats = ProviderStats()
+        self.discovered_models: tuple[str, ...] | None = None
+        self.transitions: deque[Transition] = deque(maxlen=MAX_TRANSITIONS)
+        self._clock = clock
+        self._admin = ProviderStatus.ACTIVE
+        self._effective = ProviderStatus.ACTIVE
+        self._note(ProviderStatus.ACTIVE, "registered")
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+    @property
+    def status(self) -> ProviderStatus:
+        """The admin status, or UNHEALTHY while an active provider is ejected."""
+        if self._admin is not ProviderStatus.ACTIVE:
+            return self._admin
+        if self.breaker.state is not BreakerState.CLOSED:
+            return ProviderStatus.UNHEALTHY
+        return ProviderStatus.ACTIVE
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Configured models, else the ones discovered from ``GET /models``."""
+        return self.settings.models or self.discovered_models or ()
+
+    def begin(self) -> None:
+        """A request to this provider starts."""
+        self.stats.begin()
+
+    def end(self) -> None:
+        """A request to this provider ended, whatever its outcome."""
+        self.stats.end()
+
+    def succeeded(
+        self,
+        latency: float,
+        *,
+        ttft: float | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
+        """Record a success: it resets the failure count and closes a half-open breaker."""
+        now = self._clock.monotonic()
+        self.stats.record_success(
+            latency,
+            now=now,
+            ttft=ttft,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        self.breaker.record_success()
+        self.refresh("a request succeeded")
+
+    def failed(self, error: LeapError, latency: float) -> None:
+        """Record a provider failure; enough of them in a row eject the provider."""
+        kind = type(error).__name__
+        self.stats.record_failure(
+            kind, latency, now=self._clock.monotonic(), message=error.message[:200]
+        )
+        if self.breaker.record_failure():
+            count = self.breaker.consecutive_failures or self.stats.consecutive_errors
+            cause = f"ejected after {count} consecutive failures (last: {kind})"
+            if self._admin is ProviderStatus.ACTIVE:
+                # Every ejection is recorded, a repeated one (a failed probe) included.
+                self._note(self.status, cause)
+
+    def refused(self, error: LeapError) -> None:
+        """Record an error that is the caller's, not the provider's (400, 404, 413, 422...)."""
+        self.stats.record_client_error(type(error).__name__)
+        self.breaker.release_probe()
+
+    def abandoned(self) -> None:
+        """A request ended without a verdict (the caller went away)."""
+        self.breaker.release_probe()
+
+    def checked(self, ok: bool, cause: str) -> None:
+        """Record an active health check's result."""
+        self.breaker.record_check(ok)
+        self.refresh(cause)
+
+    def set_admin(self, status: ProviderStatus, cause: str) -> None:
+        self._admin = status
+        self.refresh(cause)
+
+    def refresh(self, cause: str) -> None:
+        """Record a transition if the effective status changed."""
+        status = self.status
+        if status is not self._effective:
+            self._note(status, cause)
+
+    def _note(self, status: ProviderStatus, cause: str) -> None:
+        self._effective = status
+        self.transitions.append(Transition(self._clock.time(), status, cause))
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSnapshot:
+    """A point-in-time view of one provider, safe to return to admins: no key, no secrets."""
+
+    name: str
+    kind: str
+    preset: str | None
+    base_url: str | None
+    status: ProviderStatus
+    health: Health
+    breaker: BreakerState
+    times_ejected: int
+    ejected_until: float | None
+    features: tuple[str, ...]
+    models: tuple[str, ...]
+    priority: int
+    weight: float
+    last_check_at: float | None
+    last_check_ok: bool | None
+    requests: int
+    successes: int
+    errors: dict[str, int]
+    consecutive_errors: int
+    in_flight: int
+    latency_ewma: float | None
+    latency: Quantiles | None
+    ttft: Quantiles | None
+    prompt_tokens: int
+    completion_tokens: int
+    success_rate: float | None
+    last_error: str | None
+    transitions: tuple[Transition, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryStats:
+    """Totals over every provider."""
+
+    total: int
+    active: int
+    healthy: int
+    in_flight: int
+    requests: int
+    successes: int
+    errors: int
+    success_rate: float | None
+
+
+class Registry:
+    """Providers by name: register, replace, remove, look up, change status, snapshot."""
+
+    def __init__(self, *, clock: Clock | None = None, policy: BreakerPolicy | None = None) -> None:
+        self._clock = clock or SystemClock()
+        self._policy = policy or BreakerPolicy()
+        self._entries: dict[str, ProviderEntry] = {}
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def register(
+        self, provider: Provider, settings: RouteSettings | None = None, *, replace: bool = False
+    ) -> ProviderEntry:
+        """Add ``provider``; an existing name is an error unless ``replace`` is true."""
+        name = provider.name
+        if name in self._entries and not replace:
+            raise ConflictError(
+                f"A provider named {name!r} is already registered",
+                code="duplicate_provider",
+                retryable=False,
+            )
+        entry = ProviderEntry(
+            provider, settings or RouteSettings(), policy=self._policy, clock=self._clock
+        )
+        self._entries[name] = entry
+        return entry
+
+    def replace(self, provider: Provider, settings: RouteSettings | None = None) -> ProviderEntry:
+        """Register ``provider`` in place of the one with its name; returns the new entry."""
+        return self.register(provider, settings, replace=True)
+
+    def remove(self, name: str) -> ProviderEntry:
+        """Take a provider out of the registry; the caller closes it."""
+        entry = self.get(name)
+        del self._entries[name]
+        return entry
+
+    def get(self, name: str) -> ProviderEntry:
+        """The entry called ``name``; NotFoundError (404) otherwise."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise NotFoundError(f"No provider named {name!r}", param="name") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[ProviderEntry]:
+        return iter(list(self._entries.values()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        """Registered names, in registration order."""
+        return list(self._entries)
+
+    def set_status(self, name: str, status: ProviderStatus | str, *, cause: str) -> None:
+        """Set the admin status: active, inactive or maintenance (drain)."""
+        if status not in ADMIN_STATUSES:
+            raise InvalidRequestError(
+                "Status must be active, inactive or maintenance; unhealthy comes from health",
+                param="status",
+                code="invalid_status",
+            )
+        self.get(name).set_admin(ProviderStatus(status), cause)
+
+    def drained(self, name: str) -> bool:
+        """True when a provider in maintenance has no request left in flight."""
+        entry = self.get(name)
+        return entry.status is ProviderStatus.MAINTENANCE and entry.stats.in_flight == 0
+
+    def snapshot(self, name: str) -> ProviderSnapshot:
+        """A point-in-time view of one provider."""
+        return _snapshot(self.get(name), self._clock.monotonic(), self._clock.time())
+
+    def snapshots(self) -> list[ProviderSnapshot]:
+        """Views of every provider, in registration order."""
+        now, wall = self._clock.monotonic(), self._clock.time()
+        return [_snapshot(entry, now, wall) for entry in list(self._entries.values())]
+
+    def stats(self) -> RegistryStats:
+        """Totals: providers, active, healthy, in flight, success rate."""
+        entries = list(self._entries.values())
+        successes = sum(e.stats.successes for e in entries)
+        errors = sum(e.stats.error_count for e in entries)
+        finished = successes + sum(e.stats.failures for e in entries)
+        return RegistryStats(
+            total=len(entries),
+            active=sum(1 for e in entries if e.status is ProviderStatus.ACTIVE),
+            healthy=sum(1 for e in entries if e.breaker.health is not Health.UNHEALTHY),
+            in_flight=sum(e.stats.in_flight for e in entries),
+            requests=sum(e.stats.requests for e in entries),
+            successes=successes,
+            errors=errors,
+            success_rate=successes / finished if finished else None,
+        )
+
+
+def _public_url(url: str | None) -> str | None:
+    # A key can sit in the query (``?key=...``) or the user info: snapshots show neither.
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host, query="", fragment="").geturl()
+
+
+def _snapshot(entry: ProviderEntry, now: float, wall: float) -> ProviderSnapshot:
+    stats = entry.stats
+    breaker = entry.breaker
+
+    def wall_time(monotonic: float | None) -> float | None:
+        # Breaker times are monotonic; snapshots show wall-clock times, like transitions.
+        return None if monotonic is None else monotonic - now + wall
+
+    return ProviderSnapshot(
+        name=entry.name,
+        kind=entry.settings.kind,
+        preset=entry.settings.preset,
+        base_url=_public_url(entry.settings.base_url),
+        status=entry.status,
+        health=breaker.health,
+        breaker=breaker.state,
+        times_ejected=breaker.times_ejected,
+        ejected_until=wall_time(breaker.open_until)
+        if breaker.state is not BreakerState.CLOSED
+        else None,
+        features=tuple(f.value for f in Feature if entry.provider.supports(f)),
+        models=entry.models,
+        priority=entry.settings.priority,
+        weight=entry.settings.weight,
+        last_check_at=wall_time(breaker.last_check_at),
+        last_check_ok=breaker.last_check_ok,
+        requests=stats.requests,
+        successes=stats.successes,
+        errors=dict(stats.errors),
+        consecutive_errors=stats.consecutive_errors,
+        in_flight=stats.in_flight,
+        latency_ewma=stats.ewma.value(now=now),
+        latency=stats.latency.quantiles(),
+        ttft=stats.ttft.quantiles(),
+        prompt_tokens=stats.prompt_tokens,
+        completion_tokens=stats.completion_tokens,
+        success_rate=stats.success_rate,
+        last_error=stats.last_error,
+        transitions=tuple(entry.transitions),
+    )

@@ -1,0 +1,96 @@
+"""Which providers can serve a request: aliases, ``provider/model`` names, model lists, features.
+
+Pure lookups over the registry; the manager orders the result and tries it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .exceptions import InvalidRequestError, ModelNotFoundError
+from .features import required_features
+from .registry import Registry
+from .types import ChatCompletionRequest
+
+__all__ = ["Route", "RouteTable"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One provider and the model name to send it."""
+
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """A public model name for an ordered list of targets, with its own strategy if set."""
+
+    targets: tuple[str, ...]
+    strategy: str | None = None
+
+
+class RouteTable:
+    """Resolves a request's model to the routes that can serve it."""
+
+    def __init__(self, registry: Registry, aliases: Mapping[str, Alias] | None = None) -> None:
+        self._registry = registry
+        self.aliases: dict[str, Alias] = dict(aliases or {})
+
+    def routes(self, request: ChatCompletionRequest) -> list[Route]:
+        """Routes for ``request``, in preference order; 404 for an unknown model, 400 when no
+        provider serving it has the features the request needs."""
+        model = request.model
+        alias = self.aliases.get(model)
+        targets: Sequence[str] = alias.targets if alias is not None else (model,)
+        routes: list[Route] = []
+        seen: set[str] = set()
+        for target in targets:
+            for route in self._resolve(target):
+                if route.provider not in seen:
+                    seen.add(route.provider)
+                    routes.append(route)
+        if not routes:
+            raise ModelNotFoundError(
+                f"The model `{model}` does not exist or no configured provider serves it"
+            )
+        needed = required_features(request)
+        if not needed:
+            return routes
+        capable = [r for r in routes if self._supports(r.provider, needed)]
+        if not capable:
+            missing = ", ".join(sorted(needed))
+            raise InvalidRequestError(
+                f"No provider serving `{model}` supports what this request needs ({missing})",
+                param="model",
+                code="unsupported_feature",
+            )
+        return capable
+
+    def _resolve(self, target: str) -> list[Route]:
+        registry = self._registry
+        prefix, slash, rest = target.partition("/")
+        if slash and rest and prefix in registry:
+            return [Route(prefix, rest)]
+        return [Route(entry.name, target) for entry in registry if target in entry.models]
+
+    def _supports(self, name: str, needed: frozenset[str]) -> bool:
+        provider = self._registry.get(name).provider
+        return all(provider.supports(feature) for feature in needed)
+
+    def models(self) -> dict[str, list[str]]:
+        """Every routable public model name and the providers behind it (aliases included)."""
+        served: dict[str, list[str]] = {}
+        for entry in self._registry:
+            for model in entry.models:
+                served.setdefault(model, []).append(entry.name)
+        for name, alias in self.aliases.items():
+            providers: list[str] = []
+            for target in alias.targets:
+                providers += [
+                    r.provider for r in self._resolve(target) if r.provider not in providers
+                ]
+            served[name] = providers
+        return served

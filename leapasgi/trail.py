@@ -1,0 +1,48 @@
+"""The routing trail of one request: which providers were tried, and why each failed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Attempt", "RoutingTrail"]
+
+OK = "ok"
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one provider; ``outcome`` is "ok", an error kind, or why it was skipped."""
+
+    provider: str
+    model: str
+    outcome: str
+    status: int | None = None
+    latency: float = 0.0
+    message: str | None = None
+    skipped: bool = False
+
+
+@dataclass(slots=True)
+class RoutingTrail:
+    """Every attempt of one request, in order. Holds names, statuses and messages; no secrets."""
+
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def served_by(self) -> Attempt | None:
+        """The attempt that succeeded, if one did."""
+        last = self.attempts[-1] if self.attempts else None
+        return last if last is not None and last.outcome == OK else None
+
+    @property
+    def tries(self) -> int:
+        """Attempts that reached a provider (skips not counted)."""
+        return sum(1 for attempt in self.attempts if not attempt.skipped)
+
+    def summary(self) -> str:
+        """A one-line account for logs: ``groq/llama: RateLimitError (429); mock/m: ok``."""
+        parts = []
+        for a in self.attempts:
+            status = f" ({a.status})" if a.status is not None else ""
+            parts.append(f"{a.provider}/{a.model}: {a.outcome}{status}")
+        return "; ".join(parts)

@@ -1,0 +1,323 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from leapasgi.config import (
+    AliasConfig,
+    GatewayConfig,
+    ProviderConfig,
+    RoutingConfig,
+    load_config,
+    parse_config,
+)
+from leapasgi.exceptions import ConfigurationError
+from leapasgi.features import ALL_FEATURES, Feature
+from leapasgi.providers.base import Timeouts
+from leapasgi.providers.compatible import OpenAICompatibleProvider
+from leapasgi.providers.mock import MockProvider
+from leapasgi.providers.presets import PRESETS
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gateway.toml"
+SECRET = "sk-test-0123456789abcdef"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def config_error(path: Path, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(path, env=env or {})
+    return str(caught.value)
+
+
+def test_the_example_loads_with_an_empty_environment_and_enables_only_the_mock() -> None:
+    config = load_config(EXAMPLE, env={})
+    assert [p.name for p in config.enabled_providers(env={})] == ["mock"]
+    assert set(config.skipped_providers(env={})) == {"openai", "groq", "together"}
+    assert "OPENAI_API_KEY" in config.skipped_providers(env={})["openai"]
+    assert config.routing.aliases["default"].targets[0] == "mock/mock-chat"
+    assert "fast" in config.routing.aliases
+
+
+def test_the_example_enables_openai_when_its_key_is_set() -> None:
+    env = {"OPENAI_API_KEY": SECRET}
+    config = load_config(EXAMPLE, env=env)
+    enabled = {p.name: p for p in config.enabled_providers(env=env)}
+    assert set(enabled) == {"mock", "openai"}
+    key = enabled["openai"].resolve_key(env)
+    assert isinstance(key, SecretStr)
+    assert key.get_secret_value() == SECRET
+    for text in (repr(config), str(config), repr(enabled["openai"]), str(key)):
+        assert SECRET not in text
+
+
+def test_a_secret_never_appears_in_an_error(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[providers]]\nname = "x"\npreset = "openai"\napi_key = "${KEY}"\ntimeout = "${KEY}"\n',
+    )
+    message = config_error(path, {"KEY": SECRET})
+    assert "providers[0].timeout" in message
+    assert SECRET not in message
+
+
+def test_a_default_is_used_when_the_variable_is_unset_or_empty() -> None:
+    text = '[[providers]]\nname = "local"\nbase_url = "${URL:-http://localhost:8000/v1}"\n'
+    for env in ({}, {"URL": ""}):
+        assert parse_config(text, env=env).providers[0].base_url == "http://localhost:8000/v1"
+    config = parse_config(text, env={"URL": "http://10.0.0.2/v1"})
+    assert config.providers[0].base_url == "http://10.0.0.2/v1"
+
+
+def test_a_variable_in_a_number_field_is_coerced() -> None:
+    config = parse_config('[health]\ninterval = "${EVERY:-15}"\n', env={})
+    assert config.health.interval == 15.0
+
+
+def test_a_doubled_dollar_escapes_a_reference() -> None:
+    text = '[[providers]]\nname = "m"\ntype = "mock"\nreply = "costs $${HOME} and $$5"\n'
+    assert parse_config(text, env={}).providers[0].reply == "costs ${HOME} and $$5"
+
+
+def test_a_missing_variable_names_file_key_path_and_variable_but_no_value(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[providers]]\nname = "m"\ntype = "mock"\n'
+        '[[providers]]\nname = "o"\npreset = "openai"\napi_key = "${MY_OPENAI_KEY}"\n',
+    )
+    message = config_error(path, {"OTHER": SECRET})
+    assert str(path) in message
+    assert "providers[1].api_key" in message
+    assert "MY_OPENAI_KEY" in message
+    assert SECRET not in message
+
+
+def test_malformed_references_are_errors() -> None:
+    for value in ("${1BAD}", "${OPEN", "${A:-${B}}"):
+        with pytest.raises(ConfigurationError, match=r"routing\.strategy"):
+            parse_config(f'[routing]\nstrategy = "{value}"\n', env={"B": "x"})
+
+
+def test_an_optional_provider_with_an_unset_variable_is_dropped() -> None:
+    text = (
+        '[routing.aliases]\nfast = ["o/gpt-4o-mini"]\n'
+        '[[providers]]\nname = "o"\npreset = "openai"\noptional = true\n'
+        'base_url = "${OPENAI_URL}"\n'
+        '[[providers]]\nname = "m"\ntype = "mock"\ntimeout = "soon"\n'
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        parse_config(text, source="gw.toml", env={})
+    # Error paths point into the file as written, even with provider 0 dropped.
+    assert "gw.toml: providers[1].timeout: Input should be a valid number" in str(caught.value)
+    config = parse_config(text.replace('"soon"', "3"), env={})
+    assert [p.name for p in config.providers] == ["m"]
+    assert "OPENAI_URL" in config.skipped_providers()["o"]
+
+
+def test_api_key_file_is_read_and_stripped_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "key.txt").write_text(f"  {SECRET}\n", encoding="utf-8")
+    path = write(
+        tmp_path, '[[providers]]\nname = "o"\npreset = "openai"\napi_key_file = "key.txt"\n'
+    )
+    provider = load_config(path, env={}).providers[0]
+    assert provider.api_key_file == tmp_path / "key.txt"
+    key = provider.resolve_key(env={})
+    assert key is not None
+    assert key.get_secret_value() == SECRET
+
+
+def test_a_missing_key_file_names_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.txt"
+    provider = ProviderConfig(name="o", preset="openai", api_key_file=missing)
+    with pytest.raises(ConfigurationError, match=r"nope\.txt") as caught:
+        provider.resolve_key(env={"OPENAI_API_KEY": SECRET})
+    assert caught.value.provider == "o"
+    optional = provider.model_copy(update={"optional": True})
+    config = GatewayConfig(providers=[optional])
+    assert config.enabled_providers(env={}) == []
+
+
+def test_an_empty_key_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "key.txt").write_text("\n", encoding="utf-8")
+    provider = ProviderConfig(name="o", preset="openai", api_key_file=tmp_path / "key.txt")
+    with pytest.raises(ConfigurationError, match="is empty"):
+        provider.resolve_key(env={})
+
+
+def test_an_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = write(tmp_path, '[[providers]]\nname = "o"\npreset = "openai"\napi_kye = "x"\n')
+    message = config_error(path)
+    assert f"{path}: providers[0].api_kye: Extra inputs are not permitted" in message
+    with pytest.raises(ConfigurationError, match=r"routing\.stratgy"):
+        parse_config('[routing]\nstratgy = "priority"\n', env={})
+
+
+def test_a_wrong_type_names_file_path_and_expectation(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[providers]]\nname = "m"\ntype = "mock"\n'
+        '[[providers]]\nname = "o"\npreset = "openai"\ntimeout = "slow"\n',
+    )
+    message = config_error(path, {"OPENAI_API_KEY": SECRET})
+    assert f"{path}: providers[1].timeout: Input should be a valid number" in message
+    assert "slow" not in message
+
+
+def test_a_bad_strategy_lists_the_choices() -> None:
+    with pytest.raises(ConfigurationError, match=r"routing\.strategy: Input should be") as caught:
+        parse_config('[routing]\nstrategy = "fastest"\n', env={})
+    assert "least_latency" in str(caught.value)
+    with pytest.raises(ConfigurationError, match=r"routing\.aliases\.a\.strategy"):
+        parse_config('[routing.aliases.a]\ntargets = ["m"]\nstrategy = "x"\n', env={})
+
+
+def test_invalid_values_are_rejected() -> None:
+    cases = {
+        "[routing]\nmax_attempts = 0\n": "routing.max_attempts",
+        "[routing]\nretry_initial_delay = 5\nretry_max_delay = 1\n": "retry_max_delay",
+        "[health]\nbase_ejection = 60\nmax_ejection = 10\n": "max_ejection",
+        "[health]\ntimeout = inf\n": "health.timeout",
+        '[[providers]]\nname = "bad name"\ntype = "mock"\n': "providers[0].name",
+        '[[providers]]\nname = "x"\n': "base_url is required",
+        '[[providers]]\nname = "x"\npreset = "nope"\n': "unknown preset",
+        '[[providers]]\nname = "x"\nbase_url = "ftp://h"\n': "http:// or https://",
+        '[[providers]]\nname = "x"\ntype = "mock"\npreset = "openai"\n': "mock",
+        '[[providers]]\nname = "x"\npreset = "groq"\nreply = "hi"\n': "mock providers only",
+        '[[providers]]\nname = "x"\npreset = "groq"\nheaders = {Authorization = "k"}\n': "header",
+        "[routing.aliases]\nfast = []\n": "routing.aliases.fast.targets",
+        '[routing.aliases]\nfast = ["p/"]\n': "routing.aliases.fast.targets[0]",
+    }
+    for text, expected in cases.items():
+        with pytest.raises(ConfigurationError) as caught:
+            parse_config(text, env={})
+        assert expected in str(caught.value), text
+
+
+def test_duplicate_provider_names_are_an_error() -> None:
+    text = '[[providers]]\nname = "m"\ntype = "mock"\n' * 2
+    with pytest.raises(ConfigurationError, match="duplicate provider name 'm'"):
+        parse_config(text, env={})
+
+
+def test_an_alias_naming_an_unknown_provider_is_an_error() -> None:
+    text = '[routing.aliases]\nfast = ["grok/llama"]\n[[providers]]\nname = "m"\ntype = "mock"\n'
+    with pytest.raises(ConfigurationError) as caught:
+        parse_config(text, source="gw.toml", env={})
+    assert "gw.toml: routing.aliases.fast.targets[0]: unknown provider 'grok'" in str(caught.value)
+    config = parse_config(text.replace("grok/llama", "llama"), env={})
+    assert config.routing.aliases["fast"] == AliasConfig(targets=["llama"])
+
+
+def test_a_toml_syntax_error_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "[routing]\nstrategy = \n")
+    message = config_error(path)
+    assert str(path) in message
+    assert "line 2" in message
+
+
+def test_a_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"absent\.toml"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_first_token_timeout_zero_switches_it_off() -> None:
+    config = parse_config("[routing]\nfirst_token_timeout = 0\n", env={})
+    assert config.routing.first_token_timeout is None
+    assert RoutingConfig().first_token_timeout == 60.0
+
+
+def test_build_gives_a_mock_provider_with_the_configured_settings() -> None:
+    config = ProviderConfig(
+        name="m",
+        type="mock",
+        models=["a", "b"],
+        reply="hi",
+        chunks=3,
+        chunk_delay=0.1,
+        features=["streaming"],
+        timeout=7,
+    )
+    provider = config.build()
+    assert isinstance(provider, MockProvider)
+    assert (provider.name, provider.models, provider.reply) == ("m", ("a", "b"), "hi")
+    assert (provider.chunks, provider.chunk_delay) == (3, 0.1)
+    assert provider.features == frozenset({Feature.STREAMING})
+    assert provider.timeouts.first_byte == 7
+    default = ProviderConfig(name="m", type="mock").build()
+    assert isinstance(default, MockProvider)
+    assert default.models == ("mock-chat",)
+
+
+def test_build_gives_an_openai_compatible_provider_without_its_own_retries() -> None:
+    config = ProviderConfig(
+        name="g",
+        preset="groq",
+        timeout=12,
+        connect_timeout=2,
+        max_retries=5,
+        models=["llama"],
+        headers={"X-Team": "t"},
+        max_connections=7,
+    )
+    provider = config.build(env={"GROQ_API_KEY": SECRET})
+    assert isinstance(provider, OpenAICompatibleProvider)
+    settings = provider.settings
+    assert settings.retry.max_retries == 0
+    assert settings.timeouts == Timeouts(connect=2, first_byte=12, idle=12, total=600)
+    assert settings.features == PRESETS["groq"].features
+    assert settings.models == ("llama",)
+    assert settings.base_url == PRESETS["groq"].base_url
+    assert settings.max_connections == 7
+    assert settings.api_key is not None
+    assert settings.api_key.get_secret_value() == SECRET
+    assert config.max_retries == 5
+
+
+def test_build_without_a_preset_uses_every_feature_and_the_default_timeout() -> None:
+    config = ProviderConfig(name="local", base_url="http://localhost:8000/v1")
+    provider = config.build(env={})
+    assert isinstance(provider, OpenAICompatibleProvider)
+    assert provider.settings.features == ALL_FEATURES
+    assert provider.settings.timeouts.first_byte == 30.0
+    assert provider.settings.api_key is None
+
+
+def test_a_preset_without_a_key_names_the_variable() -> None:
+    config = GatewayConfig(providers=[ProviderConfig(name="oa", preset="openai")])
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY") as caught:
+        config.enabled_providers(env={})
+    assert caught.value.provider == "oa"
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        config.providers[0].build(env={})
+
+
+def test_an_explicit_key_variable_is_required_and_a_keyless_preset_is_not() -> None:
+    custom = ProviderConfig(name="c", base_url="http://h/v1", api_key_env="C_KEY")
+    with pytest.raises(ConfigurationError, match="C_KEY"):
+        custom.resolve_key(env={})
+    assert custom.resolve_key(env={"C_KEY": "k"}) == SecretStr("k")
+    assert ProviderConfig(name="ol", preset="ollama").resolve_key(env={}) is None
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    config = ProviderConfig(
+        name="o",
+        base_url=f"https://h/v1?key={SECRET}",
+        api_key=SecretStr(SECRET),
+        headers={"X-Api-Key": SECRET},
+    )
+    assert SECRET not in repr(config)
+    assert SECRET not in str(config)
+    assert "X-Api-Key" in repr(config)
+
+
+def test_configs_are_frozen() -> None:
+    config = GatewayConfig()
+    with pytest.raises(ValueError, match="frozen"):
+        config.routing = RoutingConfig()  # type: ignore[misc]
