@@ -3,7 +3,17 @@
 __version__ = "0.1.0"
 
 from .accumulate import ChatCompletionAccumulator, collect
+from .balancing import Strategy
 from .clock import Clock, FakeClock, SystemClock
+from .config import (
+    AliasConfig,
+    GatewayConfig,
+    HealthConfig,
+    ProviderConfig,
+    RoutingConfig,
+    load_config,
+    parse_config,
+)
 from .exceptions import (
     AuthenticationError,
     ConfigurationError,
@@ -21,6 +31,7 @@ from .exceptions import (
     MalformedStreamError,
     ModelNotFoundError,
     NameResolutionError,
+    NoProviderAvailableError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
@@ -34,6 +45,8 @@ from .exceptions import (
     UpstreamUnavailableError,
 )
 from .features import Feature, required_features
+from .health import BreakerPolicy
+from .manager import HealthResult, ManagedStream, ProviderManager
 from .providers import (
     PRESETS,
     Fault,
@@ -45,7 +58,9 @@ from .providers import (
     Timeouts,
     get_preset,
 )
+from .registry import ProviderSnapshot, ProviderStatus, Registry, RouteSettings
 from .retry import RetryPolicy
+from .trail import Attempt, RoutingTrail
 from .types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -58,7 +73,10 @@ from .types import (
 
 __all__ = [
     "PRESETS",
+    "AliasConfig",
+    "Attempt",
     "AuthenticationError",
+    "BreakerPolicy",
     "ChatCompletion",
     "ChatCompletionAccumulator",
     "ChatCompletionChunk",
@@ -74,26 +92,40 @@ __all__ = [
     "Fault",
     "Feature",
     "FirstByteTimeoutError",
+    "GatewayConfig",
+    "HealthConfig",
+    "HealthResult",
     "IdleTimeoutError",
     "InvalidRequestError",
     "LeapError",
     "LeapTimeoutError",
     "MalformedResponseError",
     "MalformedStreamError",
+    "ManagedStream",
     "MockProvider",
     "Model",
     "ModelList",
     "ModelNotFoundError",
     "NameResolutionError",
+    "NoProviderAvailableError",
     "NotFoundError",
     "OpenAICompatibleProvider",
     "PermissionDeniedError",
     "Preset",
     "Provider",
+    "ProviderConfig",
+    "ProviderManager",
     "ProviderSettings",
+    "ProviderSnapshot",
+    "ProviderStatus",
     "RateLimitError",
+    "Registry",
     "RequestTooLargeError",
     "RetryPolicy",
+    "RouteSettings",
+    "RoutingConfig",
+    "RoutingTrail",
+    "Strategy",
     "StreamError",
     "StreamInterruptedError",
     "SystemClock",
@@ -107,6 +139,8 @@ __all__ = [
     "__version__",
     "collect",
     "get_preset",
+    "load_config",
     "parse_chat_request",
+    "parse_config",
     "required_features",
 ]

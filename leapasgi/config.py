@@ -17,7 +17,7 @@ import re
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -33,9 +33,11 @@ from pydantic import (
 )
 
 from ._config_file import SKIPPED_CONTEXT, format_errors, prepare, read_text
+from .balancing import Strategy
 from .clock import Clock
 from .exceptions import ConfigurationError
 from .features import ALL_FEATURES
+from .health import DEFAULT_BASE_EJECTION, DEFAULT_FAILURE_THRESHOLD, DEFAULT_MAX_EJECTION
 from .providers.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Provider, Timeouts
 from .providers.compatible import OpenAICompatibleProvider
 from .providers.mock import MockProvider
@@ -60,7 +62,6 @@ __all__ = [
     "HealthConfig",
     "ProviderConfig",
     "RoutingConfig",
-    "Strategy",
     "load_config",
     "parse_config",
 ]
@@ -72,12 +73,8 @@ DEFAULT_REQUEST_TIMEOUT = DEFAULT_TOTAL_TIMEOUT
 DEFAULT_FIRST_TOKEN_TIMEOUT = 60.0
 DEFAULT_HEALTH_INTERVAL = 30.0
 DEFAULT_HEALTH_TIMEOUT = 5.0
-DEFAULT_FAILURE_THRESHOLD = 5
-DEFAULT_BASE_EJECTION = 30.0
-DEFAULT_MAX_EJECTION = 300.0
 
-Strategy = Literal["priority", "round_robin", "weighted", "least_latency", "least_in_flight"]
-STRATEGIES: tuple[str, ...] = get_args(Strategy)
+STRATEGIES: tuple[str, ...] = tuple(Strategy)
 
 _NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -278,7 +275,7 @@ class AliasConfig(_Config):
 class RoutingConfig(_Config):
     """How requests pick providers, and the bounds on one request's attempts and time."""
 
-    strategy: Strategy = "priority"
+    strategy: Strategy = Strategy.PRIORITY
     aliases: dict[str, AliasConfig] = Field(default_factory=dict)
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
     request_timeout: float = Field(default=DEFAULT_REQUEST_TIMEOUT, gt=0)

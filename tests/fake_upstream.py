@@ -77,8 +77,9 @@ class FakeUpstream:
     """An aiohttp.web server on 127.0.0.1 with a script of behaviors; use as an async context."""
 
     def __init__(self, *, default: Behavior | None = None, models: Iterable[str] = ("m1",)) -> None:
-        self._builtin = Behavior(json_body=completion("hello"))
-        self.default = default or self._builtin
+        self.default = default or Behavior(json_body=completion("hello"))
+        # What GET /models answers when nothing is scripted; None lists ``models``.
+        self.models_behavior: Behavior | None = None
         self.script: deque[Behavior] = deque()
         self.seen: list[Seen] = []
         self.models = list(models)
@@ -123,9 +124,12 @@ class FakeUpstream:
             _peer_port(request),
         )
         self.seen.append(seen)
-        behavior = self.script.popleft() if self.script else self.default
-        if request.path.endswith("/models") and behavior is self._builtin:
-            behavior = Behavior(json_body=model_list(self.models))
+        if self.script:
+            behavior = self.script.popleft()
+        elif request.path.endswith("/models"):
+            behavior = self.models_behavior or Behavior(json_body=model_list(self.models))
+        else:
+            behavior = self.default
         try:
             return await self._play(request, behavior)
         except (asyncio.CancelledError, ConnectionResetError):

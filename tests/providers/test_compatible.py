@@ -536,6 +536,7 @@ async def test_the_key_never_leaks_into_errors_reprs_or_logs(
     caplog.set_level(logging.DEBUG)
     echoed = f"Incorrect API key provided: {CANARY} ({base64.b64encode(CANARY.encode()).decode()})"
     upstream.default = Behavior(status=401, json_body=error_body(echoed, code=CANARY))
+    upstream.models_behavior = upstream.default
     outputs: list[str] = []
     base_url = f"{upstream.base_url}?key={CANARY}"
     async with make(base_url, retries=0) as provider:
