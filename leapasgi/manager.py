@@ -31,6 +31,7 @@ from .exceptions import (
     FirstByteTimeoutError,
     LeapError,
     NoProviderAvailableError,
+    StreamInterruptedError,
     UpstreamUnavailableError,
 )
 from .health import BreakerPolicy
@@ -403,8 +404,13 @@ class ProviderManager:
                 raise
             ttft = self._clock.monotonic() - started
             trail.attempts.append(Attempt(route.provider, route.model, OK, latency=ttft))
-            async for chunk in self._rest(chunks, first, entry, route, trail, started, ttft):
-                yield chunk
+            rest = self._rest(chunks, first, entry, trail, started, ttft, deadline)
+            try:
+                async for chunk in rest:
+                    yield chunk
+            finally:
+                # Closing this generator early must close the upstream stream at once too.
+                await _close(rest)
             return
         raise self._exhausted(plan, trail)
 
@@ -413,33 +419,38 @@ class ProviderManager:
     ) -> ChatCompletionChunk:
         limit = self.routing.first_token_timeout
         remaining = deadline - self._clock.monotonic()
-        if limit and limit < remaining:
-            try:
-                async with asyncio.timeout(limit):
-                    return await self._bounded(anext(chunks), entry, None)
-            except TimeoutError:
-                raise FirstByteTimeoutError(
-                    f"Provider {entry.name!r} sent no first token within {limit:g} s",
-                    provider=entry.name,
-                ) from None
-        return await self._bounded(anext(chunks), entry, deadline)
+        try:
+            if limit and limit < remaining:
+                try:
+                    async with asyncio.timeout(limit):
+                        return await self._bounded(anext(chunks), entry, None)
+                except TimeoutError:
+                    raise FirstByteTimeoutError(
+                        f"Provider {entry.name!r} sent no first token within {limit:g} s",
+                        provider=entry.name,
+                    ) from None
+            return await self._bounded(anext(chunks), entry, deadline)
+        except StopAsyncIteration:
+            raise StreamInterruptedError(
+                f"Provider {entry.name!r} ended the stream before its first chunk",
+                provider=entry.name,
+            ) from None
 
     async def _rest(
         self,
         chunks: AsyncIterator[ChatCompletionChunk],
         first: ChatCompletionChunk,
         entry: ProviderEntry,
-        route: Route,
         trail: RoutingTrail,
         started: float,
         ttft: float,
+        deadline: float,
     ) -> AsyncIterator[ChatCompletionChunk]:
         """The stream after its first chunk: no failover now; a failure surfaces once."""
         usage = first.usage
         finished = failed = False
         try:
             yield first
-            deadline = started + self.routing.request_timeout
             while True:
                 try:
                     chunk = await self._bounded(anext(chunks), entry, deadline)

@@ -397,3 +397,43 @@ async def test_one_health_worker_per_manager_and_it_stops() -> None:
     await m.aclose()
     assert checks >= 3
     assert tasks[0].done()
+
+
+async def test_an_alias_can_have_its_own_strategy() -> None:
+    clock = FakeClock()
+    providers = [mock(n, clock) for n in "abc"]
+    aliases = {"spread": AliasConfig(targets=["a/m", "b/m", "c/m"], strategy="round_robin")}
+    async with manager(*providers, clock=clock, aliases=aliases) as m:
+        for _ in range(6):
+            await m.chat(req("spread"))
+        for _ in range(3):
+            await m.chat(req("m"))  # the global strategy (priority) still applies to plain names
+    assert [len(p.requests) for p in providers] == [5, 2, 2]
+
+
+async def test_closing_a_stream_early_frees_its_slot() -> None:
+    clock = FakeClock()
+    a = mock("a", clock, chunks=10)
+    async with manager(a, clock=clock) as m:
+        stream = m.stream(req(stream=True))
+        await anext(stream)
+        await anext(stream)
+        assert m.registry.snapshot("a").in_flight == 1
+        await stream.aclose()
+        snapshot = m.registry.snapshot("a")
+    assert snapshot.in_flight == 0
+    assert snapshot.errors == {}
+
+
+async def test_an_empty_stream_counts_as_a_failure_and_fails_over() -> None:
+    clock = FakeClock()
+
+    class Empty(MockProvider):
+        async def stream(self, request: ChatCompletionRequest) -> Any:  # type: ignore[override]
+            self.requests.append(request)
+            for _ in ():
+                yield
+
+    a, b = Empty(name="a", models=["m"], clock=clock), mock("b", clock)
+    async with manager(a, b, clock=clock) as m:
+        assert await text(m.stream(req(stream=True))) == "from b"

@@ -13,6 +13,7 @@ from pydantic import SecretStr
 
 from leapasgi.config import HealthConfig, ProviderConfig, RoutingConfig, load_config
 from leapasgi.manager import ProviderManager
+from leapasgi.registry import RouteSettings
 from leapasgi.types import ChatCompletionRequest
 from tests.fake_upstream import Behavior, FakeUpstream, error_body, sse, text_stream
 
@@ -159,3 +160,22 @@ def _completion(content: str) -> dict[str, Any]:
     from tests.fake_upstream import completion
 
     return completion(content)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_refused_connection_fails_over(upstreams: list[FakeUpstream], stream: bool) -> None:
+    for fake in upstreams[1:]:
+        fake.default = Behavior(json_body=_completion("fine"))
+        if stream:
+            fake.default = Behavior(events=text_stream(["fine"]))
+    m = manager_over(upstreams)
+    m.register_openai_compatible("u1", f"http://127.0.0.1:{_closed_port()}/v1", "sk-0123456789")
+    m.registry.replace(m.registry.get("u1").provider, RouteSettings(models=("m1",), priority=0))
+    async with m:
+        if stream:
+            served = m.stream(req(stream=True))
+            assert [c async for c in served]
+            trail = served.trail
+        else:
+            _, trail = await m.chat_with_trail(req())
+    assert [a.outcome for a in trail.attempts] == ["ConnectRefusedError", "ok"]
