@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
 import os
 import random
-from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -23,6 +21,7 @@ from typing import TypeVar
 
 from pydantic import SecretStr
 
+from .attempts import RequestAttempts
 from .balancing import Candidate, Strategy, order
 from .clock import Clock, SystemClock
 from .config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
@@ -30,7 +29,6 @@ from .exceptions import (
     DeadlineExceededError,
     FirstByteTimeoutError,
     LeapError,
-    NoProviderAvailableError,
     StreamInterruptedError,
     UpstreamUnavailableError,
 )
@@ -40,7 +38,7 @@ from .providers.presets import PRESETS
 from .registry import ProviderEntry, ProviderStatus, Registry, RouteSettings
 from .retry import RetryPolicy
 from .routing import Alias, Route, RouteTable
-from .trail import OK, Attempt, RoutingTrail
+from .trail import RoutingTrail
 from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, Usage
 
 __all__ = ["HealthResult", "ManagedStream", "ProviderManager"]
@@ -48,8 +46,6 @@ __all__ = ["HealthResult", "ManagedStream", "ProviderManager"]
 logger = logging.getLogger("leapasgi.manager")
 
 _T = TypeVar("_T")
-# Retry-After for a 503 when nothing can serve and no upstream gave a hint.
-UNAVAILABLE_RETRY_AFTER = 5.0
 # Presets load_default_providers registers when their key is present (Ollama is probed instead).
 DEFAULT_PRESETS = ("openai", "groq", "together", "mistral", "deepseek", "openrouter", "fireworks")
 OLLAMA_PROBE_TIMEOUT = 1.0
@@ -83,22 +79,6 @@ class ManagedStream:
         closer = getattr(self._chunks, "aclose", None)
         if closer is not None:
             await closer()
-
-
-class _Plan:
-    """The attempt queue of one request: fresh candidates first, then retries when due."""
-
-    def __init__(self, routes: list[Route]) -> None:
-        self.fresh: deque[Route] = deque(routes)
-        self.later: list[tuple[float, int, Route]] = []
-        self.retries: Counter[str] = Counter()
-        self.ejected: list[Route] = []
-        self.hints: list[float] = []
-        self.last_error: LeapError | None = None
-        self._seq = itertools.count()
-
-    def retry_at(self, when: float, route: Route) -> None:
-        heapq.heappush(self.later, (when, next(self._seq), route))
 
 
 class ProviderManager:
@@ -321,18 +301,18 @@ class ProviderManager:
     ) -> tuple[ChatCompletion, RoutingTrail]:
         """``chat``, with the routing trail of the request."""
         await self.start()
-        trail = RoutingTrail()
-        deadline = self._clock.monotonic() + self.routing.request_timeout
-        plan = self._plan(request)
-        while (route := await self._next(plan, trail, deadline)) is not None:
+        attempts = self._plan(request, RoutingTrail())
+        while (route := await attempts.next()) is not None:
             entry = self.registry.get(route.provider)
+            started = self._clock.monotonic()
             try:
-                result = await self._attempt_chat(entry, route, request, trail, deadline)
+                result = await self._attempt_chat(entry, route, request, attempts.deadline)
             except LeapError as exc:
-                self._after_failure(plan, route, entry, exc, trail, deadline)
+                attempts.failed(route, entry, exc, started)
                 continue
-            return result, trail
-        raise self._exhausted(plan, trail)
+            attempts.succeeded(route, self._clock.monotonic() - started)
+            return result, attempts.trail
+        raise attempts.exhausted()
 
     def stream(self, request: ChatCompletionRequest) -> ManagedStream:
         """A streamed completion; failover happens only before the first chunk is handed on."""
@@ -355,47 +335,43 @@ class ProviderManager:
         entry: ProviderEntry,
         route: Route,
         request: ChatCompletionRequest,
-        trail: RoutingTrail,
         deadline: float,
     ) -> ChatCompletion:
         started = self._clock.monotonic()
         entry.begin()
         try:
             result = await self._bounded(entry.provider.chat(_for(route, request)), entry, deadline)
-        except LeapError as exc:
-            self._record_failure(entry, route, exc, started, trail)
+        except LeapError:
             raise
         except BaseException:
             entry.abandoned()
             raise
         finally:
             entry.end()
-        latency = self._clock.monotonic() - started
         usage = result.usage or Usage()
         entry.succeeded(
-            latency, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens
+            self._clock.monotonic() - started,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
         )
-        trail.attempts.append(Attempt(route.provider, route.model, OK, latency=latency))
         return result
 
     async def _stream(
         self, request: ChatCompletionRequest, trail: RoutingTrail
     ) -> AsyncIterator[ChatCompletionChunk]:
         await self.start()
-        deadline = self._clock.monotonic() + self.routing.request_timeout
-        plan = self._plan(request)
-        while (route := await self._next(plan, trail, deadline)) is not None:
+        attempts = self._plan(request, trail)
+        while (route := await attempts.next()) is not None:
             entry = self.registry.get(route.provider)
             started = self._clock.monotonic()
             entry.begin()
             chunks = entry.provider.stream(_for(route, request))
             try:
-                first = await self._first_chunk(chunks, entry, deadline)
+                first = await self._first_chunk(chunks, entry, attempts.deadline)
             except LeapError as exc:
                 await _close(chunks)
                 entry.end()
-                self._record_failure(entry, route, exc, started, trail)
-                self._after_failure(plan, route, entry, exc, trail, deadline)
+                attempts.failed(route, entry, exc, started)
                 continue
             except BaseException:
                 await _close(chunks)
@@ -403,8 +379,8 @@ class ProviderManager:
                 entry.abandoned()
                 raise
             ttft = self._clock.monotonic() - started
-            trail.attempts.append(Attempt(route.provider, route.model, OK, latency=ttft))
-            rest = self._rest(chunks, first, entry, trail, started, ttft, deadline)
+            attempts.succeeded(route, ttft)
+            rest = self._rest(chunks, first, entry, trail, started, ttft, attempts.deadline)
             try:
                 async for chunk in rest:
                     yield chunk
@@ -412,7 +388,7 @@ class ProviderManager:
                 # Closing this generator early must close the upstream stream at once too.
                 await _close(rest)
             return
-        raise self._exhausted(plan, trail)
+        raise attempts.exhausted()
 
     async def _first_chunk(
         self, chunks: AsyncIterator[ChatCompletionChunk], entry: ProviderEntry, deadline: float
@@ -507,7 +483,7 @@ class ProviderManager:
 
     # Planning, failover and recording
 
-    def _plan(self, request: ChatCompletionRequest) -> _Plan:
+    def _plan(self, request: ChatCompletionRequest, trail: RoutingTrail) -> RequestAttempts:
         routes = self.routes.routes(request)
         alias = self.routes.aliases.get(request.model)
         strategy = Strategy(
@@ -533,97 +509,16 @@ class ProviderManager:
             )
         cursor = next(self._cursors.setdefault(request.model, itertools.count()))
         ordered = order(strategy, candidates, rng=self._rng, cursor=cursor)
-        return _Plan([usable[c.name] for c in ordered])
-
-    async def _next(self, plan: _Plan, trail: RoutingTrail, deadline: float) -> Route | None:
-        """The next route to try, waiting for a due retry if nothing fresh is left."""
-        if trail.tries >= self.routing.max_attempts:
-            return None
-        while plan.fresh:
-            route = plan.fresh.popleft()
-            if route.provider not in self.registry:
-                continue
-            entry = self.registry.get(route.provider)
-            if entry.breaker.allow():
-                return route
-            plan.ejected.append(route)
-            trail.attempts.append(Attempt(route.provider, route.model, "ejected", skipped=True))
-        if plan.later:
-            when, _, route = heapq.heappop(plan.later)
-            wait = when - self._clock.monotonic()
-            if wait > 0:
-                await self._clock.sleep(wait)
-            if (
-                route.provider in self.registry
-                and self.registry.get(route.provider).breaker.allow()
-            ):
-                return route
-            return await self._next(plan, trail, deadline)
-        if plan.ejected and trail.tries == 0:
-            # Panic mode: every candidate is ejected; try the one ejected longest ago rather
-            # than failing at once (the breaker admits it as a probe).
-            route = min(plan.ejected, key=lambda r: self._ejected_at(r))
-            plan.ejected.clear()
-            self.registry.get(route.provider).breaker.force_probe()
-            return route
-        return None
-
-    def _ejected_at(self, route: Route) -> float:
-        entry = self.registry.get(route.provider)
-        return entry.breaker.ejected_at if entry.breaker.ejected_at is not None else 0.0
-
-    def _record_failure(
-        self,
-        entry: ProviderEntry,
-        route: Route,
-        exc: LeapError,
-        started: float,
-        trail: RoutingTrail,
-    ) -> None:
-        latency = self._clock.monotonic() - started
-        if exc.retryable and not isinstance(exc, DeadlineExceededError):
-            entry.failed(exc, latency)
-        else:
-            entry.refused(exc)
-        trail.attempts.append(
-            Attempt(
-                route.provider,
-                route.model,
-                type(exc).__name__,
-                status=exc.upstream_status,
-                latency=latency,
-                message=exc.message,
-            )
+        return RequestAttempts(
+            [usable[c.name] for c in ordered],
+            registry=self.registry,
+            clock=self._clock,
+            rng=self._rng,
+            policy=self._policy,
+            max_attempts=self.routing.max_attempts,
+            deadline=now + self.routing.request_timeout,
+            trail=trail,
         )
-
-    def _after_failure(
-        self,
-        plan: _Plan,
-        route: Route,
-        entry: ProviderEntry,
-        exc: LeapError,
-        trail: RoutingTrail,
-        deadline: float,
-    ) -> None:
-        """Decide what a failed attempt leads to; non-retryable errors go back to the caller."""
-        if not exc.retryable or isinstance(exc, DeadlineExceededError):
-            exc.attempts = trail.tries
-            exc.trail = trail
-            raise exc
-        plan.last_error = exc
-        if exc.retry_after is not None:
-            plan.hints.append(exc.retry_after)
-        if not exc.retry_here:
-            return
-        retry = plan.retries[route.provider]
-        policy = self._policy(entry.settings.max_retries)
-        delay = policy.delay(retry, retry_after=exc.retry_after, rng=self._rng.random)
-        if delay is None:
-            return
-        when = self._clock.monotonic() + delay
-        if when < deadline:
-            plan.retries[route.provider] = retry + 1
-            plan.retry_at(when, route)
 
     def _policy(self, max_retries: int) -> RetryPolicy:
         policy = self._policies.get(max_retries)
@@ -636,20 +531,6 @@ class ProviderManager:
                 max_retry_after=routing.max_retry_after,
             )
         return policy
-
-    def _exhausted(self, plan: _Plan, trail: RoutingTrail) -> LeapError:
-        """The error for a request nothing could serve: the last upstream error, or a 503."""
-        error = plan.last_error
-        if error is None:
-            error = NoProviderAvailableError(
-                "No provider can serve this request right now",
-                retry_after=UNAVAILABLE_RETRY_AFTER,
-            )
-        if plan.hints:
-            error.retry_after = min(plan.hints)
-        error.attempts = trail.tries
-        error.trail = trail
-        return error
 
 
 def _for(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:

@@ -1,0 +1,152 @@
+"""The attempts of one request: which route comes next, and what each failure leads to.
+
+Fresh candidates are tried first, in the balancer's order; a failed provider that may be retried
+comes back after its backoff (or Retry-After). Everything shares one deadline and one attempt
+budget, so retries and failovers never multiply.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import Counter, deque
+from collections.abc import Callable
+
+from .clock import Clock
+from .exceptions import DeadlineExceededError, LeapError, NoProviderAvailableError
+from .registry import ProviderEntry, Registry
+from .retry import RetryPolicy
+from .routing import Route
+from .trail import OK, Attempt, RoutingTrail
+
+__all__ = ["UNAVAILABLE_RETRY_AFTER", "RequestAttempts"]
+
+# Retry-After for a 503 when nothing can serve and no upstream gave a hint.
+UNAVAILABLE_RETRY_AFTER = 5.0
+
+
+class RequestAttempts:
+    """The attempt queue, budget, deadline and routing trail of one request."""
+
+    def __init__(
+        self,
+        routes: list[Route],
+        *,
+        registry: Registry,
+        clock: Clock,
+        rng: random.Random,
+        policy: Callable[[int], RetryPolicy],
+        max_attempts: int,
+        deadline: float,
+        trail: RoutingTrail | None = None,
+    ) -> None:
+        self.trail = trail if trail is not None else RoutingTrail()
+        self.deadline = deadline
+        self._registry = registry
+        self._clock = clock
+        self._rng = rng
+        self._policy = policy
+        self._max_attempts = max_attempts
+        self._fresh: deque[Route] = deque(routes)
+        self._later: list[tuple[float, int, Route]] = []
+        self._seq = itertools.count()
+        self._retries: Counter[str] = Counter()
+        self._ejected: list[Route] = []
+        self._hints: list[float] = []
+        self._last_error: LeapError | None = None
+
+    async def next(self) -> Route | None:
+        """The next route to try, waiting for a due retry if nothing fresh is left."""
+        trail = self.trail
+        if trail.tries >= self._max_attempts:
+            return None
+        registry = self._registry
+        while self._fresh:
+            route = self._fresh.popleft()
+            if route.provider not in registry:
+                continue
+            if registry.get(route.provider).breaker.allow():
+                return route
+            self._ejected.append(route)
+            trail.attempts.append(Attempt(route.provider, route.model, "ejected", skipped=True))
+        if self._later:
+            when, _, route = heapq.heappop(self._later)
+            wait = when - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+            if route.provider in registry and registry.get(route.provider).breaker.allow():
+                return route
+            return await self.next()
+        if self._ejected and trail.tries == 0:
+            # Panic mode: every candidate is ejected; try the one ejected longest ago rather
+            # than failing at once (the breaker admits it as a probe).
+            route = min(self._ejected, key=self._ejected_at)
+            self._ejected.clear()
+            registry.get(route.provider).breaker.force_probe()
+            return route
+        return None
+
+    def _ejected_at(self, route: Route) -> float:
+        ejected_at = self._registry.get(route.provider).breaker.ejected_at
+        return ejected_at if ejected_at is not None else 0.0
+
+    def succeeded(self, route: Route, latency: float) -> None:
+        """Note the attempt that served the request."""
+        self.trail.attempts.append(Attempt(route.provider, route.model, OK, latency=latency))
+
+    def failed(self, route: Route, entry: ProviderEntry, exc: LeapError, started: float) -> None:
+        """Record a failed attempt, then raise it if it must go back to the caller unchanged
+        (400, 401, 403, 404, 413, 422, the deadline), or queue a retry of the same provider."""
+        latency = self._clock.monotonic() - started
+        final = not exc.retryable or isinstance(exc, DeadlineExceededError)
+        if final:
+            entry.refused(exc)
+        else:
+            entry.failed(exc, latency)
+        self.trail.attempts.append(
+            Attempt(
+                route.provider,
+                route.model,
+                type(exc).__name__,
+                status=exc.upstream_status,
+                latency=latency,
+                message=exc.message,
+            )
+        )
+        if final:
+            raise self._with_trail(exc)
+        self._last_error = exc
+        if exc.retry_after is not None:
+            self._hints.append(exc.retry_after)
+        if exc.retry_here:
+            self._retry_later(route, entry, exc)
+
+    def _retry_later(self, route: Route, entry: ProviderEntry, exc: LeapError) -> None:
+        retry = self._retries[route.provider]
+        policy = self._policy(entry.settings.max_retries)
+        delay = policy.delay(retry, retry_after=exc.retry_after, rng=self._rng.random)
+        if delay is None:
+            return
+        when = self._clock.monotonic() + delay
+        if when < self.deadline:
+            self._retries[route.provider] = retry + 1
+            heapq.heappush(self._later, (when, next(self._seq), route))
+
+    def exhausted(self) -> LeapError:
+        """The error for a request nothing could serve: the last upstream error, or a 503; it
+        carries the smallest Retry-After any upstream gave."""
+        error = self._last_error
+        if error is None:
+            error = NoProviderAvailableError(
+                "No provider can serve this request right now",
+                retry_after=UNAVAILABLE_RETRY_AFTER,
+            )
+        if self._hints:
+            error.retry_after = min(self._hints)
+        return self._with_trail(error)
+
+    def _with_trail(self, error: LeapError) -> LeapError:
+        error.attempts = self.trail.tries
+        error.trail = self.trail
+        return error
