@@ -214,7 +214,7 @@ class ProviderConfig(_Config):
         try:
             settings = ProviderSettings(
                 name=self.name,
-                base_url=self.base_url or (preset.base_url if preset else ""),
+                base_url=self.resolved_base_url or "",
                 api_key=self.resolve_key(env),
                 preset=self.preset,
                 timeouts=self._timeouts(),
@@ -229,6 +229,14 @@ class ProviderConfig(_Config):
             detail = format_errors(exc, source=f"provider {self.name!r}")
             raise ConfigurationError(detail, provider=self.name) from None
         return OpenAICompatibleProvider(settings, clock=clock)
+
+    @property
+    def resolved_base_url(self) -> str | None:
+        """The configured base URL, else the preset's; None for the mock provider."""
+        if self.type == "mock":
+            return None
+        preset = self._preset()
+        return self.base_url or (preset.base_url if preset else None)
 
     def _preset(self) -> Preset | None:
         return get_preset(self.preset) if self.preset else None

@@ -145,7 +145,7 @@ class ProviderManager:
             models=tuple(config.models),
             kind=config.type,
             preset=config.preset,
-            base_url=getattr(getattr(provider, "settings", None), "base_url", None),
+            base_url=config.resolved_base_url,
         )
         return self.registry.register(provider, settings, replace=True)
 
@@ -286,7 +286,10 @@ class ProviderManager:
 
     async def _health_loop(self) -> None:
         while True:
-            await self.check_health()
+            try:
+                await self.check_health()
+            except Exception:  # the worker must outlive any one bad round
+                logger.exception("health-check round failed")
             await self._clock.sleep(self.health.interval)
 
     # Serving
