@@ -51,8 +51,12 @@ __all__ = [
     "DEFAULT_FIRST_TOKEN_TIMEOUT",
     "DEFAULT_HEALTH_INTERVAL",
     "DEFAULT_HEALTH_TIMEOUT",
+    "DEFAULT_HOST",
+    "DEFAULT_KEEPALIVE_INTERVAL",
     "DEFAULT_MAX_ATTEMPTS",
+    "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_EJECTION",
+    "DEFAULT_PORT",
     "DEFAULT_PROVIDER_RETRIES",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_TIMEOUT",
@@ -62,11 +66,16 @@ __all__ = [
     "HealthConfig",
     "ProviderConfig",
     "RoutingConfig",
+    "ServerConfig",
     "load_config",
     "parse_config",
 ]
 
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_KEEPALIVE_INTERVAL = 15.0
 DEFAULT_PROVIDER_RETRIES = 2
 DEFAULT_MAX_ATTEMPTS = 4
 DEFAULT_REQUEST_TIMEOUT = DEFAULT_TOTAL_TIMEOUT
@@ -328,12 +337,40 @@ class HealthConfig(_Config):
         return self
 
 
+class ServerConfig(_Config):
+    """The HTTP side: where to listen, who may call, and request limits."""
+
+    host: str = DEFAULT_HOST
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    # Bearer keys clients must present on /v1; none configured means no gateway auth.
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    # The key for /v1/providers admin routes; without one they are not served.
+    admin_key: SecretStr | None = None
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    # Seconds between SSE keep-alive comments; also how long a stream may wait for its first
+    # chunk before the response starts (after that an upstream error arrives in-band).
+    keepalive_interval: float = Field(default=DEFAULT_KEEPALIVE_INTERVAL, gt=0)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _drop_empty_keys(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [key for key in value if key not in ("", None)]
+        return value
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _empty_admin_key_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class GatewayConfig(_Config):
-    """Providers, routing and health of one gateway."""
+    """Providers, routing, health and server settings of one gateway."""
 
     providers: list[ProviderConfig] = Field(default_factory=list)
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
     # Optional providers dropped while loading a file (an unset variable), with the reason.
     _skipped: dict[str, str] = PrivateAttr(default_factory=dict)
 

@@ -161,7 +161,10 @@ class OpenAICompatibleProvider:
     async def _chat_once(self, body: bytes, deadline: float) -> ChatCompletion:
         async with await self._send("POST", self._chat_url, body, deadline) as response:
             data = await self._read_body(response, deadline)
-        return self._completion(data)
+            request_id = response.headers.get("x-request-id")
+        completion = self._completion(data)
+        completion._request_id = request_id
+        return completion
 
     def _completion(self, data: bytes) -> ChatCompletion:
         try:

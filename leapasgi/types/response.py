@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ._base import CoreWireModel, WireModel
 
@@ -123,6 +123,13 @@ class ChatCompletion(CoreWireModel):
     usage: Usage | None = None
     system_fingerprint: str | None = None
     service_tier: str | None = None
+    # The upstream's x-request-id, for response headers; never serialized.
+    _request_id: str | None = PrivateAttr(default=None)
+
+    @property
+    def request_id(self) -> str | None:
+        """The upstream's ``x-request-id`` for this completion, when it sent one."""
+        return self._request_id
 
 
 class ChoiceDeltaFunctionCall(WireModel):
