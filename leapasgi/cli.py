@@ -1,14 +1,23 @@
-"""The ``leapasgi`` command."""
+"""The ``leapasgi`` command: ``serve``, ``check`` and ``presets``."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+from pathlib import Path
 
 from . import __version__
+from .exceptions import LeapError
 from .providers.presets import PRESETS
 
-__all__ = ["main"]
+__all__ = ["app_from_env", "main"]
+
+# How ``serve --workers N`` tells each worker process which config to load.
+CONFIG_ENV = "LEAPASGI_CONFIG"
+# Seconds in-flight requests get to finish on shutdown.
+GRACEFUL_SHUTDOWN = 30
 
 
 def _presets() -> int:
@@ -22,14 +31,75 @@ def _presets() -> int:
     return 0
 
 
+def _check(path: Path) -> int:
+    from .config import load_config
+
+    config = load_config(path)
+    providers = config.enabled_providers()
+    print(f"{path}: OK, {len(providers)} provider(s) would be registered")
+    for provider in providers:
+        kind = provider.type if provider.preset is None else f"preset {provider.preset}"
+        where = provider.resolved_base_url or "in process"
+        models = ", ".join(provider.models) or "discovered from /models"
+        print(f"  {provider.name}: {kind}, {where}, models: {models}")
+    for name, reason in config.skipped_providers().items():
+        print(f"  {name}: skipped ({reason})")
+    for alias, target in config.routing.aliases.items():
+        print(f"  alias {alias} -> {', '.join(target.targets)}")
+    return 0
+
+
+def app_from_env() -> object:
+    """The ASGI app for the config named by LEAPASGI_CONFIG (uvicorn factory, for --workers)."""
+    from .gateway import Gateway
+
+    return Gateway.from_config(os.environ[CONFIG_ENV]).app
+
+
+def _serve(path: Path, host: str | None, port: int | None, workers: int) -> int:
+    import uvicorn
+
+    from .config import load_config
+
+    config = load_config(path)  # fail fast, with the file and key, before binding anything
+    os.environ[CONFIG_ENV] = str(path.resolve())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    uvicorn.run(
+        "leapasgi.cli:app_from_env",
+        factory=True,
+        host=host or config.server.host,
+        port=port if port is not None else config.server.port,
+        workers=workers,
+        access_log=False,  # leapasgi.access logs one line per request, without prompts or keys
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        log_level="info",
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = argparse.ArgumentParser(prog="leapasgi", description="An OpenAI-compatible gateway.")
     parser.add_argument("--version", action="version", version=f"leapasgi {__version__}")
     commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the gateway on uvicorn")
+    serve.add_argument("--config", type=Path, required=True)
+    serve.add_argument("--host", help="default: the config's, else 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default: the config's, else 8000")
+    serve.add_argument("--workers", type=int, default=1)
+    check = commands.add_parser("check", help="validate a config and list its providers")
+    check.add_argument("--config", type=Path, required=True)
     commands.add_parser("presets", help="list the built-in provider presets")
     args = parser.parse_args(argv)
-    if args.command == "presets":
-        return _presets()
+    try:
+        if args.command == "serve":
+            return _serve(args.config, args.host, args.port, args.workers)
+        if args.command == "check":
+            return _check(args.config)
+        if args.command == "presets":
+            return _presets()
+    except LeapError as error:
+        print(f"leapasgi: {error.message}", file=sys.stderr)
+        return 2
     parser.print_help(sys.stderr)
     return 2

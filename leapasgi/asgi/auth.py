@@ -29,9 +29,7 @@ class KeyChecker:
     __slots__ = ("_digests",)
 
     def __init__(self, keys: Iterable[SecretStr]) -> None:
-        self._digests = [
-            hashlib.sha256(key.get_secret_value().encode()).digest() for key in keys
-        ]
+        self._digests = [hashlib.sha256(key.get_secret_value().encode()).digest() for key in keys]
 
     @property
     def enabled(self) -> bool:

@@ -1,0 +1,67 @@
+"""The gateway's Starlette app: routes, OpenAI-shaped errors everywhere, and its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..exceptions import InvalidRequestError, LeapError, NotFoundError
+from .chat import ChatEndpoint
+from .routes import Routes, error_response
+
+if TYPE_CHECKING:
+    from ..gateway import Gateway
+
+__all__ = ["build_app"]
+
+logger = logging.getLogger("leapasgi")
+
+
+def build_app(gateway: Gateway) -> Starlette:
+    """A Starlette app serving ``gateway``; mount it anywhere or run it on its own."""
+    routes = Routes(gateway)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with gateway:
+            yield
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", ChatEndpoint(gateway), methods=["POST"]),
+            Route("/v1/models", routes.models, methods=["GET"]),
+            Route("/v1/models/{model_id:path}", routes.model, methods=["GET"]),
+            Route("/v1/providers", routes.providers, methods=["GET"]),
+            Route("/v1/providers/health", routes.run_health_checks, methods=["POST"]),
+            Route("/v1/providers/{name}/status", routes.set_status, methods=["PUT"]),
+            Route("/health", routes.health, methods=["GET"]),
+            Route("/health/ready", routes.ready, methods=["GET"]),
+            Route("/metrics", routes.metrics, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
+        lifespan=lifespan,
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: LeapError
+    if exc.status_code == 404:
+        error = NotFoundError(f"No route {request.url.path}", code="not_found")
+    else:
+        # upstream_status carries the route's own status (405...) to the response.
+        error = InvalidRequestError(str(exc.detail), upstream_status=exc.status_code)
+    return error_response(error)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s", request.url.path)
+    return error_response(LeapError("The gateway failed unexpectedly", code="internal_error"))
