@@ -1,0 +1,179 @@
+"""The gateway served by uvicorn on 127.0.0.1 in a background thread, for blocking SDK clients.
+
+The sync ``openai`` client blocks its thread, so uvicorn and the fake upstreams run in a thread
+of their own with its own event loop; tests talk to them over real loopback sockets only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+import uvicorn
+
+from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
+from leapasgi.gateway import Gateway
+from leapasgi.providers.mock import MockProvider
+from tests.fake_upstream import FakeUpstream
+
+__all__ = [
+    "LiveGateway",
+    "Providers",
+    "fast_routing",
+    "live_gateway",
+    "mock_config",
+    "upstream_config",
+]
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+CLIENT_TIMEOUT = 10.0
+
+ConfigFactory = Callable[[Sequence[FakeUpstream]], GatewayConfig]
+
+
+def mock_config(name: str = "mock", **options: Any) -> ProviderConfig:
+    """The built-in mock provider serving ``mock-chat``."""
+    return ProviderConfig(name=name, type="mock", models=["mock-chat"], **options)
+
+
+def upstream_config(name: str, fake: FakeUpstream, **options: Any) -> ProviderConfig:
+    """A provider pointing at a started fake upstream that serves ``m1``."""
+    options.setdefault("models", ["m1"])
+    options.setdefault("timeout", 1.0)
+    return ProviderConfig(name=name, base_url=fake.base_url, api_key="up-key", **options)
+
+
+def fast_routing(**options: Any) -> RoutingConfig:
+    """Routing whose backoff never sleeps, so retry tests stay fast."""
+    return RoutingConfig(retry_initial_delay=0.0, retry_max_delay=0.0, **options)
+
+
+@dataclass
+class LiveGateway:
+    """A running gateway: its port, the Gateway object and the fake upstreams behind it."""
+
+    gateway: Gateway
+    port: int
+    upstreams: Sequence[FakeUpstream] = field(default_factory=tuple)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}/v1"
+
+    def mock(self, name: str = "mock") -> MockProvider:
+        """The mock provider registered as ``name``."""
+        provider = self.gateway.manager.registry.get(name).provider
+        assert isinstance(provider, MockProvider)
+        return provider
+
+    def client(self, *, api_key: str = "k", **options: Any) -> openai.OpenAI:
+        """A sync SDK client for this gateway, with SDK retries off unless asked for."""
+        options.setdefault("max_retries", 0)
+        options.setdefault("timeout", CLIENT_TIMEOUT)
+        return openai.OpenAI(base_url=self.base_url, api_key=api_key, **options)
+
+    def async_client(self, *, api_key: str = "k", **options: Any) -> openai.AsyncOpenAI:
+        """An async SDK client for this gateway, with SDK retries off unless asked for."""
+        options.setdefault("max_retries", 0)
+        options.setdefault("timeout", CLIENT_TIMEOUT)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, **options)
+
+
+class _ServerThread(threading.Thread):
+    """Runs the fake upstreams and uvicorn in one event loop until told to stop."""
+
+    def __init__(self, make_config: ConfigFactory, upstreams: Sequence[FakeUpstream]) -> None:
+        super().__init__(name="leapasgi-live-gateway", daemon=True)
+        self._make_config = make_config
+        self._upstreams = upstreams
+        self._ready = threading.Event()
+        self._server: uvicorn.Server | None = None
+        self.gateway: Gateway | None = None
+        self.port = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # handed to the test thread, which raises it
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            for upstream in self._upstreams:
+                await stack.enter_async_context(upstream)
+            self.gateway = Gateway(config=self._make_config(self._upstreams))
+            config = uvicorn.Config(
+                self.gateway.app,
+                host=HOST,
+                port=0,
+                log_level="warning",
+                lifespan="on",
+                ws="none",
+                timeout_graceful_shutdown=2,
+            )
+            server = self._server = uvicorn.Server(config)
+            serving = asyncio.create_task(server.serve())
+            while not server.started and not serving.done():
+                await asyncio.sleep(0.005)
+            if server.started:
+                self.port = server.servers[0].sockets[0].getsockname()[1]
+                self._ready.set()
+            await serving
+
+    def wait_ready(self) -> None:
+        if not self._ready.wait(START_TIMEOUT):
+            raise RuntimeError("the live gateway did not start in time")
+        if self.error is not None:
+            raise RuntimeError("the live gateway failed to start") from self.error
+        if not self.port:
+            raise RuntimeError("the live gateway stopped before serving")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        self.join(STOP_TIMEOUT)
+        if self.is_alive():
+            raise RuntimeError("the live gateway did not stop in time")
+        if self.error is not None:
+            raise RuntimeError("the live gateway failed") from self.error
+
+
+Providers = Callable[[Sequence[FakeUpstream]], list[ProviderConfig]]
+
+
+def _mock_only(upstreams: Sequence[FakeUpstream]) -> list[ProviderConfig]:
+    return [mock_config()]
+
+
+@contextlib.contextmanager
+def live_gateway(
+    providers: Providers = _mock_only,
+    *,
+    upstreams: Sequence[FakeUpstream] = (),
+    **options: Any,
+) -> Iterator[LiveGateway]:
+    """Serve a gateway on loopback; ``providers`` builds its providers once the upstreams are
+    up, ``options`` are the other GatewayConfig fields (health checks are off by default)."""
+    options.setdefault("health", HealthConfig(interval=0))
+
+    def make_config(started: Sequence[FakeUpstream]) -> GatewayConfig:
+        return GatewayConfig(providers=providers(started), **options)
+
+    thread = _ServerThread(make_config, upstreams)
+    thread.start()
+    try:
+        thread.wait_ready()
+        assert thread.gateway is not None
+        yield LiveGateway(thread.gateway, thread.port, upstreams)
+    finally:
+        thread.stop()
