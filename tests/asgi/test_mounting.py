@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import contextlib
+import itertools
 from collections.abc import AsyncIterator
 
 import httpx
