@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .accumulate import ChatCompletionAccumulator, collect
+from .asgi import LeapMiddleware
 from .balancing import Strategy
 from .clock import Clock, FakeClock, SystemClock
 from .config import (
@@ -45,6 +46,7 @@ from .exceptions import (
     UpstreamUnavailableError,
 )
 from .features import Feature, required_features
+from .gateway import Gateway
 from .health import BreakerPolicy
 from .manager import HealthResult, ManagedStream, ProviderManager
 from .providers import (
@@ -92,12 +94,14 @@ __all__ = [
     "Fault",
     "Feature",
     "FirstByteTimeoutError",
+    "Gateway",
     "GatewayConfig",
     "HealthConfig",
     "HealthResult",
     "IdleTimeoutError",
     "InvalidRequestError",
     "LeapError",
+    "LeapMiddleware",
     "LeapTimeoutError",
     "MalformedResponseError",
     "MalformedStreamError",

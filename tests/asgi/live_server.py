@@ -36,6 +36,7 @@ STOP_TIMEOUT = 10.0
 CLIENT_TIMEOUT = 10.0
 
 ConfigFactory = Callable[[Sequence[FakeUpstream]], GatewayConfig]
+Providers = Callable[[Sequence[FakeUpstream]], list[ProviderConfig]]
 
 
 def mock_config(name: str = "mock", **options: Any) -> ProviderConfig:
@@ -147,8 +148,6 @@ class _ServerThread(threading.Thread):
         if self.error is not None:
             raise RuntimeError("the live gateway failed") from self.error
 
-
-Providers = Callable[[Sequence[FakeUpstream]], list[ProviderConfig]]
 
 
 def _mock_only(upstreams: Sequence[FakeUpstream]) -> list[ProviderConfig]:

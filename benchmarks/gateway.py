@@ -1,0 +1,453 @@
+"""Throughput, latency, CPU and memory of the gateway next to a direct call and a bare forwarder.
+
+    python benchmarks/gateway.py [--duration 5] [--quick] [--json results.json]
+
+Starts three processes on 127.0.0.1: the fake upstream (benchmarks/upstream.py), the floor
+(benchmarks/forwarder.py: Starlette + aiohttp passing bytes through) and ``leapasgi serve`` with
+one provider pointing at the upstream. wrk (installed with apt-get when missing) POSTs a chat
+request, plain and streaming (20 chunks), at 1, 16 and 64 connections to each target; the CPU
+per request is the serving process's own utime + stime. The run ends with the targets checked;
+the exit status is 0 whether they pass or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LUA = HERE / "wrk_post.lua"
+PATH = "/v1/chat/completions"
+BODY = b'{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+STREAM_BODY = b'{"model":"bench","messages":[{"role":"user","content":"hi"}],"stream":true}'
+
+TARGETS = ("direct", "floor", "gateway")
+MODES = ("json", "stream")
+CONNECTIONS = (1, 16, 64)
+DEFAULT_DURATION = 5
+QUICK_DURATION = 2
+WARMUP = 1
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+IMPORT_RUNS = 5
+
+MIN_JSON_RATIO = 0.6
+MIN_STREAM_RATIO = 0.5
+RATIO_CONNECTIONS = 16
+MAX_ADDED_P50_MS = 0.5
+MAX_RSS_MB = 100.0
+MAX_IMPORT_MS = 300.0
+
+_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
+_DURATION = r"([\d.]+)(us|ms|s|m|h)"
+
+
+@dataclass
+class Run:
+    """One wrk run against one target."""
+
+    target: str
+    mode: str
+    connections: int
+    requests: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_ms_per_request: float
+    vs_floor: float | None = None
+    added_p50_ms: float | None = None
+
+
+@dataclass
+class Check:
+    """One target of the summary, with the measured value."""
+
+    name: str
+    value: str
+    passed: bool
+
+
+@dataclass
+class Results:
+    """Everything the run measured, as written by ``--json``."""
+
+    duration: int
+    cpus: int
+    python: str
+    runs: list[Run] = field(default_factory=list)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    import_wall_ms: float = 0.0
+    import_self_ms: float = 0.0
+    checks: list[Check] = field(default_factory=list)
+
+
+def ensure_wrk() -> str:
+    """The path to wrk, installed with apt-get first if it is missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    sudo = [] if os.geteuid() == 0 or not shutil.which("sudo") else ["sudo"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [*sudo, "apt-get", "install", "-y", "wrk"]
+    print("wrk is missing: " + " ".join(install), file=sys.stderr)
+    if subprocess.run(install, env=env, timeout=600, check=False).returncode != 0:
+        subprocess.run([*sudo, "apt-get", "update"], env=env, timeout=600, check=True)
+        subprocess.run(install, env=env, timeout=600, check=True)
+    found = shutil.which("wrk")
+    if not found:
+        raise RuntimeError("wrk is still missing after apt-get install")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Server:
+    """A child process serving HTTP on 127.0.0.1, its output kept in a log file."""
+
+    def __init__(self, name: str, command: Sequence[str], log: Path) -> None:
+        self.name = name
+        self.log = log
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{PATH}"
+
+    def wait_ready(self, port: int | None = None) -> None:
+        """Wait until the port accepts connections; a port of None is read from the log."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at startup:\n{self.tail()}")
+            if port is None:
+                first = self.log.read_text().partition("\n")
+                port = int(first[0]) if first[1] else None
+            if port is not None and _accepts(port):
+                self.port = port
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not ready after {STARTUP_TIMEOUT} s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+def gateway_config(upstream_port: int, port: int) -> str:
+    return f"""\
+[[providers]]
+name = "bench"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+models = ["bench"]
+timeout = 30
+
+[health]
+interval = 0
+
+[server]
+host = "127.0.0.1"
+port = {port}
+"""
+
+
+@contextmanager
+def servers(workdir: Path) -> Iterator[dict[str, Server]]:
+    """The upstream, the forwarder and the gateway, running; all stopped on the way out."""
+    python = sys.executable
+    with ExitStack() as stack:
+        started: dict[str, Server] = {}
+
+        def start(name: str, command: list[str], port: int | None) -> None:
+            server = Server(name, command, workdir / f"{name}.log")
+            stack.callback(server.stop)
+            server.wait_ready(port)
+            started[name] = server
+
+        start("direct", [python, str(HERE / "upstream.py")], None)
+        upstream = f"http://127.0.0.1:{started['direct'].port}"
+        port = free_port()
+        forwarder = [python, str(HERE / "forwarder.py"), "--upstream", upstream]
+        start("floor", [*forwarder, "--port", str(port)], port)
+        port = free_port()
+        config = workdir / "gateway.toml"
+        config.write_text(gateway_config(started["direct"].port, port))
+        command = [python, "-m", "leapasgi", "serve", "--config", str(config), "--workers", "1"]
+        start("gateway", [*command, "--port", str(port)], port)
+        for server in started.values():
+            smoke_test(server)
+        yield started
+
+
+def smoke_test(server: Server) -> None:
+    """One request of each mode must come back whole, or the numbers would mean nothing."""
+    for body, expect in ((BODY, b'"choices"'), (STREAM_BODY, b"data: [DONE]")):
+        headers = {"Content-Type": "application/json"}
+        request = urllib.request.Request(server.url(), data=body, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = response.read()
+        if expect not in answer:
+            raise RuntimeError(f"{server.name}: unexpected answer {answer[:300]!r}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the process, all its threads."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(_DURATION, text)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match[1]) * _TIME_UNITS[match[2]]
+
+
+def parse_wrk(output: str) -> tuple[int, float, float, float, int]:
+    """Requests, requests/s, p50 ms, p99 ms and errors from ``wrk --latency`` output."""
+
+    def find(pattern: str) -> re.Match[str]:
+        match = re.search(pattern, output, re.MULTILINE)
+        if match is None:
+            raise RuntimeError(f"wrk output lacks {pattern!r}:\n{output}")
+        return match
+
+    requests = int(find(r"^\s*(\d+) requests in")[1])
+    rps = float(find(r"^Requests/sec:\s*([\d.]+)")[1])
+    p50 = _ms(find(rf"^\s*50%\s+{_DURATION}")[0].split()[1])
+    p99 = _ms(find(rf"^\s*99%\s+{_DURATION}")[0].split()[1])
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return requests, rps, p50, p99, errors + (int(non_2xx[1]) if non_2xx else 0)
+
+
+def wrk(binary: str, url: str, *, mode: str, connections: int, seconds: int, threads: int) -> str:
+    command = [
+        binary,
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(LUA),
+        url,
+        "--",
+        mode,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def measure(
+    binary: str, server: Server, *, mode: str, connections: int, seconds: int, threads: int
+) -> Run:
+    """A warm-up, then one timed wrk run with the serving process's CPU time around it."""
+    url = server.url()
+    wrk(binary, url, mode=mode, connections=connections, seconds=WARMUP, threads=threads)
+    before = cpu_seconds(server.pid)
+    output = wrk(binary, url, mode=mode, connections=connections, seconds=seconds, threads=threads)
+    cpu = cpu_seconds(server.pid) - before
+    requests, rps, p50, p99, errors = parse_wrk(output)
+    return Run(
+        target=server.name,
+        mode=mode,
+        connections=connections,
+        requests=requests,
+        rps=rps,
+        p50_ms=p50,
+        p99_ms=p99,
+        errors=errors,
+        cpu_ms_per_request=cpu * 1000 / max(requests, 1),
+    )
+
+
+def compare(runs: list[Run]) -> None:
+    """Fill in each gateway's ratio to the floor and the p50 added over direct at c=1."""
+    index = {(r.target, r.mode, r.connections): r for r in runs}
+    for run in runs:
+        floor = index.get(("floor", run.mode, run.connections))
+        if run.target == "gateway" and floor is not None and floor.rps:
+            run.vs_floor = run.rps / floor.rps
+        direct = index.get(("direct", run.mode, 1))
+        if run.target != "direct" and run.connections == 1 and direct is not None:
+            run.added_p50_ms = run.p50_ms - direct.p50_ms
+
+
+def import_times() -> tuple[float, float]:
+    """Median wall ms of ``python -c "import leapasgi"`` and median ms of the import itself."""
+    walls, imports = [], []
+    for _ in range(IMPORT_RUNS):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import leapasgi"], cwd=ROOT, check=True)
+        walls.append((time.perf_counter() - started) * 1000)
+        command = [sys.executable, "-X", "importtime", "-c", "import leapasgi"]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+        line = next(x for x in done.stderr.splitlines() if x.split("|")[-1].strip() == "leapasgi")
+        imports.append(int(line.split("|")[1]) / 1000)
+    return statistics.median(walls), statistics.median(imports)
+
+
+def checks(results: Results) -> list[Check]:
+    index = {(r.target, r.mode, r.connections): r for r in results.runs}
+    json_run = index[("gateway", "json", RATIO_CONNECTIONS)]
+    stream_run = index[("gateway", "stream", RATIO_CONNECTIONS)]
+    added = index[("gateway", "json", 1)].added_p50_ms or 0.0
+    rss = results.peak_rss_mb["gateway"]
+    json_ratio, stream_ratio = json_run.vs_floor or 0.0, stream_run.vs_floor or 0.0
+    imported = results.import_wall_ms
+    c = RATIO_CONNECTIONS
+    return [
+        Check(
+            f"json req/s at c={c} >= {MIN_JSON_RATIO}x floor",
+            f"{json_ratio:.2f}x",
+            json_ratio >= MIN_JSON_RATIO,
+        ),
+        Check(
+            f"stream req/s at c={c} >= {MIN_STREAM_RATIO}x floor",
+            f"{stream_ratio:.2f}x",
+            stream_ratio >= MIN_STREAM_RATIO,
+        ),
+        Check(
+            f"json p50 added over direct at c=1 <= {MAX_ADDED_P50_MS} ms",
+            f"{added:.3f} ms",
+            added <= MAX_ADDED_P50_MS,
+        ),
+        Check(f"gateway peak RSS <= {MAX_RSS_MB:.0f} MB", f"{rss:.1f} MB", rss <= MAX_RSS_MB),
+        Check(
+            f"python -c 'import leapasgi' < {MAX_IMPORT_MS:.0f} ms",
+            f"{imported:.0f} ms",
+            imported < MAX_IMPORT_MS,
+        ),
+    ]
+
+
+def print_table(runs: list[Run]) -> None:
+    print(
+        f"{'target':<8} {'mode':<6} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'CPU ms/req':>10} {'vs floor':>8} {'+p50 ms':>8}"
+    )
+    order = {name: i for i, name in enumerate(TARGETS)}
+    for r in sorted(runs, key=lambda r: (order[r.target], MODES.index(r.mode), r.connections)):
+        ratio = f"{r.vs_floor:.2f}x" if r.vs_floor is not None else ""
+        added = f"{r.added_p50_ms:+.3f}" if r.added_p50_ms is not None else ""
+        errors = f"  ({r.errors} errors)" if r.errors else ""
+        print(
+            f"{r.target:<8} {r.mode:<6} {r.connections:>5} {r.rps:>9.0f} {r.p50_ms:>8.3f}"
+            f" {r.p99_ms:>8.3f} {r.cpu_ms_per_request:>10.3f} {ratio:>8} {added:>8}{errors}"
+        )
+
+
+def print_summary(results: Results) -> None:
+    rss = ", ".join(f"{name} {mb:.1f} MB" for name, mb in results.peak_rss_mb.items())
+    print(f"\npeak RSS: {rss}")
+    print(
+        f"import leapasgi: {results.import_wall_ms:.0f} ms wall for the whole command,"
+        f" {results.import_self_ms:.0f} ms in the import (median of {IMPORT_RUNS})"
+    )
+    print("\ntargets:")
+    for check in results.checks:
+        print(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.value}")
+
+
+def run(args: argparse.Namespace) -> Results:
+    binary = ensure_wrk()
+    seconds = QUICK_DURATION if args.quick else args.duration
+    results = Results(duration=seconds, cpus=os.cpu_count() or 0, python=sys.version.split()[0])
+    total = len(MODES) * len(CONNECTIONS) * len(TARGETS)
+    print(f"{total} runs of {WARMUP} s warm-up + {seconds} s, wrk -t{args.threads}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="leapasgi-bench-") as tmp, servers(Path(tmp)) as procs:
+        # Targets innermost, so the rows compared with each other run close together in time.
+        for mode in MODES:
+            for connections in CONNECTIONS:
+                for name in TARGETS:
+                    result = measure(
+                        binary,
+                        procs[name],
+                        mode=mode,
+                        connections=connections,
+                        seconds=seconds,
+                        threads=args.threads,
+                    )
+                    results.runs.append(result)
+                    print(f"  {name} {mode} c={connections}: {result.rps:.0f} req/s", flush=True)
+        results.peak_rss_mb = {name: peak_rss_mb(p.pid) for name, p in procs.items()}
+    compare(results.runs)
+    results.import_wall_ms, results.import_self_ms = import_times()
+    results.checks = checks(results)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=DEFAULT_DURATION, help="seconds per run")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION} s per run")
+    parser.add_argument("--threads", type=int, choices=(1, 2), default=1, help="wrk threads")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    if args.duration < 1:
+        parser.error("--duration must be at least 1 second")
+    # A plain kill should also stop the servers, through the finally clauses.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    results = run(args)
+    print()
+    print_table(results.runs)
+    print_summary(results)
+    if args.json is not None:
+        args.json.write_text(json.dumps(asdict(results), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
