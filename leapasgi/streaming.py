@@ -140,8 +140,12 @@ class ChunkNormalizer:
                 choice.finish_reason = None
             if choice.finish_reason is not None:
                 self._finished.add(choice.index)
-        if self._include_usage and "usage" not in chunk.model_fields_set:
-            chunk.usage = None
+        if self._include_usage:
+            if "usage" not in chunk.model_fields_set:
+                chunk.usage = None
+        else:
+            # Without include_usage the key is left out altogether, as OpenAI does.
+            chunk.__pydantic_fields_set__.discard("usage")
         return chunk
 
     def finish(self) -> ChatCompletionChunk | None:

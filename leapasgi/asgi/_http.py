@@ -85,10 +85,14 @@ def error_headers(error: LeapError) -> list[tuple[bytes, bytes]]:
     headers: list[tuple[bytes, bytes]] = []
     if error.retry_after is not None and error.http_status in (429, 503):
         headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
+    if error.request_id is not None:
+        headers.append((b"x-request-id", error.request_id.encode()))
     trail = error.trail
-    if trail is not None and trail.tries > 1:
-        # We already retried and failed over: SDK clients must not multiply the attempts.
-        headers.append((b"x-should-retry", b"false"))
+    if trail is not None:
+        headers.append((b"x-leap-attempts", str(trail.tries).encode()))
+        if trail.tries > 1:
+            # We already retried and failed over: SDK clients must not multiply the attempts.
+            headers.append((b"x-should-retry", b"false"))
     return headers
 
 

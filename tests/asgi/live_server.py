@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,21 @@ class LiveGateway:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, **options)
 
 
+class _Server(uvicorn.Server):
+    """A uvicorn server that reports the moment it listens."""
+
+    def __init__(
+        self, config: uvicorn.Config, *, on_started: Callable[[uvicorn.Server], None]
+    ) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_started(self)
+
+
 class _ServerThread(threading.Thread):
     """Runs the fake upstreams and uvicorn in one event loop until told to stop."""
 
@@ -95,7 +111,7 @@ class _ServerThread(threading.Thread):
         self._make_config = make_config
         self._upstreams = upstreams
         self._ready = threading.Event()
-        self._server: uvicorn.Server | None = None
+        self._server: _Server | None = None
         self.gateway: Gateway | None = None
         self.port = 0
         self.error: BaseException | None = None
@@ -122,14 +138,12 @@ class _ServerThread(threading.Thread):
                 ws="none",
                 timeout_graceful_shutdown=2,
             )
-            server = self._server = uvicorn.Server(config)
-            serving = asyncio.create_task(server.serve())
-            while not server.started and not serving.done():
-                await asyncio.sleep(0.005)
-            if server.started:
-                self.port = server.servers[0].sockets[0].getsockname()[1]
-                self._ready.set()
-            await serving
+            self._server = _Server(config, on_started=self._listening)
+            await self._server.serve()
+
+    def _listening(self, server: uvicorn.Server) -> None:
+        self.port = server.servers[0].sockets[0].getsockname()[1]
+        self._ready.set()
 
     def wait_ready(self) -> None:
         if not self._ready.wait(START_TIMEOUT):
@@ -147,7 +161,6 @@ class _ServerThread(threading.Thread):
             raise RuntimeError("the live gateway did not stop in time")
         if self.error is not None:
             raise RuntimeError("the live gateway failed") from self.error
-
 
 
 def _mock_only(upstreams: Sequence[FakeUpstream]) -> list[ProviderConfig]:

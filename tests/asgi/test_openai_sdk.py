@@ -1,4 +1,4 @@
-"""The official openai SDK against the gateway over real HTTP: answers it cannot tell from OpenAI."""
+"""The official openai SDK against the gateway over real HTTP: answers just like OpenAI's."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ import openai
 import pydantic
 import pytest
 
+from leapasgi.types import ToolMessage
 from tests.asgi.live_server import LiveGateway, live_gateway, upstream_config
 from tests.fake_upstream import Behavior, FakeUpstream, chunk, completion, sse
 
 Serve = Callable[..., LiveGateway]
 
-HI = [{"role": "user", "content": "hi there"}]
+HI: Any = [{"role": "user", "content": "hi there"}]
 PNG_1PX = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk"
     "YPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
@@ -118,7 +119,9 @@ def assert_chunk_rules(payloads: list[Any], *, include_usage: bool) -> None:
 
 
 def test_chat_completion_from_an_upstream(serve: Serve) -> None:
-    fake = FakeUpstream(default=Behavior(json_body=completion("hi!"), headers={"x-request-id": "req_123"}))
+    fake = FakeUpstream(
+        default=Behavior(json_body=completion("hi!"), headers={"x-request-id": "req_123"})
+    )
     live = serve(one_upstream, upstreams=[fake])
     with live.client(_strict_response_validation=True) as client:
         raw = client.chat.completions.with_raw_response.create(model="m1", messages=HI)
@@ -247,7 +250,9 @@ def test_stream_helper_over_an_ollama_style_text_stream(serve: Serve) -> None:
             for _ in stream:
                 pass
             final = stream.get_final_completion()
-        payloads, _ = raw_stream(client, model="m1", messages=HI, stream_options={"include_usage": True})
+        payloads, _ = raw_stream(
+            client, model="m1", messages=HI, stream_options={"include_usage": True}
+        )
     assert_chunk_rules(payloads, include_usage=True)
     message = final.choices[0].message
     assert message.role == "assistant"
@@ -298,8 +303,47 @@ def test_stream_helper_over_ollama_style_tool_calls(serve: Serve) -> None:
         ("call_1", "function", "get_weather"),
         ("call_2", "function", "get_weather"),
     ]
-    assert [json.loads(c.function.arguments) for c in calls] == [{"city": "Paris"}, {"city": "Rome"}]
+    assert [json.loads(c.function.arguments) for c in calls] == [
+        {"city": "Paris"},
+        {"city": "Rome"},
+    ]
     assert [e.name for e in done] == ["get_weather", "get_weather"]
+
+
+TOGETHER_USAGE = {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+
+
+def together_events() -> list[bytes]:
+    """Usage on the finish chunk (Together/vLLM style), and a first chunk without ``object``."""
+    first = chunk({"role": "assistant", "content": "a"})
+    del first["object"]
+    return sse(first, chunk({"content": "b"}), chunk({}, finish="stop", usage=TOGETHER_USAGE))
+
+
+def test_usage_on_the_finish_chunk_moves_to_its_own_last_chunk(serve: Serve) -> None:
+    fake = FakeUpstream(default=Behavior(events=together_events()))
+    live = serve(one_upstream, upstreams=[fake])
+    params: Any = {"model": "m1", "messages": HI, "stream_options": {"include_usage": True}}
+    with live.client() as client:
+        payloads, _ = raw_stream(client, **params)
+        with client.chat.completions.stream(**params) as stream:
+            for _ in stream:
+                pass
+            final = stream.get_final_completion()
+    assert_chunk_rules(payloads, include_usage=True)
+    assert payloads[-2]["usage"] == TOGETHER_USAGE
+    assert final.choices[0].message.content == "ab"
+    assert final.usage is not None
+    assert final.usage.total_tokens == 4
+
+
+def test_no_usage_key_without_include_usage(serve: Serve) -> None:
+    fake = FakeUpstream(default=Behavior(events=together_events()))
+    live = serve(one_upstream, upstreams=[fake])
+    with live.client() as client:
+        payloads, _ = raw_stream(client, model="m1", messages=HI)
+    assert_chunk_rules(payloads, include_usage=False)
+    assert all("usage" not in c for c in payloads[:-1])
 
 
 def test_tool_call_without_streaming(live: LiveGateway) -> None:
@@ -342,7 +386,9 @@ def test_tool_call_streamed_follows_the_fragment_rules(live: LiveGateway) -> Non
     assert head["function"]["name"] == "get_weather"
     assert head["function"]["arguments"] == ""
     assert rest
-    assert all(set(f) == {"index", "function"} and set(f["function"]) == {"arguments"} for f in rest)
+    assert all(
+        set(f) == {"index", "function"} and set(f["function"]) == {"arguments"} for f in rest
+    )
     arguments = "".join(f["function"]["arguments"] for f in rest)
     jsonschema.validate(json.loads(arguments), WEATHER_TOOL["function"]["parameters"])
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
@@ -350,18 +396,21 @@ def test_tool_call_streamed_follows_the_fragment_rules(live: LiveGateway) -> Non
 
 def test_tool_call_through_the_stream_helper(live: LiveGateway) -> None:
     messages: Any = [{"role": "user", "content": "ask Weather"}]
-    with live.client() as client:
-        with client.chat.completions.stream(
+    with (
+        live.client() as client,
+        client.chat.completions.stream(
             model="mock-chat", messages=messages, tools=[openai.pydantic_function_tool(Weather)]
-        ) as stream:
-            for _ in stream:
-                pass
-            final = stream.get_final_completion()
+        ) as stream,
+    ):
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
     message = final.choices[0].message
     assert message.role == "assistant"
     [call] = message.tool_calls or []
     assert call.function.name == "Weather"
-    assert call.id.startswith("call_") and call.id.count("call_") == 1
+    assert call.id.startswith("call_")
+    assert call.id.count("call_") == 1
     assert isinstance(call.function.parsed_arguments, Weather)
     assert final.choices[0].finish_reason == "tool_calls"
 
@@ -373,6 +422,7 @@ def test_tool_round_trip(live: LiveGateway) -> None:
             model="mock-chat", messages=messages, tools=[WEATHER_TOOL]
         )
         [call] = first.choices[0].message.tool_calls or []
+        assert call.type == "function"
         messages.append(
             {
                 "role": "assistant",
@@ -395,6 +445,9 @@ def test_tool_round_trip(live: LiveGateway) -> None:
     assert second.choices[0].message.content == "The tool returned: sunny, 21 C"
     sent = live.mock().requests[-1]
     assert [m.role for m in sent.messages] == ["user", "assistant", "tool"]
+    tool_message = sent.messages[2]
+    assert isinstance(tool_message, ToolMessage)
+    assert tool_message.tool_call_id == call.id
 
 
 def test_json_mode(live: LiveGateway) -> None:
@@ -434,7 +487,8 @@ def test_parse_with_a_pydantic_model(live: LiveGateway) -> None:
     assert isinstance(message.parsed, Person)
     assert message.parsed == Person.model_validate_json(message.content or "")
     sent = live.mock().requests[-1].response_format
-    assert sent is not None and sent.type == "json_schema"
+    assert sent is not None
+    assert sent.type == "json_schema"
 
 
 def test_image_content_part(live: LiveGateway) -> None:
@@ -499,10 +553,12 @@ async def test_async_stream_helper_over_ollama_style(serve: Serve) -> None:
     events = sse(ollama({"content": "a"}), ollama({"content": "b"}), ollama({}, finish="stop"))
     fake = FakeUpstream(default=Behavior(events=events))
     live = serve(one_upstream, upstreams=[fake])
-    async with live.async_client() as client:
-        async with client.chat.completions.stream(model="m1", messages=HI) as stream:
-            async for _ in stream:
-                pass
-            final = await stream.get_final_completion()
+    async with (
+        live.async_client() as client,
+        client.chat.completions.stream(model="m1", messages=HI) as stream,
+    ):
+        async for _ in stream:
+            pass
+        final = await stream.get_final_completion()
     assert final.choices[0].message.role == "assistant"
     assert final.choices[0].message.content == "ab"
