@@ -258,6 +258,7 @@ class ProviderManager:
             logger.warning("model discovery failed for %s: %s", entry.name, _reason(exc))
             return
         entry.discovered_models = tuple(model.id for model in models)
+        self.registry.touch()
 
     # Health
 

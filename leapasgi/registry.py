@@ -243,10 +243,16 @@ class Registry:
         self._clock = clock or SystemClock()
         self._policy = policy or BreakerPolicy()
         self._entries: dict[str, ProviderEntry] = {}
+        # Bumped whenever the set of providers or their model lists change; caches key on it.
+        self.version = 0
 
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    def touch(self) -> None:
+        """Note a change that routing caches must see (e.g. discovered model lists)."""
+        self.version += 1
 
     def register(
         self, provider: Provider, settings: RouteSettings | None = None, *, replace: bool = False
@@ -263,6 +269,7 @@ class Registry:
             provider, settings or RouteSettings(), policy=self._policy, clock=self._clock
         )
         self._entries[name] = entry
+        self.version += 1
         return entry
 
     def replace(self, provider: Provider, settings: RouteSettings | None = None) -> ProviderEntry:
@@ -273,6 +280,7 @@ class Registry:
         """Take a provider out of the registry; the caller closes it."""
         entry = self.get(name)
         del self._entries[name]
+        self.version += 1
         return entry
 
     def get(self, name: str) -> ProviderEntry:

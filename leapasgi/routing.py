@@ -15,6 +15,9 @@ from .types import ChatCompletionRequest
 
 __all__ = ["Route", "RouteTable"]
 
+# Unknown model names are cached too (as no routes); this bounds what clients can make us keep.
+_MAX_CACHED_MODELS = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -38,20 +41,15 @@ class RouteTable:
     def __init__(self, registry: Registry, aliases: Mapping[str, Alias] | None = None) -> None:
         self._registry = registry
         self.aliases: dict[str, Alias] = dict(aliases or {})
+        # Resolved routes per model name, valid while the registry's version is unchanged.
+        self._cache: dict[str, list[Route]] = {}
+        self._cache_version = -1
 
     def routes(self, request: ChatCompletionRequest) -> list[Route]:
         """Routes for ``request``, in preference order; 404 for an unknown model, 400 when no
         provider serving it has the features the request needs."""
         model = request.model
-        alias = self.aliases.get(model)
-        targets: Sequence[str] = alias.targets if alias is not None else (model,)
-        routes: list[Route] = []
-        seen: set[str] = set()
-        for target in targets:
-            for route in self._resolve(target):
-                if route.provider not in seen:
-                    seen.add(route.provider)
-                    routes.append(route)
+        routes = self._resolved(model)
         if not routes:
             raise ModelNotFoundError(
                 f"The model `{model}` does not exist or no configured provider serves it"
@@ -68,6 +66,25 @@ class RouteTable:
                 code="unsupported_feature",
             )
         return capable
+
+    def _resolved(self, model: str) -> list[Route]:
+        if self._cache_version != self._registry.version:
+            self._cache.clear()
+            self._cache_version = self._registry.version
+        routes = self._cache.get(model)
+        if routes is None:
+            alias = self.aliases.get(model)
+            targets: Sequence[str] = alias.targets if alias is not None else (model,)
+            routes = []
+            seen: set[str] = set()
+            for target in targets:
+                for route in self._resolve(target):
+                    if route.provider not in seen:
+                        seen.add(route.provider)
+                        routes.append(route)
+            if len(self._cache) < _MAX_CACHED_MODELS:
+                self._cache[model] = routes
+        return routes
 
     def _resolve(self, target: str) -> list[Route]:
         registry = self._registry

@@ -12,7 +12,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-import anyio
 from starlette.types import Receive, Scope, Send
 
 from ..exceptions import AuthenticationError, LeapError
@@ -72,23 +71,20 @@ class ChatEndpoint:
 async def _complete(
     gateway: Gateway, request: ChatCompletionRequest, started: float, receive: Receive, send: Send
 ) -> None:
-    result = None
-    error: LeapError | None = None
-    async with anyio.create_task_group() as group:
-        group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
-        try:
-            result = await gateway.manager.chat_with_trail(request)
-        except LeapError as exc:
-            error = exc
-        group.cancel_scope.cancel()
-    if error is not None:
+    guard = _DisconnectGuard(receive)
+    try:
+        completion, trail = await gateway.manager.chat_with_trail(request)
+    except LeapError as error:
+        guard.close()
         await send_error(send, error)
         gateway.record_failure(error, started=started, request=request)
         return
-    if result is None:  # the client went away; the upstream call was cancelled
+    except asyncio.CancelledError:
+        if not guard.absorb():
+            raise
         gateway.record_gone(request, started=started)
         return
-    completion, trail = result
+    guard.close()
     headers = gateway.trail_headers(trail, started)
     if completion.request_id is not None:
         headers.append((b"x-request-id", completion.request_id.encode()))
@@ -103,12 +99,38 @@ async def _complete(
     )
 
 
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
+class _DisconnectGuard:
+    """Cancels the request's task the moment its client disconnects.
+
+    The body has been read, so the next ASGI ``receive`` only ever says ``http.disconnect``;
+    one small watcher task waits for it (cheaper than a task group on the hot path).
+    """
+
+    __slots__ = ("_task", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def close(self) -> None:
+        """Stop watching; the response is being sent."""
+        self._watcher.cancel()
+
+    def absorb(self) -> bool:
+        """After a CancelledError: True (and the cancellation undone) if it was our doing."""
+        self._watcher.cancel()
+        if not self.gone or self._task is None:
+            return False
+        self._task.uncancel()
+        return True
 
 
 class _Stream:
@@ -134,14 +156,24 @@ class _Stream:
         self.first_at: float | None = None
         self.usage_prompt = 0
         self.usage_completion = 0
+        # An end or error marker taken off the queue while batching chunks.
+        self.held: object | None = None
 
     async def run(self) -> None:
+        guard = _DisconnectGuard(self.receive)
+        producer = asyncio.get_running_loop().create_task(self._produce())
         outcome: object = None
-        async with anyio.create_task_group() as group:
-            group.start_soon(_cancel_on_disconnect, self.receive, group.cancel_scope)
-            group.start_soon(self._produce)
+        try:
             outcome = await self._consume()
-            group.cancel_scope.cancel()
+        except asyncio.CancelledError:
+            if not guard.absorb():
+                raise
+        finally:
+            guard.close()
+            if not producer.done():
+                producer.cancel()
+            # Wait for the producer to close the upstream stream, whatever happened here.
+            await asyncio.gather(producer, return_exceptions=True)
         gateway = self.gateway
         if isinstance(outcome, LeapError):
             gateway.record_failure(outcome, started=self.started, request=self.request)
@@ -169,32 +201,43 @@ class _Stream:
             return
         finally:
             # Also when cancelled (the client left): the upstream request must be closed now.
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
+            await stream.aclose()
         await put(_END)
 
-    async def _consume(self) -> object:
-        """Send what the producer delivers; returns _END, the error, or None if cancelled."""
+    async def _next(self) -> object:
+        """The next item; keep-alive comments go out while waiting for it."""
+        if self.held is not None:
+            item, self.held = self.held, None
+            return item
+        queue = self.queue
+        if not queue.empty():
+            return queue.get_nowait()
         interval = self.gateway.config.server.keepalive_interval
-        get = self.queue.get
-        send = self.send
         while True:
             try:
                 async with asyncio.timeout(interval):
-                    item = await get()
+                    return await queue.get()
             except TimeoutError:
                 await self._start()
-                await send({"type": "http.response.body", "body": PING, "more_body": True})
-                continue
+                await self.send({"type": "http.response.body", "body": PING, "more_body": True})
+
+    async def _consume(self) -> object:
+        """Send what the producer delivers; returns _END or the error."""
+        queue = self.queue
+        send = self.send
+        while True:
+            item = await self._next()
             if isinstance(item, ChatCompletionChunk):
                 if self.first_at is None:
                     self.first_at = time.perf_counter()
                 await self._start()
-                if item.usage is not None:
-                    self.usage_prompt = item.usage.prompt_tokens
-                    self.usage_completion = item.usage.completion_tokens
-                body = b"data: " + item.to_wire_json() + b"\n\n"
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                # Chunks that are already waiting go out in one write.
+                parts = [b"data: ", self._encode(item), b"\n\n"]
+                while not queue.empty() and isinstance(queue._queue[0], ChatCompletionChunk):  # type: ignore[attr-defined]
+                    parts += (b"data: ", self._encode(queue.get_nowait()), b"\n\n")  # type: ignore[arg-type]
+                await send(
+                    {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
+                )
                 continue
             if isinstance(item, LeapError):
                 await self._fail(item)
@@ -202,6 +245,13 @@ class _Stream:
             await self._start()
             await send({"type": "http.response.body", "body": DONE, "more_body": False})
             return _END
+
+    def _encode(self, chunk: ChatCompletionChunk) -> bytes:
+        usage = chunk.usage
+        if usage is not None:
+            self.usage_prompt = usage.prompt_tokens
+            self.usage_completion = usage.completion_tokens
+        return chunk.to_wire_json()
 
     async def _start(self) -> None:
         if self.headers_sent:
