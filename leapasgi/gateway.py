@@ -7,8 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-
-from starlette.applications import Starlette
+from typing import TYPE_CHECKING
 
 from .asgi.auth import KeyChecker
 from .config import GatewayConfig, load_config
@@ -17,6 +16,9 @@ from .manager import ProviderManager
 from .prometheus import GatewayMetrics
 from .providers.base import Provider
 from .trail import RoutingTrail
+
+if TYPE_CHECKING:
+    from .asgi.app import GatewayApp
 from .types import ChatCompletionRequest
 
 __all__ = ["Gateway"]
@@ -48,7 +50,7 @@ class Gateway:
         self.auth = KeyChecker(server.api_keys)
         self.admin = KeyChecker([server.admin_key]) if server.admin_key is not None else None
         self.metrics = GatewayMetrics()
-        self._app: Starlette | None = None
+        self._app: GatewayApp | None = None
 
     @classmethod
     def from_config(
@@ -60,7 +62,7 @@ class Gateway:
         return cls(config=config, env=env)
 
     @property
-    def app(self) -> Starlette:
+    def app(self) -> GatewayApp:
         """The ASGI app, built once."""
         if self._app is None:
             from .asgi.app import build_app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -34,6 +35,7 @@ from .exceptions import (
 )
 from .health import BreakerPolicy
 from .providers.base import Provider
+from .providers.compatible import OpenAICompatibleProvider
 from .providers.presets import PRESETS
 from .registry import ProviderEntry, ProviderStatus, Registry, RouteSettings
 from .retry import RetryPolicy
@@ -146,6 +148,7 @@ class ProviderManager:
             kind=config.type,
             preset=config.preset,
             base_url=config.resolved_base_url,
+            own_deadline=_own_deadline(provider),
         )
         return self.registry.register(provider, settings, replace=True)
 
@@ -153,6 +156,9 @@ class ProviderManager:
         self, provider: Provider, settings: RouteSettings | None = None
     ) -> ProviderEntry:
         """Register a provider object built elsewhere (replacing one of the same name)."""
+        settings = settings or RouteSettings()
+        if settings.own_deadline is None and (own := _own_deadline(provider)) is not None:
+            settings = dataclasses.replace(settings, own_deadline=own)
         return self.registry.register(provider, settings, replace=True)
 
     def register_openai_compatible(
@@ -469,6 +475,9 @@ class ProviderManager:
             if deadline is None:
                 return await call
             remaining = deadline - self._clock.monotonic()
+            own = entry.settings.own_deadline
+            if own is not None and remaining >= own:
+                return await call  # the provider's own deadline comes first
             async with asyncio.timeout(max(remaining, 0.0)):
                 return await call
         except TimeoutError:
@@ -535,6 +544,12 @@ class ProviderManager:
                 max_retry_after=routing.max_retry_after,
             )
         return policy
+
+
+def _own_deadline(provider: Provider) -> float | None:
+    if isinstance(provider, OpenAICompatibleProvider):
+        return provider.settings.timeouts.total
+    return None
 
 
 def _for(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:

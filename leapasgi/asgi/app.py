@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from .chat import ChatEndpoint
@@ -20,23 +21,47 @@ from .routes import Routes, error_response
 if TYPE_CHECKING:
     from ..gateway import Gateway
 
-__all__ = ["build_app"]
+__all__ = ["GatewayApp", "build_app"]
 
 logger = logging.getLogger("leapasgi")
 
 
-def build_app(gateway: Gateway) -> Starlette:
-    """A Starlette app serving ``gateway``; mount it anywhere or run it on its own."""
+CHAT_PATH = "/v1/chat/completions"
+
+
+class GatewayApp:
+    """The gateway's ASGI app: chat completions go straight to their endpoint (the hot path
+    skips Starlette's routing and middleware); every other route is a Starlette app."""
+
+    def __init__(self, chat: ChatEndpoint, routes: Starlette) -> None:
+        self.chat = chat
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]  # mounted: Starlette keeps the full path
+            if path == CHAT_PATH:
+                await self.chat(scope, receive, send)
+                return
+        await self.routes(scope, receive, send)
+
+
+def build_app(gateway: Gateway) -> GatewayApp:
+    """The ASGI app serving ``gateway``; mount it anywhere or run it on its own."""
     routes = Routes(gateway)
+    chat = ChatEndpoint(gateway)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with gateway:
             yield
 
-    return Starlette(
+    starlette = Starlette(
         routes=[
-            Route("/v1/chat/completions", ChatEndpoint(gateway), methods=["POST"]),
+            Route(CHAT_PATH, chat, methods=["POST"]),
             Route("/v1/models", routes.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.model, methods=["GET"]),
             Route("/v1/providers", routes.providers, methods=["GET"]),
@@ -49,6 +74,7 @@ def build_app(gateway: Gateway) -> Starlette:
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )
+    return GatewayApp(chat, starlette)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..exceptions import AuthenticationError, LeapError
 from ..sse import DONE, PING
@@ -46,6 +46,22 @@ class ChatEndpoint:
         self._gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started_response = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started_response
+            started_response = True
+            await send(message)
+
+        try:
+            await self._serve(scope, receive, tracked)
+        except Exception:
+            # Outside Starlette's middleware, so never a traceback to the client from here.
+            logger.exception("unhandled error in the chat endpoint")
+            if not started_response:
+                await send_error(send, LeapError("The gateway failed unexpectedly"))
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         gateway = self._gateway
         if not gateway.auth.allows(scope):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import urllib.parse
@@ -34,6 +35,7 @@ __all__ = ["OpenAICompatibleProvider"]
 
 _T = TypeVar("_T")
 _KEEPALIVE_SECONDS = 30.0
+_DRAIN_SECONDS = 1.0
 
 
 class OpenAICompatibleProvider:
@@ -190,6 +192,7 @@ class OpenAICompatibleProvider:
                 mended = normalizer.push(chunk)
                 if mended is not None:
                     yield mended
+            await _drain(response)
         tail = normalizer.finish()
         if tail is not None:
             yield tail
@@ -352,6 +355,18 @@ class OpenAICompatibleProvider:
         return request.model_dump_json(
             exclude_unset=True, by_alias=True, exclude=exclude or None
         ).encode()
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read what follows ``[DONE]`` (the end of the chunked body), so the pooled connection is
+    reused instead of closed; an upstream that keeps talking is cut after a moment."""
+    content = response.content
+    if content.at_eof():
+        return
+    with contextlib.suppress(TimeoutError, aiohttp.ClientError):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            while await content.readany():
+                pass
 
 
 async def _iterate(items: list[_T]) -> AsyncIterator[_T]:
