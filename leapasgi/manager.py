@@ -63,26 +63,6 @@ class HealthResult:
     error: str | None = None
 
 
-class ManagedStream:
-    """A streamed completion with its routing trail; iterate it, or ``aclose()`` it early."""
-
-    def __init__(self, chunks: AsyncIterator[ChatCompletionChunk], trail: RoutingTrail) -> None:
-        self._chunks = chunks
-        self.trail = trail
-
-    def __aiter__(self) -> ManagedStream:
-        return self
-
-    async def __anext__(self) -> ChatCompletionChunk:
-        return await anext(self._chunks)
-
-    async def aclose(self) -> None:
-        """Stop the stream and cancel the upstream request."""
-        closer = getattr(self._chunks, "aclose", None)
-        if closer is not None:
-            await closer()
-
-
 class ProviderManager:
     """Routes requests over the registry's providers, with failover, breakers and health checks."""
 
@@ -326,8 +306,7 @@ class ProviderManager:
 
     def stream(self, request: ChatCompletionRequest) -> ManagedStream:
         """A streamed completion; failover happens only before the first chunk is handed on."""
-        trail = RoutingTrail()
-        return ManagedStream(self._stream(request, trail), trail)
+        return ManagedStream(self, request)
 
     async def list_models(self) -> list[Model]:
         """Every model the manager can route, aliases included."""
@@ -366,40 +345,6 @@ class ProviderManager:
         )
         return result
 
-    async def _stream(
-        self, request: ChatCompletionRequest, trail: RoutingTrail
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        await self.start()
-        attempts = self._plan(request, trail)
-        while (route := await attempts.next()) is not None:
-            entry = self.registry.get(route.provider)
-            started = self._clock.monotonic()
-            entry.begin()
-            chunks = entry.provider.stream(_for(route, request))
-            try:
-                first = await self._first_chunk(chunks, entry, attempts.deadline)
-            except LeapError as exc:
-                await _close(chunks)
-                entry.end()
-                attempts.failed(route, entry, exc, started)
-                continue
-            except BaseException:
-                await _close(chunks)
-                entry.end()
-                entry.abandoned()
-                raise
-            ttft = self._clock.monotonic() - started
-            attempts.succeeded(route, ttft)
-            rest = self._rest(chunks, first, entry, trail, started, ttft, attempts.deadline)
-            try:
-                async for chunk in rest:
-                    yield chunk
-            finally:
-                # Closing this generator early must close the upstream stream at once too.
-                await _close(rest)
-            return
-        raise attempts.exhausted()
-
     async def _first_chunk(
         self, chunks: AsyncIterator[ChatCompletionChunk], entry: ProviderEntry, deadline: float
     ) -> ChatCompletionChunk:
@@ -421,51 +366,6 @@ class ProviderManager:
                 f"Provider {entry.name!r} ended the stream before its first chunk",
                 provider=entry.name,
             ) from None
-
-    async def _rest(
-        self,
-        chunks: AsyncIterator[ChatCompletionChunk],
-        first: ChatCompletionChunk,
-        entry: ProviderEntry,
-        trail: RoutingTrail,
-        started: float,
-        ttft: float,
-        deadline: float,
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        """The stream after its first chunk: no failover now; a failure surfaces once."""
-        usage = first.usage
-        finished = failed = False
-        try:
-            yield first
-            while True:
-                try:
-                    chunk = await self._bounded(anext(chunks), entry, deadline)
-                except StopAsyncIteration:
-                    break
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                yield chunk
-            finished = True
-        except LeapError as exc:
-            failed = True
-            entry.failed(exc, self._clock.monotonic() - started)
-            trail.attempts[-1].outcome = type(exc).__name__
-            trail.attempts[-1].message = exc.message
-            exc.trail = trail
-            raise
-        finally:
-            await _close(chunks)
-            entry.end()
-            if finished:
-                usage = usage or Usage()
-                entry.succeeded(
-                    self._clock.monotonic() - started,
-                    ttft=ttft,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                )
-            elif not failed:
-                entry.abandoned()
 
     async def _bounded(
         self, call: Awaitable[_T], entry: ProviderEntry, deadline: float | None
@@ -567,3 +467,127 @@ async def _close(chunks: AsyncIterator[ChatCompletionChunk]) -> None:
 
 def _reason(exc: BaseException) -> str:
     return exc.message if isinstance(exc, LeapError) else type(exc).__name__
+
+
+class ManagedStream:
+    """A streamed completion with its routing trail; iterate it, and ``aclose()`` it (or use
+    ``async with``) when stopping early, which cancels the upstream request at once.
+
+    A plain async iterator rather than a generator: every chunk passes through one call here,
+    not a stack of generators.
+    """
+
+    def __init__(self, manager: ProviderManager, request: ChatCompletionRequest) -> None:
+        self.trail = RoutingTrail()
+        self._manager = manager
+        self._request = request
+        self._chunks: AsyncIterator[ChatCompletionChunk] | None = None
+        self._entry: ProviderEntry | None = None
+        self._started = 0.0
+        self._ttft = 0.0
+        self._deadline = 0.0
+        self._usage: Usage | None = None
+        self._done = False
+
+    def __aiter__(self) -> ManagedStream:
+        return self
+
+    async def __aenter__(self) -> ManagedStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def __anext__(self) -> ChatCompletionChunk:
+        chunks, entry = self._chunks, self._entry
+        if chunks is None or entry is None:
+            if self._done:
+                raise StopAsyncIteration
+            return await self._open()
+        try:
+            chunk = await self._manager._bounded(chunks.__anext__(), entry, self._deadline)
+        except StopAsyncIteration:
+            await self._finish(None)
+            raise
+        except LeapError as exc:
+            await self._finish(exc)
+            raise
+        except BaseException:
+            await self.aclose()
+            raise
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        return chunk
+
+    async def aclose(self) -> None:
+        """Stop the stream; the upstream request is closed and its slot freed."""
+        if self._chunks is not None and self._entry is not None:
+            await self._finish(None, abandoned=True)
+        self._done = True
+
+    async def _open(self) -> ChatCompletionChunk:
+        """Try routes until one yields a first chunk; failures before it fail over."""
+        manager = self._manager
+        clock = manager._clock
+        await manager.start()
+        attempts = manager._plan(self._request, self.trail)
+        while (route := await attempts.next()) is not None:
+            entry = manager.registry.get(route.provider)
+            started = clock.monotonic()
+            entry.begin()
+            chunks = entry.provider.stream(_for(route, self._request))
+            try:
+                first = await manager._first_chunk(chunks, entry, attempts.deadline)
+            except LeapError as exc:
+                await _close(chunks)
+                entry.end()
+                attempts.failed(route, entry, exc, started)
+                continue
+            except BaseException:
+                await _close(chunks)
+                entry.end()
+                entry.abandoned()
+                self._done = True
+                raise
+            self._ttft = clock.monotonic() - started
+            attempts.succeeded(route, self._ttft)
+            self._chunks, self._entry = chunks, entry
+            self._started, self._deadline = started, attempts.deadline
+            self._usage = first.usage
+            return first
+        self._done = True
+        raise attempts.exhausted()
+
+    async def _finish(self, error: LeapError | None, *, abandoned: bool = False) -> None:
+        """Close the upstream stream and record the outcome, exactly once."""
+        chunks, entry = self._chunks, self._entry
+        self._chunks = self._entry = None
+        self._done = True
+        if chunks is None or entry is None:
+            return
+        await _close(chunks)
+        entry.end()
+        latency = self._manager._clock.monotonic() - self._started
+        if error is not None:
+            entry.failed(error, latency)
+            attempt = self.trail.attempts[-1]
+            attempt.outcome, attempt.message = type(error).__name__, error.message
+            error.trail = self.trail
+        elif abandoned:
+            entry.abandoned()
+        else:
+            usage = self._usage or Usage()
+            entry.succeeded(
+                latency,
+                ttft=self._ttft,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
+
+    def __del__(self) -> None:
+        # Dropped without aclose(): free the slot now; asyncio finalizes the upstream stream.
+        entry = self._entry
+        if entry is not None and not self._done:
+            self._entry = None
+            entry.end()
+            entry.abandoned()

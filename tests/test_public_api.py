@@ -23,6 +23,8 @@ MODULES = [
 def test_all_is_sorted_and_lists_exactly_the_public_names(name: str) -> None:
     module = importlib.import_module(name)
     exported = list(module.__all__)
+    for public in exported:
+        getattr(module, public)  # leapasgi imports its names on first use
     # isort-style order, as ruff keeps it: constants first, then classes, then functions.
     assert exported == sorted(exported, key=lambda n: (not n.isupper(), n[:1].islower(), n))
     public = {
@@ -55,3 +57,9 @@ def test_the_console_scripts_run() -> None:
     assert "groq" in out.stdout
     assert "https://api.groq.com/openai/v1" in out.stdout
     assert leapmcp.__all__ == []
+
+
+def test_importing_the_package_loads_nothing_heavy() -> None:
+    code = "import sys, leapasgi; print(sorted(m for m in ('aiohttp', 'starlette', 'pydantic') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
