@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.types import Message, Receive, Scope, Send
@@ -33,8 +34,6 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _END = object()
-# Chunks buffered between the upstream reader and a slow client before upstream reads pause.
-_STREAM_BUFFER = 8
 # Status recorded for a request whose client went away before the answer (nginx's convention).
 CLIENT_CLOSED = 499
 
@@ -151,7 +150,8 @@ class _DisconnectGuard:
 
 class _Stream:
     """One SSE response: errors before the first chunk are plain HTTP errors; later ones are
-    one in-band error event. Keep-alive comments flow while the upstream is silent."""
+    one in-band error event. Keep-alive comments go out whenever the upstream is silent for
+    the keep-alive interval (which also starts the response if nothing came yet)."""
 
     def __init__(
         self,
@@ -166,30 +166,31 @@ class _Stream:
         self.started = started
         self.receive = receive
         self.send = send
-        self.queue: asyncio.Queue[object] = asyncio.Queue(_STREAM_BUFFER)
         self.trail = RoutingTrail()
         self.headers_sent = False
+        self.finished = False
+        self.sent = 0
         self.first_at: float | None = None
         self.usage_prompt = 0
         self.usage_completion = 0
-        # An end or error marker taken off the queue while batching chunks.
-        self.held: object | None = None
 
     async def run(self) -> None:
         guard = _DisconnectGuard(self.receive)
-        producer = asyncio.get_running_loop().create_task(self._produce())
+        stream = self.gateway.manager.stream(self.request)
+        self.trail = stream.trail
+        pinger = asyncio.get_running_loop().create_task(self._ping())
         outcome: object = None
         try:
-            outcome = await self._consume()
+            outcome = await self._relay(stream)
         except asyncio.CancelledError:
             if not guard.absorb():
                 raise
         finally:
+            self.finished = True
             guard.close()
-            if not producer.done():
-                producer.cancel()
-            # Wait for the producer to close the upstream stream, whatever happened here.
-            await asyncio.gather(producer, return_exceptions=True)
+            pinger.cancel()
+            # Also when the client left: the upstream request must be closed now.
+            await stream.aclose()
         gateway = self.gateway
         if isinstance(outcome, LeapError):
             gateway.record_failure(outcome, started=self.started, request=self.request)
@@ -205,69 +206,41 @@ class _Stream:
         else:
             gateway.record_gone(self.request, started=self.started)
 
-    async def _produce(self) -> None:
-        stream = self.gateway.manager.stream(self.request)
-        self.trail = stream.trail
-        put = self.queue.put
+    async def _relay(self, stream: AsyncIterator[ChatCompletionChunk]) -> object:
+        """Send every chunk as it comes; returns _END or the error that ended the stream."""
+        send = self.send
         try:
             async for chunk in stream:
-                await put(chunk)
+                if not self.headers_sent:
+                    self.first_at = time.perf_counter()
+                    await self._start()
+                usage = chunk.usage
+                if usage is not None:
+                    self.usage_prompt = usage.prompt_tokens
+                    self.usage_completion = usage.completion_tokens
+                body = b"data: " + chunk.to_wire_json() + b"\n\n"
+                self.sent += 1
+                await send({"type": "http.response.body", "body": body, "more_body": True})
         except LeapError as error:
-            await put(error)
-            return
-        finally:
-            # Also when cancelled (the client left): the upstream request must be closed now.
-            await stream.aclose()
-        await put(_END)
+            self.finished = True
+            await self._fail(error)
+            return error
+        self.finished = True
+        await self._start()
+        await send({"type": "http.response.body", "body": DONE, "more_body": False})
+        return _END
 
-    async def _next(self) -> object:
-        """The next item; keep-alive comments go out while waiting for it."""
-        if self.held is not None:
-            item, self.held = self.held, None
-            return item
-        queue = self.queue
-        if not queue.empty():
-            return queue.get_nowait()
+    async def _ping(self) -> None:
         interval = self.gateway.config.server.keepalive_interval
-        while True:
-            try:
-                async with asyncio.timeout(interval):
-                    return await queue.get()
-            except TimeoutError:
+        seen = -1
+        while not self.finished:
+            await asyncio.sleep(interval)
+            if self.finished:
+                return
+            if self.sent == seen:
                 await self._start()
                 await self.send({"type": "http.response.body", "body": PING, "more_body": True})
-
-    async def _consume(self) -> object:
-        """Send what the producer delivers; returns _END or the error."""
-        queue = self.queue
-        send = self.send
-        while True:
-            item = await self._next()
-            if isinstance(item, ChatCompletionChunk):
-                if self.first_at is None:
-                    self.first_at = time.perf_counter()
-                await self._start()
-                # Chunks that are already waiting go out in one write.
-                parts = [b"data: ", self._encode(item), b"\n\n"]
-                while not queue.empty() and isinstance(queue._queue[0], ChatCompletionChunk):  # type: ignore[attr-defined]
-                    parts += (b"data: ", self._encode(queue.get_nowait()), b"\n\n")  # type: ignore[arg-type]
-                await send(
-                    {"type": "http.response.body", "body": b"".join(parts), "more_body": True}
-                )
-                continue
-            if isinstance(item, LeapError):
-                await self._fail(item)
-                return item
-            await self._start()
-            await send({"type": "http.response.body", "body": DONE, "more_body": False})
-            return _END
-
-    def _encode(self, chunk: ChatCompletionChunk) -> bytes:
-        usage = chunk.usage
-        if usage is not None:
-            self.usage_prompt = usage.prompt_tokens
-            self.usage_completion = usage.completion_tokens
-        return chunk.to_wire_json()
+            seen = self.sent
 
     async def _start(self) -> None:
         if self.headers_sent:
