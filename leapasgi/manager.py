@@ -26,6 +26,7 @@ from .attempts import RequestAttempts
 from .balancing import Candidate, Strategy, order
 from .clock import Clock, SystemClock
 from .config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
+from .deadline import REQUEST_DEADLINE
 from .exceptions import (
     DeadlineExceededError,
     FirstByteTimeoutError,
@@ -128,7 +129,7 @@ class ProviderManager:
             kind=config.type,
             preset=config.preset,
             base_url=config.resolved_base_url,
-            own_deadline=_own_deadline(provider),
+            honors_deadline=_honors_deadline(provider),
         )
         return self.registry.register(provider, settings, replace=True)
 
@@ -137,8 +138,8 @@ class ProviderManager:
     ) -> ProviderEntry:
         """Register a provider object built elsewhere (replacing one of the same name)."""
         settings = settings or RouteSettings()
-        if settings.own_deadline is None and (own := _own_deadline(provider)) is not None:
-            settings = dataclasses.replace(settings, own_deadline=own)
+        if not settings.honors_deadline and _honors_deadline(provider):
+            settings = dataclasses.replace(settings, honors_deadline=True)
         return self.registry.register(provider, settings, replace=True)
 
     def register_openai_compatible(
@@ -292,16 +293,20 @@ class ProviderManager:
         """``chat``, with the routing trail of the request."""
         await self.start()
         attempts = self._plan(request, RoutingTrail())
-        while (route := await attempts.next()) is not None:
-            entry = self.registry.get(route.provider)
-            started = self._clock.monotonic()
-            try:
-                result = await self._attempt_chat(entry, route, request, attempts.deadline)
-            except LeapError as exc:
-                attempts.failed(route, entry, exc, started)
-                continue
-            attempts.succeeded(route, self._clock.monotonic() - started)
-            return result, attempts.trail
+        token = REQUEST_DEADLINE.set((self._clock, attempts.deadline))
+        try:
+            while (route := await attempts.next()) is not None:
+                entry = self.registry.get(route.provider)
+                started = self._clock.monotonic()
+                try:
+                    result = await self._attempt_chat(entry, route, request, attempts.deadline)
+                except LeapError as exc:
+                    attempts.failed(route, entry, exc, started)
+                    continue
+                attempts.succeeded(route, self._clock.monotonic() - started)
+                return result, attempts.trail
+        finally:
+            REQUEST_DEADLINE.reset(token)
         raise attempts.exhausted()
 
     def stream(self, request: ChatCompletionRequest) -> ManagedStream:
@@ -374,10 +379,9 @@ class ProviderManager:
         try:
             if deadline is None:
                 return await call
+            if entry.settings.honors_deadline:
+                return await call  # it stops at REQUEST_DEADLINE by itself
             remaining = deadline - self._clock.monotonic()
-            own = entry.settings.own_deadline
-            if own is not None and remaining >= own:
-                return await call  # the provider's own deadline comes first
             async with asyncio.timeout(max(remaining, 0.0)):
                 return await call
         except TimeoutError:
@@ -446,10 +450,8 @@ class ProviderManager:
         return policy
 
 
-def _own_deadline(provider: Provider) -> float | None:
-    if isinstance(provider, OpenAICompatibleProvider):
-        return provider.settings.timeouts.total
-    return None
+def _honors_deadline(provider: Provider) -> bool:
+    return isinstance(provider, OpenAICompatibleProvider)
 
 
 def _for(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:
@@ -531,6 +533,15 @@ class ManagedStream:
         clock = manager._clock
         await manager.start()
         attempts = manager._plan(self._request, self.trail)
+        token = REQUEST_DEADLINE.set((clock, attempts.deadline))
+        try:
+            return await self._first(attempts)
+        finally:
+            REQUEST_DEADLINE.reset(token)
+
+    async def _first(self, attempts: RequestAttempts) -> ChatCompletionChunk:
+        manager = self._manager
+        clock = manager._clock
         while (route := await attempts.next()) is not None:
             entry = manager.registry.get(route.provider)
             started = clock.monotonic()

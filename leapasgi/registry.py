@@ -69,9 +69,9 @@ class RouteSettings:
     kind: str = "openai_compatible"
     preset: str | None = None
     base_url: str | None = None
-    # The total deadline the provider enforces on each call by itself, when it has one: the
-    # manager then needs no timer of its own while the request's deadline is further away.
-    own_deadline: float | None = None
+    # The provider stops by itself at the request's deadline (see leapasgi.deadline), so the
+    # manager needs no timer of its own around its calls.
+    honors_deadline: bool = False
 
 
 class ProviderEntry:

@@ -12,6 +12,7 @@ import pytest
 from pydantic import SecretStr
 
 from leapasgi.config import HealthConfig, ProviderConfig, RoutingConfig, load_config
+from leapasgi.exceptions import DeadlineExceededError
 from leapasgi.manager import ProviderManager
 from leapasgi.registry import RouteSettings
 from leapasgi.types import ChatCompletionRequest
@@ -179,3 +180,26 @@ async def test_a_refused_connection_fails_over(upstreams: list[FakeUpstream], st
         else:
             _, trail = await m.chat_with_trail(req())
     assert [a.outcome for a in trail.attempts] == ["ConnectRefusedError", "ok"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_request_deadline_reaches_the_provider(
+    upstreams: list[FakeUpstream], stream: bool
+) -> None:
+    for fake in upstreams:
+        fake.default = Behavior(hang_now=True)
+    m = ProviderManager(routing=RoutingConfig(request_timeout=0.3), health=HealthConfig(interval=0))
+    m.register(
+        ProviderConfig(name="slow", base_url=upstreams[0].base_url, models=["m1"], timeout=30)
+    )
+    async with m:
+        call = _drain_stream(m.stream(req(stream=True))) if stream else m.chat(req())
+        with pytest.raises(DeadlineExceededError) as caught:
+            await call
+    assert caught.value.http_status == 504
+    assert len(upstreams[0].chat_requests) == 1
+
+
+async def _drain_stream(stream: Any) -> None:
+    async for _ in stream:
+        pass

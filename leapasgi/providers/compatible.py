@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from .. import __version__
 from .._redact import Redactor
 from ..clock import Clock, SystemClock
+from ..deadline import deadline_for
 from ..exceptions import (
     DeadlineExceededError,
     FirstByteTimeoutError,
@@ -125,13 +126,13 @@ class OpenAICompatibleProvider:
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         """One non-streaming completion, retried within the policy and the total deadline."""
         body = self._encode(request, stream=False)
-        deadline = self._clock.monotonic() + self.settings.timeouts.total
+        deadline = deadline_for(self._clock, self.settings.timeouts.total)
         return await self._retrying(lambda: self._chat_once(body, deadline), deadline)
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         """A streamed completion; failures before the first chunk are retried, later ones raise."""
         body = self._encode(request, stream=True)
-        deadline = self._clock.monotonic() + self.settings.timeouts.total
+        deadline = deadline_for(self._clock, self.settings.timeouts.total)
         include_usage = request.include_usage
         retry = 0
         while True:
@@ -151,7 +152,7 @@ class OpenAICompatibleProvider:
 
     async def list_models(self) -> list[Model]:
         """The upstream's models from ``GET /models``."""
-        deadline = self._clock.monotonic() + self.settings.timeouts.total
+        deadline = deadline_for(self._clock, self.settings.timeouts.total)
         return await self._retrying(lambda: self._models_once(deadline), deadline)
 
     async def check_health(self) -> None:
