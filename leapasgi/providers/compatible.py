@@ -30,6 +30,7 @@ from ..sse import SSEDecoder
 from ..streaming import ChunkNormalizer, chunks_from_completion, error_from_payload, parse_event
 from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
 from ._errors import MAX_ERROR_BODY, error_from_response, translate_client_error
+from ._watch import Expired, ReadWatch
 from .settings import ProviderSettings
 
 __all__ = ["OpenAICompatibleProvider"]
@@ -205,12 +206,16 @@ class OpenAICompatibleProvider:
         decoder = SSEDecoder()
         read = response.content.readany
         name = self.name
-        while data := await self._read(read, deadline):
-            for event in decoder.feed(data):
-                chunk = parse_event(event, provider=name)
-                if chunk is None:
-                    return
-                yield chunk
+        watch = self._watch(deadline)
+        try:
+            while data := await self._read(watch, read):
+                for event in decoder.feed(data):
+                    chunk = parse_event(event, provider=name)
+                    if chunk is None:
+                        return
+                    yield chunk
+        finally:
+            watch.close()
         for event in decoder.close():
             chunk = parse_event(event, provider=name)
             if chunk is None:
@@ -262,23 +267,29 @@ class OpenAICompatibleProvider:
     ) -> bytes:
         parts: list[bytes] = []
         size = 0
-        content = response.content
-        while data := await self._read(content.readany, deadline):
-            parts.append(data)
-            size += len(data)
-            if limit is not None and size >= limit:
-                break
+        read = response.content.readany
+        watch = self._watch(deadline)
+        try:
+            while data := await self._read(watch, read):
+                parts.append(data)
+                size += len(data)
+                if limit is not None and size >= limit:
+                    break
+        finally:
+            watch.close()
         return b"".join(parts)
 
-    async def _read(self, read: Callable[[], Awaitable[bytes]], deadline: float) -> bytes:
-        limit, stage = self._budget(self.settings.timeouts.idle, deadline)
+    def _watch(self, deadline: float) -> ReadWatch:
+        remaining = max(deadline - self._clock.monotonic(), 0.0)
+        return ReadWatch(idle=self.settings.timeouts.idle, remaining=remaining)
+
+    async def _read(self, watch: ReadWatch, read: Callable[[], Awaitable[bytes]]) -> bytes:
         try:
-            async with asyncio.timeout(limit):
-                return await read()
+            return await watch.read(read)
         except aiohttp.ClientError as exc:
             raise translate_client_error(exc, provider=self.name, in_body=True) from exc
-        except TimeoutError:
-            raise self._timeout(stage, "the next part of the response") from None
+        except Expired as expired:
+            raise self._timeout(expired.kind, "the next part of the response") from None
 
     def _budget(self, stage_timeout: float, deadline: float) -> tuple[float, str]:
         remaining = deadline - self._clock.monotonic()
@@ -288,7 +299,7 @@ class OpenAICompatibleProvider:
 
     def _timeout(self, stage: str, waiting_for: str) -> LeapError:
         timeouts = self.settings.timeouts
-        if stage == "deadline":
+        if stage == "deadline":  # the total deadline ran out before the stage's own clock
             return DeadlineExceededError(
                 f"Provider {self.name!r} did not finish within the {timeouts.total:g} s deadline",
                 provider=self.name,
