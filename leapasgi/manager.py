@@ -507,7 +507,10 @@ class ManagedStream:
                 raise StopAsyncIteration
             return await self._open()
         try:
-            chunk = await self._manager._bounded(chunks.__anext__(), entry, self._deadline)
+            if entry.settings.honors_deadline:
+                chunk = await chunks.__anext__()  # it stops at the deadline by itself
+            else:
+                chunk = await self._manager._bounded(chunks.__anext__(), entry, self._deadline)
         except StopAsyncIteration:
             await self._finish(None)
             raise

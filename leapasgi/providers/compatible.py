@@ -183,44 +183,46 @@ class OpenAICompatibleProvider:
     async def _stream_once(
         self, body: bytes, deadline: float, normalizer: ChunkNormalizer
     ) -> AsyncIterator[ChatCompletionChunk]:
+        push = normalizer.push
         async with await self._send("POST", self._chat_url, body, deadline, sse=True) as response:
-            if response.content_type.endswith("event-stream"):
-                chunks = self._sse_chunks(response, deadline)
-            else:
+            if not response.content_type.endswith("event-stream"):
                 # Some upstreams ignore "stream": true and answer with one JSON completion.
                 whole = self._completion(await self._read_body(response, deadline))
-                chunks = _iterate(chunks_from_completion(whole, include_usage=True))
-            async for chunk in chunks:
-                mended = normalizer.push(chunk)
-                if mended is not None:
-                    yield mended
-            await _drain(response)
+                for chunk in chunks_from_completion(whole, include_usage=True):
+                    if (mended := push(chunk)) is not None:
+                        yield mended
+            else:
+                # One flat loop: every chunk of every stream passes through here.
+                decoder = SSEDecoder()
+                read = response.content.readany
+                name = self.name
+                watch = self._watch(deadline)
+                done = False
+                try:
+                    while not done and (data := await watch.read(read)):
+                        for event in decoder.feed(data):
+                            parsed = parse_event(event, provider=name)
+                            if parsed is None:
+                                done = True
+                                break
+                            if (mended := push(parsed)) is not None:
+                                yield mended
+                except aiohttp.ClientError as exc:
+                    raise translate_client_error(exc, provider=name, in_body=True) from exc
+                except Expired as expired:
+                    raise self._timeout(expired.kind, "the next part of the response") from None
+                finally:
+                    watch.close()
+                for event in () if done else decoder.close():
+                    parsed = parse_event(event, provider=name)
+                    if parsed is None:
+                        break
+                    if (mended := push(parsed)) is not None:
+                        yield mended
+                await _drain(response)
         tail = normalizer.finish()
         if tail is not None:
             yield tail
-
-    async def _sse_chunks(
-        self, response: aiohttp.ClientResponse, deadline: float
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        """Chunks as the upstream sent them, up to ``[DONE]`` or the end of the body."""
-        decoder = SSEDecoder()
-        read = response.content.readany
-        name = self.name
-        watch = self._watch(deadline)
-        try:
-            while data := await self._read(watch, read):
-                for event in decoder.feed(data):
-                    chunk = parse_event(event, provider=name)
-                    if chunk is None:
-                        return
-                    yield chunk
-        finally:
-            watch.close()
-        for event in decoder.close():
-            chunk = parse_event(event, provider=name)
-            if chunk is None:
-                return
-            yield chunk
 
     async def _models_once(self, deadline: float) -> list[Model]:
         async with await self._send("GET", self._models_url, None, deadline) as response:
@@ -379,8 +381,3 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
         async with asyncio.timeout(_DRAIN_SECONDS):
             while await content.readany():
                 pass
-
-
-async def _iterate(items: list[_T]) -> AsyncIterator[_T]:
-    for item in items:
-        yield item
