@@ -42,7 +42,7 @@ from .providers.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Prov
 from .providers.compatible import OpenAICompatibleProvider
 from .providers.mock import MockProvider
 from .providers.presets import PRESETS, Preset, get_preset
-from .providers.settings import DEFAULT_MAX_CONNECTIONS, ProviderSettings
+from .providers.settings import DEFAULT_MAX_CONNECTIONS, ProviderSettings, check_headers
 from .retry import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY, RetryPolicy
 
 __all__ = [
@@ -88,7 +88,6 @@ STRATEGIES: tuple[str, ...] = tuple(Strategy)
 _NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _HTTP_URL = re.compile(r"^https?://[^/\s?#]+")
-_FORBIDDEN_HEADERS = frozenset({"authorization", "host", "content-length", "cookie"})
 _MASK = "**********"
 
 
@@ -164,12 +163,7 @@ class ProviderConfig(_Config):
     @field_validator("headers")
     @classmethod
     def _safe_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, item in value.items():
-            if key.lower() in _FORBIDDEN_HEADERS:
-                raise ValueError(f"header {key!r} is set by leapasgi and cannot be overridden")
-            if any(c in key + item for c in "\r\n\0"):
-                raise ValueError(f"header {key!r} contains a line break")
-        return value
+        return check_headers(value)
 
     @model_validator(mode="after")
     def _fields_fit_type(self) -> Self:

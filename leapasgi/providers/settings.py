@@ -6,7 +6,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -16,10 +16,21 @@ from ..retry import RetryPolicy
 from .base import Timeouts
 from .presets import get_preset
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "ProviderSettings"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "ProviderSettings", "check_headers"]
 
 DEFAULT_MAX_CONNECTIONS = 100
 _FORBIDDEN_HEADERS = frozenset({"authorization", "host", "content-length", "cookie"})
+_H = TypeVar("_H", bound=Mapping[str, str])
+
+
+def check_headers(value: _H) -> _H:
+    """Extra upstream headers: never ones leapasgi sets itself, never a line break."""
+    for key, item in value.items():
+        if key.lower() in _FORBIDDEN_HEADERS:
+            raise ValueError(f"header {key!r} is set by leapasgi and cannot be overridden")
+        if any(c in key + item for c in "\r\n\0"):
+            raise ValueError(f"header {key!r} contains a line break")
+    return value
 
 
 class ProviderSettings(BaseModel):
@@ -58,12 +69,7 @@ class ProviderSettings(BaseModel):
     @field_validator("headers")
     @classmethod
     def _safe_headers(cls, value: Mapping[str, str]) -> Mapping[str, str]:
-        for key, item in value.items():
-            if key.lower() in _FORBIDDEN_HEADERS:
-                raise ValueError(f"header {key!r} is set by leapasgi and cannot be overridden")
-            if any(c in key + item for c in "\r\n\0"):
-                raise ValueError(f"header {key!r} contains a line break")
-        return value
+        return check_headers(value)
 
     @classmethod
     def from_preset(
