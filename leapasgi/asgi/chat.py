@@ -233,14 +233,18 @@ class _Stream:
     async def _ping(self) -> None:
         interval = self.gateway.config.server.keepalive_interval
         seen = -1
-        while not self.finished:
-            await asyncio.sleep(interval)
-            if self.finished:
-                return
-            if self.sent == seen:
-                await self._start()
-                await self.send({"type": "http.response.body", "body": PING, "more_body": True})
-            seen = self.sent
+        try:
+            while not self.finished:
+                await asyncio.sleep(interval)
+                if self.sent == seen and not self.finished:
+                    await self._start()
+                    # Checked again with no await before the send: never after the last event.
+                    if self.finished:
+                        return
+                    await self.send({"type": "http.response.body", "body": PING, "more_body": True})
+                seen = self.sent
+        except OSError:
+            return  # the client is gone; the disconnect guard ends the request
 
     async def _start(self) -> None:
         if self.headers_sent:
