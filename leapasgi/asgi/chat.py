@@ -99,7 +99,8 @@ async def _complete(
             raise
         gateway.record_gone(request, started=started)
         return
-    guard.close()
+    finally:
+        guard.close()
     headers = gateway.trail_headers(trail, started)
     if completion.request_id is not None:
         headers.append((b"x-request-id", completion.request_id.encode()))
