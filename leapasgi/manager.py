@@ -539,6 +539,9 @@ class ManagedStream:
         token = REQUEST_DEADLINE.set((clock, attempts.deadline))
         try:
             return await self._first(attempts)
+        except BaseException:
+            self._done = True  # a stream that failed to open stays ended
+            raise
         finally:
             REQUEST_DEADLINE.reset(token)
 
