@@ -282,7 +282,10 @@ async def test_a_client_that_goes_away_cancels_the_upstream_call(
             await asyncio.sleep(0.005)
         gone.set()
         await asyncio.wait_for(call, 2)
-        await asyncio.sleep(0.05)
+        for _ in range(200):  # the upstream notices the closed connection soon after
+            if upstream.chat_requests[0].client_went_away:
+                break
+            await asyncio.sleep(0.01)
         assert upstream.chat_requests[0].client_went_away
         assert gw.manager.registry.snapshot("up").in_flight == 0
     assert not any(m["type"] == "http.response.start" for m in sent)

@@ -428,7 +428,10 @@ async def test_first_byte_timeout(upstream: FakeUpstream) -> None:
     async with make(upstream, timeouts=timeouts, retries=0) as provider:
         with pytest.raises(FirstByteTimeoutError):
             await provider.chat(req())
-    await asyncio.sleep(0.05)
+    for _ in range(200):  # the upstream notices the closed connection soon after
+        if upstream.chat_requests[0].client_went_away:
+            break
+        await asyncio.sleep(0.01)
     assert upstream.chat_requests[0].client_went_away
 
 
