@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from .clock import Clock
 from .exceptions import DeadlineExceededError, LeapError, NoProviderAvailableError
+from .health import least_recently_ejected
 from .registry import ProviderEntry, Registry
 from .retry import RetryPolicy
 from .routing import Route
@@ -81,15 +82,13 @@ class RequestAttempts:
         if self._ejected and trail.tries == 0:
             # Panic mode: every candidate is ejected; try the one ejected longest ago rather
             # than failing at once (the breaker admits it as a probe).
-            route = min(self._ejected, key=self._ejected_at)
+            by_name = {r.provider: r for r in self._ejected}
+            breakers = {name: registry.get(name).breaker for name in by_name}
+            route = by_name[least_recently_ejected(breakers) or self._ejected[0].provider]
             self._ejected.clear()
             registry.get(route.provider).breaker.force_probe()
             return route
         return None
-
-    def _ejected_at(self, route: Route) -> float:
-        ejected_at = self._registry.get(route.provider).breaker.ejected_at
-        return ejected_at if ejected_at is not None else 0.0
 
     def succeeded(self, route: Route, latency: float) -> None:
         """Note the attempt that served the request."""

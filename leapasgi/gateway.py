@@ -96,7 +96,7 @@ class Gateway:
         served = trail.served_by
         if served is not None:
             headers.append((b"x-leap-provider", served.provider.encode()))
-        upstream = sum(a.latency for a in trail.attempts if not a.skipped)
+        upstream = trail.upstream_seconds
         overhead = max(0.0, time.perf_counter() - started - upstream)
         headers.append((b"x-leap-overhead-ms", f"{overhead * 1000:.2f}".encode()))
         return headers
@@ -115,7 +115,7 @@ class Gateway:
         latency = time.perf_counter() - started
         served = trail.served_by
         provider = served.provider if served is not None else _NO_PROVIDER
-        upstream = sum(a.latency for a in trail.attempts if not a.skipped)
+        upstream = trail.upstream_seconds
         self.metrics.record(
             provider=provider,
             model=request.model,

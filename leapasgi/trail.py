@@ -35,6 +35,11 @@ class RoutingTrail:
         return last if last is not None and last.outcome == OK else None
 
     @property
+    def upstream_seconds(self) -> float:
+        """Time spent waiting on providers, over every attempt."""
+        return sum(a.latency for a in self.attempts if not a.skipped)
+
+    @property
     def tries(self) -> int:
         """Attempts that reached a provider (skips not counted)."""
         return sum(1 for attempt in self.attempts if not attempt.skipped)

@@ -7,13 +7,14 @@ once, and handed to the manager; a client that goes away cancels the upstream ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from ..exceptions import AuthenticationError, LeapError
 from ..sse import DONE, PING
@@ -45,19 +46,14 @@ class ChatEndpoint:
         self._gateway = gateway
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started_response = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started_response
-            started_response = True
-            await send(message)
-
         try:
-            await self._serve(scope, receive, tracked)
+            await self._serve(scope, receive, send)
         except Exception:
             # Outside Starlette's middleware, so never a traceback to the client from here.
             logger.exception("unhandled error in the chat endpoint")
-            if not started_response:
+            # If the response had already begun, the server refuses a second start: nothing
+            # more can be said to this client then.
+            with contextlib.suppress(RuntimeError, OSError):
                 await send_error(send, LeapError("The gateway failed unexpectedly"))
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
