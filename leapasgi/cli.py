@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
 from . import __version__
+from ._logging import configure_server_logging
 from .exceptions import LeapError
 from .providers.presets import PRESETS
 
@@ -53,6 +53,7 @@ def app_from_env() -> object:
     """The ASGI app for the config named by LEAPASGI_CONFIG (uvicorn factory, for --workers)."""
     from .gateway import Gateway
 
+    configure_server_logging(sys.stderr)  # each worker process sets up its own
     return Gateway.from_config(os.environ[CONFIG_ENV]).app
 
 
@@ -63,13 +64,14 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int) -> int:
 
     config = load_config(path)  # fail fast, with the file and key, before binding anything
     os.environ[CONFIG_ENV] = str(path.resolve())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_server_logging(sys.stderr)
     uvicorn.run(
         "leapasgi.cli:app_from_env",
         factory=True,
         host=host or config.server.host,
         port=port if port is not None else config.server.port,
         workers=workers,
+        log_config=None,  # uvicorn's loggers write through ours: one format, batched writes
         access_log=False,  # leapasgi.access logs one line per request, without prompts or keys
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         log_level="info",

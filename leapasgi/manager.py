@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import random
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -41,6 +42,7 @@ from .providers.presets import PRESETS
 from .registry import ProviderEntry, ProviderStatus, Registry, RouteSettings
 from .retry import RetryPolicy
 from .routing import Alias, Route, RouteTable
+from .streaming import ChunkBatch, batches_of
 from .trail import RoutingTrail
 from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, Usage
 
@@ -350,22 +352,26 @@ class ProviderManager:
         )
         return result
 
-    async def _first_chunk(
-        self, chunks: AsyncIterator[ChatCompletionChunk], entry: ProviderEntry, deadline: float
-    ) -> ChatCompletionChunk:
+    async def _first_batch(
+        self, batches: AsyncIterator[ChunkBatch], entry: ProviderEntry, deadline: float
+    ) -> ChunkBatch:
         limit = self.routing.first_token_timeout
         remaining = deadline - self._clock.monotonic()
         try:
-            if limit and limit < remaining:
-                try:
-                    async with asyncio.timeout(limit):
-                        return await self._bounded(anext(chunks), entry, None)
-                except TimeoutError:
-                    raise FirstByteTimeoutError(
-                        f"Provider {entry.name!r} sent no first token within {limit:g} s",
-                        provider=entry.name,
-                    ) from None
-            return await self._bounded(anext(chunks), entry, deadline)
+            while True:
+                if limit and limit < remaining:
+                    try:
+                        async with asyncio.timeout(limit):
+                            batch = await self._bounded(anext(batches), entry, None)
+                    except TimeoutError:
+                        raise FirstByteTimeoutError(
+                            f"Provider {entry.name!r} sent no first token within {limit:g} s",
+                            provider=entry.name,
+                        ) from None
+                else:
+                    batch = await self._bounded(anext(batches), entry, deadline)
+                if batch.chunks:
+                    return batch
         except StopAsyncIteration:
             raise StreamInterruptedError(
                 f"Provider {entry.name!r} ended the stream before its first chunk",
@@ -460,7 +466,17 @@ def _for(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:
     return request.model_copy(update={"model": route.model})
 
 
-async def _close(chunks: AsyncIterator[ChatCompletionChunk]) -> None:
+def _batches(provider: Provider, request: ChatCompletionRequest) -> AsyncIterator[ChunkBatch]:
+    """The provider's stream a read at a time; one chunk per batch if it has no batches."""
+    batches: Callable[[ChatCompletionRequest], AsyncIterator[ChunkBatch]] | None = getattr(
+        provider, "stream_batches", None
+    )
+    if batches is not None:
+        return batches(request)
+    return batches_of(provider.stream(request))
+
+
+async def _close(chunks: AsyncIterator[object]) -> None:
     closer: Callable[[], Awaitable[None]] | None = getattr(chunks, "aclose", None)
     if closer is not None:
         with contextlib.suppress(LeapError):
@@ -476,15 +492,18 @@ class ManagedStream:
     ``async with``) when stopping early, which cancels the upstream request at once.
 
     A plain async iterator rather than a generator: every chunk passes through one call here,
-    not a stack of generators.
+    not a stack of generators. ``next_batch()`` hands over the chunks of one upstream read at
+    once, with the upstream's own bytes where they can be relayed unchanged (the HTTP relay
+    uses it); iterating gives the same chunks one by one.
     """
 
     def __init__(self, manager: ProviderManager, request: ChatCompletionRequest) -> None:
         self.trail = RoutingTrail()
         self._manager = manager
         self._request = request
-        self._chunks: AsyncIterator[ChatCompletionChunk] | None = None
+        self._batches: AsyncIterator[ChunkBatch] | None = None
         self._entry: ProviderEntry | None = None
+        self._pending: deque[ChatCompletionChunk] = deque()
         self._started = 0.0
         self._ttft = 0.0
         self._deadline = 0.0
@@ -501,16 +520,32 @@ class ManagedStream:
         await self.aclose()
 
     async def __anext__(self) -> ChatCompletionChunk:
-        chunks, entry = self._chunks, self._entry
-        if chunks is None or entry is None:
+        pending = self._pending
+        if not pending:
+            pending.extend((await self.next_batch()).chunks)
+        return pending.popleft()
+
+    async def next_batch(self) -> ChunkBatch:
+        """The next chunks that arrived together (never none); raises StopAsyncIteration at
+        the end, and the LeapError that ended the stream."""
+        pending = self._pending
+        if pending:
+            batch = ChunkBatch(list(pending))
+            pending.clear()
+            return batch
+        batches, entry = self._batches, self._entry
+        if batches is None or entry is None:
             if self._done:
                 raise StopAsyncIteration
             return await self._open()
         try:
-            if entry.settings.honors_deadline:
-                chunk = await chunks.__anext__()  # it stops at the deadline by itself
-            else:
-                chunk = await self._manager._bounded(chunks.__anext__(), entry, self._deadline)
+            while True:
+                if entry.settings.honors_deadline:
+                    batch = await batches.__anext__()  # it stops at the deadline by itself
+                else:
+                    batch = await self._manager._bounded(batches.__anext__(), entry, self._deadline)
+                if batch.chunks:
+                    break
         except StopAsyncIteration:
             await self._finish(None)
             raise
@@ -520,17 +555,21 @@ class ManagedStream:
         except BaseException:
             await self.aclose()
             raise
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        return chunk
+        self._note_usage(batch)
+        return batch
+
+    def _note_usage(self, batch: ChunkBatch) -> None:
+        for chunk in batch.chunks:
+            if chunk.usage is not None:
+                self._usage = chunk.usage
 
     async def aclose(self) -> None:
         """Stop the stream; the upstream request is closed and its slot freed."""
-        if self._chunks is not None and self._entry is not None:
+        if self._batches is not None and self._entry is not None:
             await self._finish(None, abandoned=True)
         self._done = True
 
-    async def _open(self) -> ChatCompletionChunk:
+    async def _open(self) -> ChunkBatch:
         """Try routes until one yields a first chunk; failures before it fail over."""
         manager = self._manager
         clock = manager._clock
@@ -545,44 +584,44 @@ class ManagedStream:
         finally:
             REQUEST_DEADLINE.reset(token)
 
-    async def _first(self, attempts: RequestAttempts) -> ChatCompletionChunk:
+    async def _first(self, attempts: RequestAttempts) -> ChunkBatch:
         manager = self._manager
         clock = manager._clock
         while (route := await attempts.next()) is not None:
             entry = manager.registry.get(route.provider)
             started = clock.monotonic()
             entry.begin()
-            chunks = entry.provider.stream(_for(route, self._request))
+            batches = _batches(entry.provider, _for(route, self._request))
             try:
-                first = await manager._first_chunk(chunks, entry, attempts.deadline)
+                first = await manager._first_batch(batches, entry, attempts.deadline)
             except LeapError as exc:
-                await _close(chunks)
+                await _close(batches)
                 entry.end()
                 attempts.failed(route, entry, exc, started)
                 continue
             except BaseException:
-                await _close(chunks)
+                await _close(batches)
                 entry.end()
                 entry.abandoned()
                 self._done = True
                 raise
             self._ttft = clock.monotonic() - started
             attempts.succeeded(route, self._ttft)
-            self._chunks, self._entry = chunks, entry
+            self._batches, self._entry = batches, entry
             self._started, self._deadline = started, attempts.deadline
-            self._usage = first.usage
+            self._note_usage(first)
             return first
         self._done = True
         raise attempts.exhausted()
 
     async def _finish(self, error: LeapError | None, *, abandoned: bool = False) -> None:
         """Close the upstream stream and record the outcome, exactly once."""
-        chunks, entry = self._chunks, self._entry
-        self._chunks = self._entry = None
+        batches, entry = self._batches, self._entry
+        self._batches = self._entry = None
         self._done = True
-        if chunks is None or entry is None:
+        if batches is None or entry is None:
             return
-        await _close(chunks)
+        await _close(batches)
         entry.end()
         latency = self._manager._clock.monotonic() - self._started
         if error is not None:

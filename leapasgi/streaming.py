@@ -8,6 +8,7 @@ chunk so that clients folding the stream get what OpenAI itself would have sent.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,6 +24,8 @@ from .exceptions import (
 )
 from .sse import SSEEvent
 from .types import (
+    CHUNK_CHOICE_CORE,
+    CHUNK_CORE,
     ChatCompletion,
     ChatCompletionChunk,
     ChoiceDelta,
@@ -32,9 +35,53 @@ from .types import (
     Usage,
 )
 
-__all__ = ["ChunkNormalizer", "chunks_from_completion", "error_from_payload", "parse_event"]
+__all__ = [
+    "ChunkBatch",
+    "ChunkNormalizer",
+    "batches_of",
+    "chunks_from_completion",
+    "error_from_payload",
+    "parse_event",
+]
 
 _CHUNK_OBJECT = "chat.completion.chunk"
+
+
+class ChunkBatch:
+    """The chunks of one upstream read, with the upstream's own JSON of each chunk that
+    normalization left as it was, so a relay can send them on without re-serializing."""
+
+    __slots__ = ("chunks", "wire")
+
+    def __init__(
+        self, chunks: list[ChatCompletionChunk], wire: list[bytes | None] | None = None
+    ) -> None:
+        self.chunks = chunks
+        # Parallel to chunks: the JSON as received, or None where it must be serialized again.
+        self.wire: list[bytes | None] = wire if wire is not None else [None] * len(chunks)
+
+    def sse(self) -> bytes:
+        """Every chunk as one SSE ``data:`` event, ready to send in one write."""
+        return b"".join(
+            [
+                b"data: " + (raw if raw is not None else chunk.to_wire_json()) + b"\n\n"
+                for chunk, raw in zip(self.chunks, self.wire, strict=True)
+            ]
+        )
+
+    def __repr__(self) -> str:
+        return f"ChunkBatch({len(self.chunks)} chunks)"
+
+
+async def batches_of(chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[ChunkBatch]:
+    """A chunk stream as batches of one, for providers without batches of their own."""
+    try:
+        async for chunk in chunks:
+            yield ChunkBatch([chunk], [None])
+    finally:
+        closer = getattr(chunks, "aclose", None)
+        if closer is not None:
+            await closer()
 
 
 def parse_event(event: SSEEvent, *, provider: str | None = None) -> ChatCompletionChunk | None:
@@ -98,6 +145,7 @@ class ChunkNormalizer:
         "_tool_ids",
         "_usage",
         "_usage_sent",
+        "mended",
     )
 
     def __init__(self, *, include_usage: bool, provider: str | None = None) -> None:
@@ -110,6 +158,8 @@ class ChunkNormalizer:
         self._tool_ids: dict[tuple[int, int], str | None] = {}
         self._usage: Usage | None = None
         self._usage_sent = False
+        # Whether the last pushed chunk was changed (or lacks a field it must carry).
+        self.mended = False
 
     @property
     def complete(self) -> bool:
@@ -117,35 +167,49 @@ class ChunkNormalizer:
         return bool(self._started) and self._finished >= self._started
 
     def push(self, chunk: ChatCompletionChunk) -> ChatCompletionChunk | None:
-        """The mended chunk, or None when nothing of it is left to send."""
+        """The mended chunk, or None when nothing of it is left to send; afterwards
+        ``mended`` says whether it differs from what the upstream sent."""
+        mended = False
         if chunk.object != _CHUNK_OBJECT:
             chunk.object = _CHUNK_OBJECT
+            mended = True
         identity = self._identity
         if identity is None:
             self._identity = (chunk.id, chunk.created, chunk.model)
         elif (chunk.id, chunk.created, chunk.model) != identity:
             chunk.id, chunk.created, chunk.model = identity
+            mended = True
         if chunk.usage is not None:
             self._usage = chunk.usage
             if chunk.choices or not self._include_usage:
                 chunk.usage = None
+                mended = True
             else:
                 self._usage_sent = True
+                self.mended = mended or not chunk.__pydantic_fields_set__ >= CHUNK_CORE
                 return chunk
         if not chunk.choices:
             return None
         for choice in chunk.choices:
-            self._mend_choice(choice.index, choice.delta)
+            if self._mend_choice(choice.index, choice.delta):
+                mended = True
             if choice.finish_reason == "":
                 choice.finish_reason = None
-            if choice.finish_reason is not None:
+                mended = True
+            elif choice.finish_reason is not None:
                 self._finished.add(choice.index)
+            if not choice.__pydantic_fields_set__ >= CHUNK_CHOICE_CORE:
+                mended = True  # the upstream left out a field every chunk carries
+        fields = chunk.__pydantic_fields_set__
         if self._include_usage:
-            if "usage" not in chunk.model_fields_set:
+            if "usage" not in fields:
                 chunk.usage = None
-        else:
+                mended = True
+        elif "usage" in fields:
             # Without include_usage the key is left out altogether, as OpenAI does.
-            chunk.__pydantic_fields_set__.discard("usage")
+            fields.discard("usage")
+            mended = True
+        self.mended = mended or not fields >= CHUNK_CORE
         return chunk
 
     def finish(self) -> ChatCompletionChunk | None:
@@ -167,36 +231,47 @@ class ChunkNormalizer:
             usage=self._usage,
         )
 
-    def _mend_choice(self, index: int, delta: ChoiceDelta) -> None:
+    def _mend_choice(self, index: int, delta: ChoiceDelta) -> bool:
+        mended = False
         if index in self._started:
             if delta.role is not None:
                 delta.role = None
                 delta.__pydantic_fields_set__.discard("role")
+                mended = True
         else:
             self._started.add(index)
-            delta.role = "assistant"
+            if delta.role != "assistant":
+                delta.role = "assistant"
+                mended = True
         if delta.tool_calls:
-            self._mend_tool_calls(index, delta)
+            mended = self._mend_tool_calls(index, delta) or mended
+        return mended
 
-    def _mend_tool_calls(self, choice: int, delta: ChoiceDelta) -> None:
+    def _mend_tool_calls(self, choice: int, delta: ChoiceDelta) -> bool:
         assert delta.tool_calls is not None
+        mended = False
         for position, call in enumerate(delta.tool_calls):
             if call.index is None:
                 call.index = self._infer_index(choice, call.id, position)
+                mended = True
             key = (choice, call.index)
             if key not in self._tool_ids:
                 self._tool_ids[key] = call.id
                 if call.type is None:
                     call.type = "function"
+                    mended = True
                 continue
             for name in ("id", "type"):
                 if getattr(call, name) is not None:
                     setattr(call, name, None)
                     call.__pydantic_fields_set__.discard(name)
+                    mended = True
             function = call.function
             if function is not None and function.name is not None:
                 function.name = None
                 function.__pydantic_fields_set__.discard("name")
+                mended = True
+        return mended
 
     def _infer_index(self, choice: int, call_id: str | None, position: int) -> int:
         known = [i for (c, i) in self._tool_ids if c == choice]

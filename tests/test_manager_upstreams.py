@@ -203,3 +203,17 @@ async def test_the_request_deadline_reaches_the_provider(
 async def _drain_stream(stream: Any) -> None:
     async for _ in stream:
         pass
+
+
+async def test_a_managed_stream_gives_the_same_chunks_by_batch_or_one_by_one(
+    upstreams: list[FakeUpstream],
+) -> None:
+    upstreams[0].default = Behavior(events=[b"".join(text_stream(["a", "b", "c"]))])
+    async with manager_over(upstreams[:1]) as m:
+        stream = m.stream(req(stream=True))
+        first = await anext(stream)  # one chunk; the rest of its read waits in the stream
+        batch = await stream.next_batch()
+        rest = [c async for c in stream]
+    contents = [c.choices[0].delta.content for c in [first, *batch.chunks, *rest]]
+    assert contents == ["", "a", "b", "c", None]
+    assert batch.chunks  # never an empty batch

@@ -17,6 +17,7 @@ from leapasgi.exceptions import (
 )
 from leapasgi.sse import SSEEvent
 from leapasgi.streaming import (
+    ChunkBatch,
     ChunkNormalizer,
     chunks_from_completion,
     error_from_payload,
@@ -194,3 +195,135 @@ def test_a_whole_completion_becomes_a_valid_stream() -> None:
     final = sdk_final(wire)
     assert final.choices[0].finish_reason == "tool_calls"
     assert final.choices[0].message.tool_calls[0].function.arguments == '{"a":1}'
+
+
+def openai_chunk(delta: dict[str, Any], *, finish: str | None = None, **extra: Any) -> Any:
+    """A chunk exactly as OpenAI sends it: every core field present."""
+    body = {
+        "id": "c1",
+        "object": "chat.completion.chunk",
+        "created": 5,
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    body.update(extra)
+    return ChatCompletionChunk.model_validate(body)
+
+
+def mended_flags(chunks: list[ChatCompletionChunk], *, include_usage: bool = False) -> list[bool]:
+    normalizer = ChunkNormalizer(include_usage=include_usage)
+    flags = []
+    for chunk in chunks:
+        normalizer.push(chunk)
+        flags.append(normalizer.mended)
+    return flags
+
+
+def test_chunks_as_openai_sends_them_are_not_mended() -> None:
+    chunks = [
+        openai_chunk({"role": "assistant", "content": ""}),
+        openai_chunk({"content": "hi"}, x_vendor=1),
+        openai_chunk(
+            {"tool_calls": [{"index": 0, "id": "t", "type": "function", "function": {"name": "f"}}]}
+        ),
+        openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+        openai_chunk({}, finish="stop"),
+    ]
+    assert mended_flags(chunks) == [False] * 5
+    with_usage = [
+        openai_chunk({"role": "assistant", "content": "a"}, usage=None),
+        openai_chunk({}, finish="stop", usage=None),
+        ChatCompletionChunk.model_validate(
+            {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "created": 5,
+                "model": "m",
+                "choices": [],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+            }
+        ),
+    ]
+    assert mended_flags(with_usage, include_usage=True) == [False] * 3
+
+
+@pytest.mark.parametrize(
+    ("chunks", "include_usage"),
+    [
+        pytest.param([raw({"role": "assistant"})], False, id="no object field"),
+        pytest.param([openai_chunk({"content": "a"})], False, id="first delta without role"),
+        pytest.param(
+            [openai_chunk({"role": "assistant"}), openai_chunk({"role": "assistant"})],
+            False,
+            id="role repeated",
+        ),
+        pytest.param(
+            [openai_chunk({"role": "assistant"}), openai_chunk({"content": "b"}, id="other")],
+            False,
+            id="identity changed",
+        ),
+        pytest.param([openai_chunk({"role": "assistant"}, finish="")], False, id="empty finish"),
+        pytest.param([openai_chunk({"role": "assistant"}, usage=None)], False, id="usage unasked"),
+        pytest.param([openai_chunk({"role": "assistant"})], True, id="usage key missing"),
+        pytest.param(
+            [
+                openai_chunk(
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"index": 0, "id": "t", "function": {"name": "f"}}],
+                    }
+                )
+            ],
+            False,
+            id="tool call without type",
+        ),
+        pytest.param(
+            [
+                openai_chunk(
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"index": 0, "id": "t", "type": "function", "function": {"name": "f"}}
+                        ],
+                    }
+                ),
+                openai_chunk(
+                    {
+                        "tool_calls": [
+                            {"index": 0, "id": "t", "type": "function", "function": {"name": "f"}}
+                        ]
+                    }
+                ),
+            ],
+            False,
+            id="tool call id repeated",
+        ),
+        pytest.param(
+            [
+                ChatCompletionChunk.model_validate(
+                    {
+                        "id": "c1",
+                        "object": "chat.completion.chunk",
+                        "created": 5,
+                        "model": "m",
+                        "choices": [{"delta": {"role": "assistant"}}],
+                    }
+                )
+            ],
+            False,
+            id="choice without index and finish_reason",
+        ),
+    ],
+)
+def test_every_repair_marks_the_chunk_as_mended(
+    chunks: list[ChatCompletionChunk], include_usage: bool
+) -> None:
+    assert mended_flags(chunks, include_usage=include_usage)[-1] is True
+
+
+def test_a_batch_sends_the_upstream_bytes_of_unmended_chunks() -> None:
+    upstream = b'{"id": "c1", "object": "chat.completion.chunk", "vendor": {"x": 1}}'
+    mended = openai_chunk({"content": "b"})
+    batch = ChunkBatch([openai_chunk({"content": "a"}), mended], [upstream, None])
+    assert batch.sse() == b"data: " + upstream + b"\n\ndata: " + mended.to_wire_json() + b"\n\n"
+    assert ChunkBatch([mended]).sse() == b"data: " + mended.to_wire_json() + b"\n\n"

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
@@ -19,11 +18,12 @@ from starlette.types import Receive, Scope, Send
 from ..exceptions import AuthenticationError, LeapError
 from ..sse import DONE, PING
 from ..trail import RoutingTrail
-from ..types import ChatCompletionChunk, ChatCompletionRequest, parse_chat_request
+from ..types import ChatCompletionRequest, parse_chat_request
 from ._http import ClientGone, read_body, send_error, send_response
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
+    from ..manager import ManagedStream
 
 __all__ = ["ChatEndpoint"]
 
@@ -203,21 +203,27 @@ class _Stream:
         else:
             gateway.record_gone(self.request, started=self.started)
 
-    async def _relay(self, stream: AsyncIterator[ChatCompletionChunk]) -> object:
-        """Send every chunk as it comes; returns _END or the error that ended the stream."""
+    async def _relay(self, stream: ManagedStream) -> object:
+        """Send the chunks of each upstream read in one write as they come; returns _END or
+        the error that ended the stream."""
         send = self.send
+        next_batch = stream.next_batch
         try:
-            async for chunk in stream:
+            while True:
+                try:
+                    batch = await next_batch()
+                except StopAsyncIteration:
+                    break
                 if not self.headers_sent:
                     self.first_at = time.perf_counter()
                     await self._start()
-                usage = chunk.usage
-                if usage is not None:
-                    self.usage_prompt = usage.prompt_tokens
-                    self.usage_completion = usage.completion_tokens
-                body = b"data: " + chunk.to_wire_json() + b"\n\n"
+                for chunk in batch.chunks:
+                    usage = chunk.usage
+                    if usage is not None:
+                        self.usage_prompt = usage.prompt_tokens
+                        self.usage_completion = usage.completion_tokens
                 self.sent += 1
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+                await send({"type": "http.response.body", "body": batch.sse(), "more_body": True})
         except LeapError as error:
             self.finished = True
             await self._fail(error)

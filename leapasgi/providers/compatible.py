@@ -7,7 +7,7 @@ import contextlib
 import json
 import random
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -27,7 +27,13 @@ from ..exceptions import (
 )
 from ..features import Feature
 from ..sse import SSEDecoder
-from ..streaming import ChunkNormalizer, chunks_from_completion, error_from_payload, parse_event
+from ..streaming import (
+    ChunkBatch,
+    ChunkNormalizer,
+    chunks_from_completion,
+    error_from_payload,
+    parse_event,
+)
 from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
 from ._errors import MAX_ERROR_BODY, error_from_response, translate_client_error
 from ._watch import Expired, ReadWatch
@@ -132,6 +138,19 @@ class OpenAICompatibleProvider:
 
     async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         """A streamed completion; failures before the first chunk are retried, later ones raise."""
+        batches = self.stream_batches(request)
+        try:
+            async for batch in batches:
+                for chunk in batch.chunks:
+                    yield chunk
+        finally:
+            await batches.aclose()
+
+    async def stream_batches(
+        self, request: ChatCompletionRequest
+    ) -> AsyncGenerator[ChunkBatch, None]:
+        """``stream()`` a read at a time: the chunks each upstream read completed, with the
+        upstream's own JSON of those normalization left alone (the gateway relays them as is)."""
         body = self._encode(request, stream=True)
         deadline = deadline_for(self._clock, self.settings.timeouts.total)
         include_usage = request.include_usage
@@ -140,9 +159,9 @@ class OpenAICompatibleProvider:
             normalizer = ChunkNormalizer(include_usage=include_usage, provider=self.name)
             handed_on = False
             try:
-                async for chunk in self._stream_once(body, deadline, normalizer):
+                async for batch in self._stream_once(body, deadline, normalizer):
                     handed_on = True
-                    yield chunk
+                    yield batch
                 return
             except LeapError as exc:
                 exc.attempts = retry + 1
@@ -182,15 +201,19 @@ class OpenAICompatibleProvider:
 
     async def _stream_once(
         self, body: bytes, deadline: float, normalizer: ChunkNormalizer
-    ) -> AsyncIterator[ChatCompletionChunk]:
+    ) -> AsyncIterator[ChunkBatch]:
         push = normalizer.push
         async with await self._send("POST", self._chat_url, body, deadline, sse=True) as response:
             if not response.content_type.endswith("event-stream"):
                 # Some upstreams ignore "stream": true and answer with one JSON completion.
                 whole = self._completion(await self._read_body(response, deadline))
-                for chunk in chunks_from_completion(whole, include_usage=True):
-                    if (mended := push(chunk)) is not None:
-                        yield mended
+                mended = [
+                    chunk
+                    for chunk in chunks_from_completion(whole, include_usage=True)
+                    if push(chunk) is not None
+                ]
+                if mended:
+                    yield ChunkBatch(mended)
             else:
                 # One flat loop: every chunk of every stream passes through here.
                 decoder = SSEDecoder()
@@ -200,29 +223,49 @@ class OpenAICompatibleProvider:
                 done = False
                 try:
                     while not done and (data := await watch.read(read)):
+                        chunks: list[ChatCompletionChunk] = []
+                        wire: list[bytes | None] = []
+                        failure: LeapError | None = None
                         for event in decoder.feed(data):
-                            parsed = parse_event(event, provider=name)
+                            try:
+                                parsed = parse_event(event, provider=name)
+                            except LeapError as exc:
+                                failure = exc  # after the chunks that came before it
+                                break
                             if parsed is None:
                                 done = True
                                 break
-                            if (mended := push(parsed)) is not None:
-                                yield mended
+                            if push(parsed) is not None:
+                                chunks.append(parsed)
+                                text = event.data
+                                wire.append(
+                                    None
+                                    if normalizer.mended or "\n" in text or "\r" in text
+                                    else text.encode()
+                                )
+                        if chunks:
+                            yield ChunkBatch(chunks, wire)
+                        if failure is not None:
+                            raise failure
                 except aiohttp.ClientError as exc:
                     raise translate_client_error(exc, provider=name, in_body=True) from exc
                 except Expired as expired:
                     raise self._timeout(expired.kind, "the next part of the response") from None
                 finally:
                     watch.close()
-                for event in () if done else decoder.close():
-                    parsed = parse_event(event, provider=name)
-                    if parsed is None:
-                        break
-                    if (mended := push(parsed)) is not None:
-                        yield mended
+                if not done:
+                    last = [
+                        chunk
+                        for event in decoder.close()
+                        if (chunk := parse_event(event, provider=name)) is not None
+                        and push(chunk) is not None
+                    ]
+                    if last:
+                        yield ChunkBatch(last)
                 await _drain(response)
         tail = normalizer.finish()
         if tail is not None:
-            yield tail
+            yield ChunkBatch([tail])
 
     async def _models_once(self, deadline: float) -> list[Model]:
         async with await self._send("GET", self._models_url, None, deadline) as response:

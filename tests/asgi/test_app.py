@@ -289,3 +289,13 @@ async def test_a_client_that_goes_away_cancels_the_upstream_call(
         assert upstream.chat_requests[0].client_went_away
         assert gw.manager.registry.snapshot("up").in_flight == 0
     assert not any(m["type"] == "http.response.start" for m in sent)
+
+
+async def test_a_clean_upstream_stream_is_relayed_byte_for_byte(upstream: FakeUpstream) -> None:
+    events = text_stream(["Hel", "lo"])
+    upstream.default = Behavior(events=[b"".join(events)])
+    provider = ProviderConfig(name="up", base_url=upstream.base_url, models=["m1"], timeout=2)
+    async with gateway(provider) as gw, await client_for(gw) as client:
+        response = await client.post(CHAT, json={**BODY, "model": "m1", "stream": True})
+    # The upstream's separators and key order survive: nothing was parsed and re-serialized.
+    assert response.content == b"".join(events)

@@ -576,3 +576,59 @@ def test_both_providers_satisfy_the_provider_protocol() -> None:
 
     assert isinstance(make("http://127.0.0.1:1/v1"), Provider)
     assert isinstance(MockProvider(), Provider)
+
+
+async def test_events_of_one_read_come_as_one_batch_with_the_upstream_bytes(
+    upstream: FakeUpstream,
+) -> None:
+    first = chunk({"role": "assistant", "content": ""}, x_vendor={"trace": "abc"})
+    events = sse(first, chunk({"content": "hi"}), chunk({}, finish="stop"))
+    upstream.default = Behavior(events=[b"".join(events)])  # one write
+    async with make(upstream) as provider:
+        batches = [b async for b in provider.stream_batches(req(stream=True))]
+    assert len(batches) == 1
+    (batch,) = batches
+    assert [c.choices[0].delta.content for c in batch.chunks] == ["", "hi", None]
+    # Nothing needed mending: the client gets the upstream's own bytes, vendor fields and all.
+    assert batch.sse() == b"".join(events[:-1])
+
+
+async def test_mended_and_multi_line_events_are_serialized_again(upstream: FakeUpstream) -> None:
+    multi_line = b'data: {"id": "chatcmpl-fake", "object": "chat.completion.chunk",\ndata: '
+    multi_line += (
+        b'"created": 1, "model": "m1", "choices": [{"index": 0, "delta": {"content": "x"},'
+    )
+    multi_line += b' "finish_reason": null}]}\n\n'
+    events = sse(
+        chunk({"content": "no role"}),  # the normalizer adds the role
+        multi_line,
+        chunk({}, finish="stop"),
+    )
+    upstream.default = Behavior(events=[b"".join(events)])
+    async with make(upstream) as provider:
+        batches = [b async for b in provider.stream_batches(req(stream=True))]
+    wire = [raw for b in batches for raw in b.wire]
+    assert wire[:2] == [None, None]
+    assert wire[2] is not None
+    body = b"".join(b.sse() for b in batches)
+    events_out = [e for e in body.split(b"\n\n") if e]
+    assert all(e.startswith(b"data: {") and b"\n" not in e for e in events_out)
+    assert json.loads(events_out[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+
+
+async def test_chunks_read_together_with_an_error_event_arrive_before_the_error(
+    upstream: FakeUpstream,
+) -> None:
+    events = sse(
+        chunk({"role": "assistant", "content": "partial "}),
+        chunk({"content": "answer"}),
+        error_body("overloaded", type="server_error"),
+        done=False,
+    )
+    upstream.default = Behavior(events=[b"".join(events)])
+    received: list[ChatCompletionChunk] = []
+    async with make(upstream) as provider:
+        with pytest.raises(UpstreamStreamError, match="overloaded"):
+            await drain(provider.stream(req(stream=True)), received)
+    assert [c.choices[0].delta.content for c in received] == ["partial ", "answer"]
+    assert len(upstream.chat_requests) == 1  # chunks were handed on: never retried
