@@ -8,9 +8,8 @@ budget, so retries and failovers never multiply.
 from __future__ import annotations
 
 import heapq
-import itertools
 import random
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 
 from .clock import Clock
@@ -51,8 +50,7 @@ class RequestAttempts:
         self._max_attempts = max_attempts
         self._fresh: deque[Route] = deque(routes)
         self._later: list[tuple[float, int, Route]] = []
-        self._seq = itertools.count()
-        self._retries: Counter[str] = Counter()
+        self._retries: dict[str, int] = {}
         self._ejected: list[Route] = []
         self._hints: list[float] = []
         self._last_error: LeapError | None = None
@@ -122,7 +120,7 @@ class RequestAttempts:
             self._retry_later(route, entry, exc)
 
     def _retry_later(self, route: Route, entry: ProviderEntry, exc: LeapError) -> None:
-        retry = self._retries[route.provider]
+        retry = self._retries.get(route.provider, 0)
         policy = self._policy(entry.settings.max_retries)
         delay = policy.delay(retry, retry_after=exc.retry_after, rng=self._rng.random)
         if delay is None:
@@ -130,7 +128,8 @@ class RequestAttempts:
         when = self._clock.monotonic() + delay
         if when < self.deadline:
             self._retries[route.provider] = retry + 1
-            heapq.heappush(self._later, (when, next(self._seq), route))
+            # The sequence number keeps equal times in the order they were queued.
+            heapq.heappush(self._later, (when, sum(self._retries.values()), route))
 
     def exhausted(self) -> LeapError:
         """The error for a request nothing could serve: the last upstream error, or a 503; it

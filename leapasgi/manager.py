@@ -408,11 +408,16 @@ class ProviderManager:
 
     def _plan(self, request: ChatCompletionRequest, trail: RoutingTrail) -> RequestAttempts:
         routes = self.routes.routes(request)
+        now = self._clock.monotonic()
+        if len(routes) == 1:
+            # One candidate: nothing to balance (the common case of a model one provider serves).
+            status = self.registry.get(routes[0].provider).status
+            off = status in (ProviderStatus.INACTIVE, ProviderStatus.MAINTENANCE)
+            return self._attempts([] if off else routes, now, trail)
         alias = self.routes.aliases.get(request.model)
         strategy = Strategy(
             alias.strategy if alias is not None and alias.strategy else self.routing.strategy
         )
-        now = self._clock.monotonic()
         usable: dict[str, Route] = {}
         candidates = []
         for position, route in enumerate(routes):
@@ -432,8 +437,11 @@ class ProviderManager:
             )
         cursor = next(self._cursors.setdefault(request.model, itertools.count()))
         ordered = order(strategy, candidates, rng=self._rng, cursor=cursor)
+        return self._attempts([usable[c.name] for c in ordered], now, trail)
+
+    def _attempts(self, routes: list[Route], now: float, trail: RoutingTrail) -> RequestAttempts:
         return RequestAttempts(
-            [usable[c.name] for c in ordered],
+            routes,
             registry=self.registry,
             clock=self._clock,
             rng=self._rng,

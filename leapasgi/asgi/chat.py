@@ -167,6 +167,9 @@ class _Stream:
         self.headers_sent = False
         self.finished = False
         self.sent = 0
+        self._seen = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._pinging: asyncio.Task[None] | None = None
         self.first_at: float | None = None
         self.usage_prompt = 0
         self.usage_completion = 0
@@ -175,7 +178,7 @@ class _Stream:
         guard = _DisconnectGuard(self.receive)
         stream = self.gateway.manager.stream(self.request)
         self.trail = stream.trail
-        pinger = asyncio.get_running_loop().create_task(self._ping())
+        self._arm()
         outcome: object = None
         try:
             outcome = await self._relay(stream)
@@ -185,7 +188,7 @@ class _Stream:
         finally:
             self.finished = True
             guard.close()
-            pinger.cancel()
+            self._disarm()
             # Also when the client left: the upstream request must be closed now.
             await stream.aclose()
         gateway = self.gateway
@@ -233,21 +236,37 @@ class _Stream:
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
         return _END
 
+    # Keep-alive: a timer (no task per stream) checks every interval whether anything was
+    # sent since its last look; only a silent interval starts a task that sends a comment.
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.gateway.config.server.keepalive_interval, self._tick)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pinging is not None:
+            self._pinging.cancel()
+
+    def _tick(self) -> None:
+        if self.finished:
+            return
+        if self.sent == self._seen and self._pinging is None:
+            self._pinging = asyncio.get_running_loop().create_task(self._ping())
+        self._seen = self.sent
+        self._arm()
+
     async def _ping(self) -> None:
-        interval = self.gateway.config.server.keepalive_interval
-        seen = -1
         try:
-            while not self.finished:
-                await asyncio.sleep(interval)
-                if self.sent == seen and not self.finished:
-                    await self._start()
-                    # Checked again with no await before the send: never after the last event.
-                    if self.finished:
-                        return
-                    await self.send({"type": "http.response.body", "body": PING, "more_body": True})
-                seen = self.sent
+            await self._start()
+            # Checked again with no await before the send: never after the last event.
+            if not self.finished:
+                await self.send({"type": "http.response.body", "body": PING, "more_body": True})
         except OSError:
             return  # the client is gone; the disconnect guard ends the request
+        finally:
+            self._pinging = None
 
     async def _start(self) -> None:
         if self.headers_sent:
