@@ -35,6 +35,8 @@ _SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),
 ]
 _END = object()
+# Seconds a request runs before a task starts watching for its client's disconnect.
+WATCH_AFTER = 0.02
 # Status recorded for a request whose client went away before the answer (nginx's convention).
 CLIENT_CLOSED = 499
 
@@ -115,17 +117,27 @@ class _DisconnectGuard:
     """Cancels the request's task the moment its client disconnects.
 
     The body has been read, so the next ASGI ``receive`` only ever says ``http.disconnect``;
-    one small watcher task waits for it (cheaper than a task group on the hot path).
+    one small watcher task waits for it. The watcher starts only once the request has run for
+    WATCH_AFTER: most calls that end sooner never pay for a task (two extra event-loop turns
+    each), and a client leaving sooner than that is noticed when the watcher starts.
     """
 
-    __slots__ = ("_task", "_watcher", "gone")
+    __slots__ = ("_loop", "_receive", "_task", "_timer", "_watcher", "gone")
 
     def __init__(self, receive: Receive) -> None:
         self.gone = False
+        self._receive = receive
         self._task = asyncio.current_task()
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        self._loop = loop = asyncio.get_running_loop()
+        self._watcher: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = loop.call_later(WATCH_AFTER, self._start)
 
-    async def _watch(self, receive: Receive) -> None:
+    def _start(self) -> None:
+        self._timer = None
+        self._watcher = self._loop.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        receive = self._receive
         while (await receive())["type"] != "http.disconnect":
             pass
         self.gone = True
@@ -134,11 +146,15 @@ class _DisconnectGuard:
 
     def close(self) -> None:
         """Stop watching; the response is being sent."""
-        self._watcher.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watcher is not None:
+            self._watcher.cancel()
 
     def absorb(self) -> bool:
         """After a CancelledError: True (and the cancellation undone) if it was our doing."""
-        self._watcher.cancel()
+        self.close()
         if not self.gone or self._task is None:
             return False
         self._task.uncancel()
