@@ -344,6 +344,14 @@ class ServerConfig(_Config):
     # Seconds between SSE keep-alive comments; also how long a stream may wait for its first
     # chunk before the response starts (after that an upstream error arrives in-band).
     keepalive_interval: float = Field(default=DEFAULT_KEEPALIVE_INTERVAL, gt=0)
+    # Serve the MCP server (leapmcp) at /mcp in the gateway's app, behind the same keys.
+    mcp: bool = False
+    # Offer MCP clients set_provider_status; over HTTP a call must present admin_key.
+    mcp_admin_tools: bool = False
+    # Host and Origin headers /mcp accepts besides loopback ones (DNS-rebinding protection):
+    # "gw.example.com", "gw.example.com:*" (any port), "https://app.example.com".
+    mcp_allowed_hosts: list[str] = Field(default_factory=list)
+    mcp_allowed_origins: list[str] = Field(default_factory=list)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -356,6 +364,12 @@ class ServerConfig(_Config):
     @classmethod
     def _empty_admin_key_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _mcp_admin_needs_key(self) -> Self:
+        if self.mcp and self.mcp_admin_tools and self.admin_key is None:
+            raise ValueError("mcp_admin_tools: set admin_key too; /mcp callers must present it")
+        return self
 
 
 class GatewayConfig(_Config):

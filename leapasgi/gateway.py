@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .asgi.auth import KeyChecker
 from .config import GatewayConfig, load_config
@@ -21,10 +21,18 @@ if TYPE_CHECKING:
     from .asgi.app import GatewayApp
 from .types import ChatCompletionRequest
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "Service"]
 
 logger = logging.getLogger("leapasgi.access")
 _NO_PROVIDER = "none"
+
+
+class Service(Protocol):
+    """Something that starts and stops with a gateway, such as the MCP endpoint at /mcp."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class Gateway:
@@ -51,6 +59,7 @@ class Gateway:
         self.admin = KeyChecker([server.admin_key]) if server.admin_key is not None else None
         self.metrics = GatewayMetrics()
         self._app: GatewayApp | None = None
+        self._services: list[Service] = []
 
     @classmethod
     def from_config(
@@ -70,13 +79,24 @@ class Gateway:
             self._app = build_app(self)
         return self._app
 
+    def add_service(self, service: Service) -> None:
+        """Start ``service`` with the gateway and stop it first when the gateway closes."""
+        self._services.append(service)
+
     async def start(self) -> None:
-        """Start the manager (model discovery, health checks); safe to call twice."""
+        """Start the manager (model discovery, health checks) and the services; safe to call
+        twice."""
         await self.manager.start()
+        for service in self._services:
+            await service.start()
 
     async def aclose(self) -> None:
-        """Stop health checks and close every provider's connections."""
-        await self.manager.aclose()
+        """Stop the services and health checks, and close every provider's connections."""
+        try:
+            for service in reversed(self._services):
+                await service.aclose()
+        finally:
+            await self.manager.aclose()
 
     async def __aenter__(self) -> Gateway:
         await self.start()

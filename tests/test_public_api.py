@@ -56,7 +56,11 @@ def test_the_console_scripts_run() -> None:
     )
     assert "groq" in out.stdout
     assert "https://api.groq.com/openai/v1" in out.stdout
-    assert leapmcp.__all__ == []
+    out = subprocess.run(
+        [sys.executable, "-m", "leapmcp", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--http" in out.stdout
+    assert "build_server" in leapmcp.__all__
 
 
 def test_importing_the_package_loads_nothing_heavy() -> None:

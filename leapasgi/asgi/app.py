@@ -11,8 +11,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from .chat import ChatEndpoint
@@ -27,6 +27,7 @@ logger = logging.getLogger("leapasgi")
 
 
 CHAT_PATH = "/v1/chat/completions"
+MCP_PATH = "/mcp"
 
 
 class GatewayApp:
@@ -59,6 +60,9 @@ def build_app(gateway: Gateway) -> GatewayApp:
         async with gateway:
             yield
 
+    mcp: list[BaseRoute] = []
+    if gateway.config.server.mcp:
+        mcp.append(Route(MCP_PATH, _mcp_endpoint(gateway)))
     starlette = Starlette(
         routes=[
             Route(CHAT_PATH, chat, methods=["POST"]),
@@ -70,11 +74,22 @@ def build_app(gateway: Gateway) -> GatewayApp:
             Route("/health", routes.health, methods=["GET"]),
             Route("/health/ready", routes.ready, methods=["GET"]),
             Route("/metrics", routes.metrics, methods=["GET"]),
+            *mcp,
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )
     return GatewayApp(chat, starlette)
+
+
+def _mcp_endpoint(gateway: Gateway) -> ASGIApp:
+    """The MCP server at /mcp, run from the gateway's lifetime (or from its first request)."""
+    # leapmcp sits above leapasgi: it is imported only when a config asks for /mcp.
+    from leapmcp import McpEndpoint
+
+    endpoint = McpEndpoint.from_config(gateway)
+    gateway.add_service(endpoint)
+    return endpoint
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

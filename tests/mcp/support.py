@@ -1,0 +1,202 @@
+"""Gateways, MCP clients and a loopback server thread for the leapmcp tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Literal
+
+import httpx2
+import uvicorn
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server import MCPServer
+from mcp.types import CallToolResult, TextContent
+from starlette.types import ASGIApp
+
+from leapasgi.clock import Clock, FakeClock
+from leapasgi.config import (
+    GatewayConfig,
+    HealthConfig,
+    ProviderConfig,
+    RoutingConfig,
+    ServerConfig,
+)
+from leapasgi.gateway import Gateway
+from leapasgi.manager import ProviderManager
+from leapasgi.providers.mock import MockProvider
+
+__all__ = [
+    "HOST",
+    "connect",
+    "fast_routing",
+    "http_client",
+    "http_session",
+    "make_gateway",
+    "mock_config",
+    "mock_of",
+    "served",
+    "structured",
+    "text",
+]
+
+HOST = "127.0.0.1"
+Lifespan = Literal["on", "off"]
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
+
+
+def mock_config(
+    name: str = "mock", *, models: tuple[str, ...] = ("mock-chat",), **options: Any
+) -> ProviderConfig:
+    """The built-in mock provider."""
+    return ProviderConfig(name=name, type="mock", models=list(models), **options)
+
+
+def fast_routing(**options: Any) -> RoutingConfig:
+    """Routing whose backoff never waits."""
+    return RoutingConfig(retry_initial_delay=0.0, retry_max_delay=0.0, **options)
+
+
+def make_gateway(
+    *providers: ProviderConfig,
+    clock: Clock | None = None,
+    routing: RoutingConfig | None = None,
+    health: HealthConfig | None = None,
+    **server: Any,
+) -> Gateway:
+    """A gateway over ``providers`` (the mock by default), health checks off, fake clock."""
+    config = GatewayConfig(
+        providers=list(providers) or [mock_config()],
+        routing=routing or fast_routing(),
+        health=health or HealthConfig(interval=0),
+        server=ServerConfig(**server),
+    )
+    manager = ProviderManager.from_config(config, clock=clock or FakeClock())
+    return Gateway(manager, config=config)
+
+
+def mock_of(gateway: Gateway, name: str = "mock") -> MockProvider:
+    """The mock provider registered as ``name``."""
+    provider = gateway.manager.registry.get(name).provider
+    assert isinstance(provider, MockProvider)
+    return provider
+
+
+@contextlib.asynccontextmanager
+async def connect(server: MCPServer, mode: str = "auto") -> AsyncIterator[Client]:
+    """An in-process client of ``server`` (``mode="legacy"`` goes through JSON-RPC)."""
+    async with Client(server, mode=mode, raise_exceptions=True) as client:
+        yield client
+
+
+def structured(result: CallToolResult) -> dict[str, Any]:
+    """A successful result's structured content, checked against its text twin."""
+    assert not result.is_error, text(result)
+    assert result.structured_content is not None
+    assert json.loads(text(result)) == result.structured_content
+    return dict(result.structured_content)
+
+
+def text(result: CallToolResult) -> str:
+    """The text of a result's single text block."""
+    [block] = result.content
+    assert isinstance(block, TextContent)
+    return block.text
+
+
+def http_client(*, key: str | None = None, **headers: str) -> httpx2.AsyncClient:
+    """An HTTP client for the SDK's transport, with a bearer key if given; no proxies."""
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx2.AsyncClient(headers=headers, trust_env=False, timeout=10.0)
+
+
+@contextlib.asynccontextmanager
+async def http_session(
+    url: str, *, key: str | None = None, mode: str = "auto"
+) -> AsyncIterator[Client]:
+    """An SDK client of the Streamable HTTP endpoint at ``url``."""
+    async with http_client(key=key) as http:
+        transport = streamable_http_client(url, http_client=http)
+        async with Client(transport, mode=mode) as client:
+            yield client
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that reports the moment it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_started: Callable[[int], None]) -> None:
+        super().__init__(config)
+        self._on_started = on_started
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_started(self.servers[0].sockets[0].getsockname()[1])
+
+
+class _ServerThread(threading.Thread):
+    """Runs uvicorn with the app ``make_app`` builds, in an event loop of its own."""
+
+    def __init__(self, make_app: Callable[[], ASGIApp], lifespan: Lifespan) -> None:
+        super().__init__(name="leapmcp-test-server", daemon=True)
+        self._make_app = make_app
+        self._lifespan = lifespan
+        self._ready = threading.Event()
+        self._server: _Server | None = None
+        self.port = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # handed to the test thread, which raises it
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        config = uvicorn.Config(
+            self._make_app(),
+            host=HOST,
+            port=0,
+            log_level="warning",
+            lifespan=self._lifespan,
+            ws="none",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = _Server(config, self._listening)
+        await self._server.serve()
+
+    def _listening(self, port: int) -> None:
+        self.port = port
+        self._ready.set()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        self.join(STOP_TIMEOUT)
+        if self.is_alive():
+            raise RuntimeError("the test server did not stop in time")
+        if self.error is not None:
+            raise RuntimeError("the test server failed") from self.error
+
+
+@contextlib.contextmanager
+def served(make_app: Callable[[], ASGIApp], *, lifespan: Lifespan = "on") -> Iterator[str]:
+    """Serve the app on 127.0.0.1 in a thread; yields its base URL (``http://127.0.0.1:N``)."""
+    thread = _ServerThread(make_app, lifespan)
+    thread.start()
+    try:
+        if not thread._ready.wait(START_TIMEOUT):
+            raise RuntimeError("the test server did not start in time")
+        if thread.error is not None or not thread.port:
+            raise RuntimeError("the test server failed to start") from thread.error
+        yield f"http://{HOST}:{thread.port}"
+    finally:
+        thread.stop()
