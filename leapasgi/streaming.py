@@ -8,7 +8,7 @@ chunk so that clients folding the stream get what OpenAI itself would have sent.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -84,8 +84,14 @@ async def batches_of(chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterato
             await closer()
 
 
-def parse_event(event: SSEEvent, *, provider: str | None = None) -> ChatCompletionChunk | None:
-    """The chunk in ``event``; None for ``[DONE]``. Error events and bad JSON raise."""
+def parse_event(
+    event: SSEEvent,
+    *,
+    provider: str | None = None,
+    redact: Callable[[str], str] | None = None,
+) -> ChatCompletionChunk | None:
+    """The chunk in ``event``; None for ``[DONE]``. Error events and bad JSON raise; an error
+    event's text passes ``redact`` (upstreams may echo the key they were sent)."""
     data = event.data
     if data == "[DONE]":
         return None
@@ -95,7 +101,7 @@ def parse_event(event: SSEEvent, *, provider: str | None = None) -> ChatCompleti
         raise _malformed(exc, data, provider) from None
     extra = chunk.model_extra
     if event.event == "error" or (extra and "error" in extra):
-        raise error_from_payload(json.loads(data), provider=provider)
+        raise error_from_payload(json.loads(data), provider=provider, redact=redact)
     return chunk
 
 
@@ -111,8 +117,14 @@ def _malformed(exc: ValidationError, data: str, provider: str | None) -> LeapErr
     return MalformedStreamError(f"The upstream sent a stream event that {what}", provider=provider)
 
 
-def error_from_payload(payload: dict[str, Any], *, provider: str | None = None) -> LeapError:
-    """The error an in-stream ``{"error": {...}}`` event stands for."""
+def error_from_payload(
+    payload: dict[str, Any],
+    *,
+    provider: str | None = None,
+    redact: Callable[[str], str] | None = None,
+) -> LeapError:
+    """The error an in-stream ``{"error": {...}}`` event stands for; its message, code and
+    param pass ``redact``."""
     body = payload.get("error", payload)
     if not isinstance(body, dict):
         body = {"message": str(body)}
@@ -121,6 +133,10 @@ def error_from_payload(payload: dict[str, Any], *, provider: str | None = None) 
     code = body.get("code")
     code_text = str(code) if code is not None else None
     param = body.get("param") if isinstance(body.get("param"), str) else None
+    if redact is not None:
+        message = redact(message)
+        code_text = redact(code_text) if code_text is not None else None
+        param = redact(param) if param is not None else None
     status = (
         body.get("status") or body.get("status_code") or (code if isinstance(code, int) else None)
     )

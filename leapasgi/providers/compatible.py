@@ -196,7 +196,7 @@ class OpenAICompatibleProvider:
             raise self._malformed(data) from None
         extra = completion.model_extra
         if not completion.choices and extra and "error" in extra:
-            raise error_from_payload(extra, provider=self.name)
+            raise error_from_payload(extra, provider=self.name, redact=self._redact)
         return completion
 
     async def _stream_once(
@@ -219,6 +219,7 @@ class OpenAICompatibleProvider:
                 decoder = SSEDecoder()
                 read = response.content.readany
                 name = self.name
+                redact = self._redact
                 watch = self._watch(deadline)
                 done = False
                 try:
@@ -228,7 +229,7 @@ class OpenAICompatibleProvider:
                         failure: LeapError | None = None
                         for event in decoder.feed(data):
                             try:
-                                parsed = parse_event(event, provider=name)
+                                parsed = parse_event(event, provider=name, redact=redact)
                             except LeapError as exc:
                                 failure = exc  # after the chunks that came before it
                                 break
@@ -257,7 +258,7 @@ class OpenAICompatibleProvider:
                     last = [
                         chunk
                         for event in decoder.close()
-                        if (chunk := parse_event(event, provider=name)) is not None
+                        if (chunk := parse_event(event, provider=name, redact=redact)) is not None
                         and push(chunk) is not None
                     ]
                     if last:

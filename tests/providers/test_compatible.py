@@ -558,6 +558,29 @@ async def test_the_key_never_leaks_into_errors_reprs_or_logs(
     assert upstream.seen[0].query == f"key={CANARY}"
 
 
+@pytest.mark.parametrize("where", ["first event", "after a chunk", "200 with an error body"])
+async def test_a_key_echoed_in_an_error_event_or_body_is_redacted(
+    upstream: FakeUpstream, where: str
+) -> None:
+    echoed = f"Key {CANARY} ({base64.b64encode(CANARY.encode()).decode()}) is over quota"
+    error = {"error": {"message": echoed, "type": "server_error", "code": CANARY}}
+    if where == "200 with an error body":
+        upstream.default = Behavior(json_body=error)
+    elif where == "first event":
+        upstream.default = Behavior(events=sse(error, done=False))
+    else:
+        upstream.default = Behavior(
+            events=sse(chunk({"role": "assistant", "content": "a"}), error, done=False)
+        )
+    async with make(upstream, retries=0) as provider:
+        call = provider.chat(req()) if where.startswith("200") else drain(provider.stream(req()))
+        with pytest.raises(LeapError) as caught:
+            await call
+    outputs = [str(caught.value), repr(caught.value), json.dumps(caught.value.to_body())]
+    assert "over quota" in outputs[0]
+    assert not [o for o in outputs if _leaks(o)]
+
+
 async def test_the_pool_never_opens_more_connections_than_its_limit(
     upstream: FakeUpstream,
 ) -> None:
