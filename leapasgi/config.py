@@ -117,8 +117,13 @@ class ProviderConfig(_Config):
     api_key: SecretStr | None = None
     api_key_env: str | None = Field(default=None, pattern=_ENV_NAME_PATTERN)
     api_key_file: Path | None = None
+    # First byte and idle (silence between reads) together; the next three refine it.
     timeout: float | None = Field(default=None, gt=0)
     connect_timeout: float = Field(default=DEFAULT_CONNECT_TIMEOUT, gt=0)
+    first_byte_timeout: float | None = Field(default=None, gt=0)
+    idle_timeout: float | None = Field(default=None, gt=0)
+    # The whole call to this provider, retries included; it stops an upstream that drips.
+    total_timeout: float | None = Field(default=None, gt=0)
     # Retries on this provider within one request; the manager runs them (and caps the request).
     max_retries: int = Field(default=DEFAULT_PROVIDER_RETRIES, ge=0)
     features: list[str] | None = None
@@ -247,8 +252,10 @@ class ProviderConfig(_Config):
     def _timeouts(self) -> Timeouts:
         preset = self._preset()
         seconds = self.timeout or (preset.timeout if preset else DEFAULT_TIMEOUT)
-        total = max(DEFAULT_TOTAL_TIMEOUT, seconds)
-        return Timeouts(connect=self.connect_timeout, first_byte=seconds, idle=seconds, total=total)
+        first_byte = self.first_byte_timeout or seconds
+        idle = self.idle_timeout or seconds
+        total = self.total_timeout or max(DEFAULT_TOTAL_TIMEOUT, first_byte, idle)
+        return Timeouts(connect=self.connect_timeout, first_byte=first_byte, idle=idle, total=total)
 
     def _features(self) -> frozenset[str]:
         if self.features is not None:

@@ -321,3 +321,22 @@ def test_configs_are_frozen() -> None:
     config = GatewayConfig()
     with pytest.raises(ValueError, match="frozen"):
         config.routing = RoutingConfig()  # type: ignore[misc]
+
+
+def test_each_provider_clock_can_be_set_on_its_own() -> None:
+    text = """
+[[providers]]
+name = "up"
+base_url = "http://127.0.0.1:9/v1"
+timeout = 20
+connect_timeout = 0.5
+idle_timeout = 2
+total_timeout = 9
+"""
+    timeouts = parse_config(text).providers[0]._timeouts()
+    assert (timeouts.connect, timeouts.first_byte, timeouts.idle, timeouts.total) == (
+        0.5,
+        20,
+        2,
+        9,
+    )
