@@ -47,7 +47,8 @@ def provider_over(name: str, fake: FakeUpstream, **options: Any) -> ProviderConf
     options.setdefault("idle_timeout", IDLE)
     options.setdefault("total_timeout", TOTAL)
     options.setdefault("api_key", f"{KEY_PREFIX}{name}-0123456789abcdef")
-    return ProviderConfig(name=name, base_url=fake.base_url, **options)
+    options.setdefault("base_url", fake.base_url)
+    return ProviderConfig(name=name, **options)
 
 
 @contextlib.contextmanager
