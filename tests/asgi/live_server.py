@@ -37,6 +37,8 @@ STOP_TIMEOUT = 10.0
 CLIENT_TIMEOUT = 10.0
 
 ConfigFactory = Callable[[Sequence[FakeUpstream]], GatewayConfig]
+# Builds the app uvicorn serves around the gateway (a host app that mounts it, say).
+AppFactory = Callable[[Gateway], Any]
 Providers = Callable[[Sequence[FakeUpstream]], list[ProviderConfig]]
 
 
@@ -106,9 +108,15 @@ class _Server(uvicorn.Server):
 class _ServerThread(threading.Thread):
     """Runs the fake upstreams and uvicorn in one event loop until told to stop."""
 
-    def __init__(self, make_config: ConfigFactory, upstreams: Sequence[FakeUpstream]) -> None:
+    def __init__(
+        self,
+        make_config: ConfigFactory,
+        upstreams: Sequence[FakeUpstream],
+        make_app: AppFactory | None = None,
+    ) -> None:
         super().__init__(name="leapasgi-live-gateway", daemon=True)
         self._make_config = make_config
+        self._make_app = make_app
         self._upstreams = upstreams
         self._ready = threading.Event()
         self._server: _Server | None = None
@@ -129,8 +137,9 @@ class _ServerThread(threading.Thread):
             for upstream in self._upstreams:
                 await stack.enter_async_context(upstream)
             self.gateway = Gateway(config=self._make_config(self._upstreams))
+            app = self._make_app(self.gateway) if self._make_app else self.gateway.app
             config = uvicorn.Config(
-                self.gateway.app,
+                app,
                 host=HOST,
                 port=0,
                 log_level="warning",
@@ -172,16 +181,18 @@ def live_gateway(
     providers: Providers = _mock_only,
     *,
     upstreams: Sequence[FakeUpstream] = (),
+    app: AppFactory | None = None,
     **options: Any,
 ) -> Iterator[LiveGateway]:
     """Serve a gateway on loopback; ``providers`` builds its providers once the upstreams are
-    up, ``options`` are the other GatewayConfig fields (health checks are off by default)."""
+    up, ``options`` are the other GatewayConfig fields (health checks are off by default).
+    ``app`` builds a host app around the gateway to serve instead of ``gateway.app``."""
     options.setdefault("health", HealthConfig(interval=0))
 
     def make_config(started: Sequence[FakeUpstream]) -> GatewayConfig:
         return GatewayConfig(providers=providers(started), **options)
 
-    thread = _ServerThread(make_config, upstreams)
+    thread = _ServerThread(make_config, upstreams, app)
     thread.start()
     try:
         thread.wait_ready()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leapasgi.config import HealthConfig, ProviderConfig, RoutingConfig
-from tests.asgi.live_server import LiveGateway, live_gateway
+from tests.asgi.live_server import AppFactory, LiveGateway, live_gateway
 from tests.fake_upstream import FakeUpstream
 
 __all__ = [
@@ -58,11 +58,12 @@ def reliability_gateway(
     provider_options: dict[str, dict[str, Any]] | None = None,
     routing: dict[str, Any] | None = None,
     health: dict[str, Any] | None = None,
+    app: AppFactory | None = None,
     **options: Any,
 ) -> Iterator[LiveGateway]:
     """U1-U3 (fresh fakes unless given) behind a gateway served by uvicorn on 127.0.0.1.
 
-    ``provider_options`` maps "u1".."u3" to extra ProviderConfig fields; ``routing`` and
+    ``app`` wraps the gateway in a host app to serve instead. ``provider_options`` maps "u1".."u3" to extra ProviderConfig fields; ``routing`` and
     ``health`` override RoutingConfig / HealthConfig fields; ``options`` are other
     GatewayConfig fields (``server=ServerConfig(...)``).
     """
@@ -89,6 +90,7 @@ def reliability_gateway(
         upstreams=fakes,
         routing=RoutingConfig(**routing_options),
         health=HealthConfig(**health_options),
+        app=app,
         **options,
     ) as live:
         yield live
