@@ -1,8 +1,8 @@
 """Fixtures of the reliability suite: the figures each scenario measured.
 
-Every scenario records what it measured with ``figures.record(row, name, value, passed)``. With
-``LEAP_FIGURES=path`` set, the session writes them all to that JSON file when it ends, and
-``python -m tests.reliability.report path`` turns them into RELIABILITY.md.
+Every scenario records what it measured with ``figures.record(row, name, value, passed)``. The
+session writes them all to ``build/reliability-figures.json`` when it ends (``LEAP_FIGURES=path``
+picks another file), and ``python -m tests.reliability.report`` turns them into RELIABILITY.md.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from tests.reliability.harness import Figures
 
 _FIGURES = Figures()
+DEFAULT_FIGURES = Path(__file__).resolve().parents[2] / "build" / "reliability-figures.json"
 
 
 @pytest.fixture
@@ -27,13 +28,14 @@ def figures() -> Figures:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    path = os.environ.get("LEAP_FIGURES")
-    if not path or not _FIGURES.rows:
+    if not _FIGURES.rows:
         return
+    path = Path(os.environ.get("LEAP_FIGURES") or DEFAULT_FIGURES)
+    path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         "rows": _FIGURES.rows,
     }
-    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

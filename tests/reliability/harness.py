@@ -63,9 +63,10 @@ def reliability_gateway(
 ) -> Iterator[LiveGateway]:
     """U1-U3 (fresh fakes unless given) behind a gateway served by uvicorn on 127.0.0.1.
 
-    ``app`` wraps the gateway in a host app to serve instead. ``provider_options`` maps "u1".."u3" to extra ProviderConfig fields; ``routing`` and
-    ``health`` override RoutingConfig / HealthConfig fields; ``options`` are other
-    GatewayConfig fields (``server=ServerConfig(...)``).
+    ``provider_options`` maps "u1".."u3" to extra ProviderConfig fields; ``routing`` and
+    ``health`` override RoutingConfig / HealthConfig fields; ``app`` wraps the gateway in a
+    host app to serve instead; ``options`` are other GatewayConfig fields
+    (``server=ServerConfig(...)``).
     """
     fakes = list(upstreams) if upstreams is not None else [FakeUpstream() for _ in range(3)]
     extra = provider_options or {}

@@ -128,8 +128,8 @@ def render(payload: dict[str, Any]) -> str:
         "# Reliability and security scorecard",
         "",
         f"Measured {payload.get('date', '?')} on {payload.get('machine', '?')}, by",
-        "`LEAP_FIGURES=figures.json python -m pytest tests/reliability` and",
-        "`python -m tests.reliability.report figures.json`. Every figure is from that run.",
+        "`python -m pytest tests/reliability` (which writes `build/reliability-figures.json`)",
+        "and `python -m tests.reliability.report`. Every figure is from that run.",
         "",
         "| # | scenario | pass figure | measured | result |",
         "|---|---|---|---|---|",
@@ -146,12 +146,19 @@ def render(payload: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("figures", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "RELIABILITY.md")
+    parser.add_argument(
+        "figures", type=Path, nargs="?", default=ROOT / "build" / "reliability-figures.json"
+    )
+    parser.add_argument("--out", type=Path, help="default: RELIABILITY.md; - prints it")
     args = parser.parse_args()
     payload = json.loads(args.figures.read_text())
-    args.out.write_text(render(payload))
-    print(f"wrote {args.out}")
+    text = render(payload)
+    if args.out is not None and str(args.out) == "-":
+        print(text, end="")
+        return
+    out = args.out or ROOT / "RELIABILITY.md"
+    out.write_text(text)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
