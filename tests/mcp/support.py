@@ -31,7 +31,9 @@ from leapasgi.manager import ProviderManager
 from leapasgi.providers.mock import MockProvider
 
 __all__ = [
+    "ACCEPT",
     "HOST",
+    "INITIALIZE",
     "connect",
     "fast_routing",
     "http_client",
@@ -48,6 +50,20 @@ HOST = "127.0.0.1"
 Lifespan = Literal["on", "off"]
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
+
+# A raw 2025-era initialize request, for tests that speak HTTP without the SDK.
+INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-11-25",
+        "capabilities": {},
+        "clientInfo": {"name": "raw", "version": "1"},
+    },
+}
+# The Accept header Streamable HTTP requires.
+ACCEPT = {"accept": "application/json, text/event-stream"}
 
 
 def mock_config(

@@ -10,21 +10,11 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from leapmcp import McpEndpoint
-from tests.mcp.support import make_gateway
+from tests.mcp.support import ACCEPT, INITIALIZE, make_gateway
 
 pytestmark = pytest.mark.anyio
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"},
-    },
-}
-HEADERS = {"accept": "application/json, text/event-stream"}
+HEADERS = ACCEPT
 
 
 def sessions() -> list[asyncio.Task[object]]:

@@ -17,6 +17,8 @@ from starlette.types import ASGIApp
 from leapasgi.gateway import Gateway
 from leapmcp import build_http_app, transport_security
 from tests.mcp.support import (
+    ACCEPT,
+    INITIALIZE,
     http_client,
     http_session,
     make_gateway,
@@ -28,17 +30,6 @@ from tests.mcp.support import (
 
 pytestmark = pytest.mark.anyio
 
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"},
-    },
-}
-ACCEPT = {"accept": "application/json, text/event-stream"}
 CHAT = {"model": "mock-chat", "prompt": "hi"}
 KEY = "k-0123456789"
 ADMIN = "adm-0123456789"

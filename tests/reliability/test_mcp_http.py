@@ -10,21 +10,11 @@ from typing import Any
 import httpx
 
 from leapmcp import build_http_app
-from tests.mcp.support import make_gateway, served
+from tests.mcp.support import ACCEPT, INITIALIZE, make_gateway, served
 from tests.mcp.test_cli import running, wait_until_listening
 from tests.reliability.harness import Figures
 
 KEY = "k-rel-0123456789"
-INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-11-25",
-        "capabilities": {},
-        "clientInfo": {"name": "raw", "version": "1"},
-    },
-}
 CASES: dict[str, tuple[dict[str, str], set[int]]] = {
     "bad Origin": (
         {"Authorization": f"Bearer {KEY}", "Origin": "http://evil.example"},
@@ -37,8 +27,7 @@ CASES: dict[str, tuple[dict[str, str], set[int]]] = {
 
 
 def _post(base: str, headers: dict[str, str]) -> httpx.Response:
-    accept = {"Accept": "application/json, text/event-stream"}
-    return httpx.post(f"{base}/mcp", json=INITIALIZE, headers={**accept, **headers}, timeout=10)
+    return httpx.post(f"{base}/mcp", json=INITIALIZE, headers={**ACCEPT, **headers}, timeout=10)
 
 
 def test_row22_mcp_over_http_refuses_foreign_names_and_missing_keys(figures: Figures) -> None:
