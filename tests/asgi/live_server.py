@@ -25,6 +25,7 @@ from tests.fake_upstream import FakeUpstream
 __all__ = [
     "LiveGateway",
     "Providers",
+    "ReportingServer",
     "fast_routing",
     "live_gateway",
     "mock_config",
@@ -90,7 +91,7 @@ class LiveGateway:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=api_key, **options)
 
 
-class _Server(uvicorn.Server):
+class ReportingServer(uvicorn.Server):
     """A uvicorn server that reports the moment it listens."""
 
     def __init__(
@@ -119,7 +120,7 @@ class _ServerThread(threading.Thread):
         self._make_app = make_app
         self._upstreams = upstreams
         self._ready = threading.Event()
-        self._server: _Server | None = None
+        self._server: ReportingServer | None = None
         self.gateway: Gateway | None = None
         self.port = 0
         self.error: BaseException | None = None
@@ -147,7 +148,7 @@ class _ServerThread(threading.Thread):
                 ws="none",
                 timeout_graceful_shutdown=2,
             )
-            self._server = _Server(config, on_started=self._listening)
+            self._server = ReportingServer(config, on_started=self._listening)
             await self._server.serve()
 
     def _listening(self, server: uvicorn.Server) -> None:

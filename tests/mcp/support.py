@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from leapasgi.config import (
 from leapasgi.gateway import Gateway
 from leapasgi.manager import ProviderManager
 from leapasgi.providers.mock import MockProvider
+from tests.asgi.live_server import ReportingServer
 
 __all__ = [
     "ACCEPT",
@@ -143,19 +143,6 @@ async def http_session(
             yield client
 
 
-class _Server(uvicorn.Server):
-    """A uvicorn server that reports the moment it listens."""
-
-    def __init__(self, config: uvicorn.Config, on_started: Callable[[int], None]) -> None:
-        super().__init__(config)
-        self._on_started = on_started
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            self._on_started(self.servers[0].sockets[0].getsockname()[1])
-
-
 class _ServerThread(threading.Thread):
     """Runs uvicorn with the app ``make_app`` builds, in an event loop of its own."""
 
@@ -164,7 +151,7 @@ class _ServerThread(threading.Thread):
         self._make_app = make_app
         self._lifespan = lifespan
         self._ready = threading.Event()
-        self._server: _Server | None = None
+        self._server: ReportingServer | None = None
         self.port = 0
         self.error: BaseException | None = None
 
@@ -186,11 +173,11 @@ class _ServerThread(threading.Thread):
             ws="none",
             timeout_graceful_shutdown=2,
         )
-        self._server = _Server(config, self._listening)
+        self._server = ReportingServer(config, on_started=self._listening)
         await self._server.serve()
 
-    def _listening(self, port: int) -> None:
-        self.port = port
+    def _listening(self, server: uvicorn.Server) -> None:
+        self.port = server.servers[0].sockets[0].getsockname()[1]
         self._ready.set()
 
     def stop(self) -> None:
