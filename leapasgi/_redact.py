@@ -6,7 +6,7 @@ import base64
 import urllib.parse
 from collections.abc import Iterable
 
-__all__ = ["REDACTED", "Redactor"]
+__all__ = ["REDACTED", "Redactor", "public_url"]
 
 REDACTED = "[redacted]"
 # Secrets shorter than this are not scrubbed: replacing "a" everywhere would wreck every text.
@@ -16,6 +16,8 @@ _MIN_SECRET_LENGTH = 6
 def _variants(secret: str) -> set[str]:
     raw = secret.encode()
     found = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+    # quote() keeps "/" by default, and so do most URL builders.
+    found |= {urllib.parse.quote(secret), urllib.parse.quote_plus(secret, safe="/")}
     # base64 of the secret at each of the three byte alignments it can have inside a longer
     # encoded string; the stable middle of each encoding is what would appear.
     for pad in range(3):
@@ -45,3 +47,10 @@ class Redactor:
 
     def __repr__(self) -> str:
         return f"Redactor({len(self._needles)} patterns)"
+
+
+def public_url(url: str) -> str:
+    """``url`` without what may hold a key: its query, fragment and user info."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=host, query="", fragment="").geturl()

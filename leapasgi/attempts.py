@@ -2,7 +2,9 @@
 
 Fresh candidates are tried first, in the balancer's order; a failed provider that may be retried
 comes back after its backoff (or Retry-After). Everything shares one deadline and one attempt
-budget, so retries and failovers never multiply.
+budget, so retries and failovers never multiply. A provider under a Retry-After hold is tried
+when its hold ends, if that is within the deadline; one at its concurrency limit is skipped
+without counting as an attempt or as the provider's failure.
 """
 
 from __future__ import annotations
@@ -13,17 +15,25 @@ from collections import deque
 from collections.abc import Callable
 
 from .clock import Clock
-from .exceptions import DeadlineExceededError, LeapError, NoProviderAvailableError
+from .exceptions import (
+    DeadlineExceededError,
+    LeapError,
+    NoProviderAvailableError,
+    ProviderBusyError,
+    RateLimitError,
+)
 from .health import least_recently_ejected
 from .registry import ProviderEntry, Registry
 from .retry import RetryPolicy
 from .routing import Route
 from .trail import OK, Attempt, RoutingTrail
 
-__all__ = ["UNAVAILABLE_RETRY_AFTER", "RequestAttempts"]
+__all__ = ["BUSY_RETRY_AFTER", "UNAVAILABLE_RETRY_AFTER", "RequestAttempts"]
 
-# Retry-After for a 503 when nothing can serve and no upstream gave a hint.
+# Retry-After for a 429 or 503 when nothing can serve and no upstream gave a hint.
 UNAVAILABLE_RETRY_AFTER = 5.0
+# Retry-After when every provider able to serve was at its concurrency limit: slots free fast.
+BUSY_RETRY_AFTER = 1.0
 
 
 class RequestAttempts:
@@ -54,6 +64,9 @@ class RequestAttempts:
         self._ejected: list[Route] = []
         self._hints: list[float] = []
         self._last_error: LeapError | None = None
+        self._busy: list[ProviderBusyError] | None = None
+        # (seconds left, came with a 429) of the shortest hold that outlasts the deadline.
+        self._held: tuple[float, bool] | None = None
 
     async def next(self) -> Route | None:
         """The next route to try, waiting for a due retry if nothing fresh is left."""
@@ -65,8 +78,13 @@ class RequestAttempts:
             route = self._fresh.popleft()
             if route.provider not in registry:
                 continue
-            if registry.get(route.provider).breaker.allow():
+            entry = registry.get(route.provider)
+            if entry.breaker.allow():
                 return route
+            held_until = entry.breaker.held_until
+            if held_until is not None:
+                self._hold(route, entry, held_until)
+                continue
             self._ejected.append(route)
             trail.attempts.append(Attempt(route.provider, route.model, "ejected", skipped=True))
         if self._later:
@@ -87,6 +105,43 @@ class RequestAttempts:
             registry.get(route.provider).breaker.force_probe()
             return route
         return None
+
+    def _hold(self, route: Route, entry: ProviderEntry, until: float) -> None:
+        # Like a Retry-After this request got itself: wait for it if the deadline allows.
+        left = until - self._clock.monotonic()
+        self.trail.attempts.append(
+            Attempt(
+                route.provider,
+                route.model,
+                "held",
+                message=f"Retry-After: {left:.3g} s left",
+                skipped=True,
+            )
+        )
+        max_wait = self._policy(entry.settings.max_retries).max_retry_after
+        if until < self.deadline and left <= max_wait:
+            heapq.heappush(self._later, (until, len(self.trail.attempts), route))
+        elif self._held is None or left < self._held[0]:
+            self._held = (left, entry.held_for_rate_limit)
+
+    def overflowed(self, route: Route, error: ProviderBusyError, *, out_of_time: bool) -> None:
+        """Note a provider that was at its concurrency limit: not an attempt, not its failure.
+        Raise when the wait for a slot used up the request's time."""
+        self.trail.attempts.append(
+            Attempt(
+                route.provider,
+                route.model,
+                type(error).__name__,
+                message=error.message,
+                skipped=True,
+            )
+        )
+        if self._busy is None:
+            self._busy = [error]
+        else:
+            self._busy.append(error)
+        if out_of_time:
+            raise self.exhausted()
 
     def succeeded(self, route: Route, latency: float) -> None:
         """Note the attempt that served the request."""
@@ -128,21 +183,42 @@ class RequestAttempts:
         when = self._clock.monotonic() + delay
         if when < self.deadline:
             self._retries[route.provider] = retry + 1
-            # The sequence number keeps equal times in the order they were queued.
-            heapq.heappush(self._later, (when, sum(self._retries.values()), route))
+            # The sequence number (one attempt noted per push) keeps equal times in the order
+            # they were queued, and routes are never compared.
+            heapq.heappush(self._later, (when, len(self.trail.attempts), route))
 
     def exhausted(self) -> LeapError:
-        """The error for a request nothing could serve: the last upstream error, or a 503; it
-        carries the smallest Retry-After any upstream gave."""
-        error = self._last_error
+        """The error for a request nothing could serve: the last upstream error, else a 503
+        (or a 429 when every provider is holding off after a 429); it carries the smallest
+        Retry-After any upstream gave, and a default one for a 429 or 503 without a hint."""
+        error = self._last_error or self._overflow()
         if error is None:
-            error = NoProviderAvailableError(
+            error = self._nothing_available()
+        if self._hints:
+            error.retry_after = min(self._hints)
+        elif error.retry_after is None and error.http_status in (429, 503):
+            error.retry_after = UNAVAILABLE_RETRY_AFTER
+        return self._with_trail(error)
+
+    def _overflow(self) -> ProviderBusyError | None:
+        busy = self._busy
+        if busy is None or len(busy) == 1:
+            return busy[0] if busy else None
+        names = ", ".join(sorted({error.provider or "?" for error in busy}))
+        return ProviderBusyError(
+            f"Every provider that can serve this request is at its concurrency limit ({names})",
+            retry_after=BUSY_RETRY_AFTER,
+        )
+
+    def _nothing_available(self) -> LeapError:
+        if self._held is None:
+            return NoProviderAvailableError(
                 "No provider can serve this request right now",
                 retry_after=UNAVAILABLE_RETRY_AFTER,
             )
-        if self._hints:
-            error.retry_after = min(self._hints)
-        return self._with_trail(error)
+        left, rate_limited = self._held
+        cls = RateLimitError if rate_limited else NoProviderAvailableError
+        return cls("Every provider asked to wait (Retry-After)", retry_after=left)
 
     def _with_trail(self, error: LeapError) -> LeapError:
         error.attempts = self.trail.tries

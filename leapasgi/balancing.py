@@ -28,7 +28,7 @@ class Strategy(StrEnum):
     PRIORITY = "priority"  # lowest number first; ties keep the given order
     ROUND_ROBIN = "round_robin"  # the given order, rotated by ``cursor``
     WEIGHTED = "weighted"  # random by weight, without replacement; weight <= 0 last
-    LEAST_LATENCY = "least_latency"  # P2C over peak-EWMA latency x (in_flight + 1)
+    LEAST_LATENCY = "least_latency"  # P2C over peak-EWMA latency x (in_flight + 1), probes first
     LEAST_IN_FLIGHT = "least_in_flight"  # fewest in flight first; ties at random
 
 
@@ -42,6 +42,9 @@ class Candidate:
     # Peak EWMA in seconds, error penalties included; None = no samples yet.
     latency: float | None = None
     in_flight: int = 0
+    # Due for a probe: least-latency sends it first. Its estimate only moves with samples, so a
+    # provider that once looked slow would otherwise never be tried again.
+    probe: bool = False
 
 
 def order(
@@ -66,7 +69,7 @@ def order(
         case Strategy.WEIGHTED:
             return _weighted(candidates, rng)
         case Strategy.LEAST_LATENCY:
-            return _power_of_two_choices(candidates, rng)
+            return _least_latency(candidates, rng)
         case Strategy.LEAST_IN_FLIGHT:
             return _least_in_flight(candidates, rng)
         case _:
@@ -94,6 +97,14 @@ def _weighted(candidates: Sequence[Candidate], rng: random.Random) -> list[Candi
             unweighted.append(candidate)
     keyed.sort()
     return [candidates[index] for _, index in keyed] + unweighted
+
+
+def _least_latency(candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:
+    for index, candidate in enumerate(candidates):
+        if candidate.probe:
+            rest = [*candidates[:index], *candidates[index + 1 :]]
+            return [candidate, *(rest if len(rest) < 2 else _power_of_two_choices(rest, rng))]
+    return _power_of_two_choices(candidates, rng)
 
 
 def _power_of_two_choices(candidates: Sequence[Candidate], rng: random.Random) -> list[Candidate]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from ._logging import configure_server_logging
+from ._redact import public_url
 from .exceptions import LeapError
 from .providers.presets import PRESETS
 
@@ -39,7 +40,8 @@ def _check(path: Path) -> int:
     print(f"{path}: OK, {len(providers)} provider(s) would be registered")
     for provider in providers:
         kind = provider.type if provider.preset is None else f"preset {provider.preset}"
-        where = provider.resolved_base_url or "in process"
+        url = provider.resolved_base_url
+        where = public_url(url) if url else "in process"
         models = ", ".join(provider.models) or "discovered from /models"
         print(f"  {provider.name}: {kind}, {where}, models: {models}")
     for name, reason in config.skipped_providers().items():

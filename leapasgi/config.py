@@ -12,8 +12,10 @@ fails the load with its key path. Secrets are ``SecretStr`` and no error echoes 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -33,6 +35,7 @@ from pydantic import (
 )
 
 from ._config_file import SKIPPED_CONTEXT, format_errors, prepare, read_text
+from ._redact import public_url
 from .balancing import Strategy
 from .clock import Clock
 from .exceptions import ConfigurationError
@@ -89,10 +92,86 @@ _NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _HTTP_URL = re.compile(r"^https?://[^/\s?#]+")
 _MASK = "**********"
+# Never an upstream: cloud metadata services hand out credentials to whoever asks. Loopback and
+# private LAN addresses stay allowed (Ollama, vLLM, tests); link-local ones never are.
+_METADATA_HOSTS = frozenset(
+    {
+        "metadata",
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata.azure.internal",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.tencentyun.com",
+    }
+)
+_METADATA_ADDRESSES = frozenset(
+    {
+        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, Oracle, DigitalOcean...
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+        ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud (legacy)
+    }
+)
+# Hop-by-hop headers belong to one connection; a configured one would confuse the upstream.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def _check_base_url(value: str) -> str:
+    """An http(s) URL whose host is not link-local and not a cloud metadata service.
+
+    Hosts are judged as the connector would read them: IPv4 in any inet_aton form
+    (``2852039166``, ``0xa9fea9fe``), IPv4-mapped IPv6, IDNA names. Messages never echo the URL,
+    which may carry a key in its query.
+    """
+    if not _HTTP_URL.match(value) or any(c.isspace() or c in "\\\0" for c in value):
+        raise ValueError("base_url must be an http:// or https:// URL")
+    try:
+        host = urllib.parse.urlsplit(value).hostname or ""
+        host = host.rstrip(".").encode("idna").decode("ascii").lower()
+    except (ValueError, UnicodeError):
+        raise ValueError("base_url must have a valid host name") from None
+    if not host or "%" in host:
+        raise ValueError("base_url must have a valid host name")
+    address = _ip_address(host)
+    if host in _METADATA_HOSTS or address in _METADATA_ADDRESSES:
+        raise ValueError("base_url points at a cloud metadata service; refused")
+    if address is not None and (address.is_link_local or address.is_multicast):
+        raise ValueError(
+            "base_url points at a link-local or multicast address; refused (cloud metadata "
+            "services live in 169.254.0.0/16 and fe80::/10)"
+        )
+    return value
+
+
+def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            # getaddrinfo takes "2852039166" or "0251.0376.0251.0376" for 169.254.169.254.
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _check_target(target: str) -> str:
@@ -131,6 +210,10 @@ class ProviderConfig(_Config):
     weight: float = Field(default=1.0, gt=0)
     priority: int = 0
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
+    # Requests to this provider at once (unset: no limit) and how many more may wait for a
+    # slot, up to the request's deadline; beyond that a request fails over at once.
+    max_in_flight: int | None = Field(default=None, ge=1)
+    max_waiting: int = Field(default=0, ge=0)
     headers: dict[str, str] = Field(default_factory=dict)
     optional: bool = False
     reply: str | None = None
@@ -138,10 +221,10 @@ class ProviderConfig(_Config):
     chunk_delay: float = Field(default=0.0, ge=0)
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        # A key can hide in a URL query or a header; reprs show neither.
+        # A key can hide in a URL query, its user info or a header; reprs show none of them.
         for name, value in super().__repr_args__():
             if name == "base_url" and isinstance(value, str):
-                value = urllib.parse.urlsplit(value)._replace(query="", fragment="").geturl()
+                value = public_url(value)
             elif name == "headers" and value:
                 value = dict.fromkeys(value, _MASK)
             yield name, value
@@ -156,9 +239,7 @@ class ProviderConfig(_Config):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not _HTTP_URL.match(value):
-            raise ValueError("base_url must be an http:// or https:// URL")
-        return value
+        return None if value is None else _check_base_url(value)
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -168,6 +249,9 @@ class ProviderConfig(_Config):
     @field_validator("headers")
     @classmethod
     def _safe_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.lower() in _HOP_BY_HOP:
+                raise ValueError(f"header {key!r} is hop-by-hop and cannot be sent upstream")
         return check_headers(value)
 
     @model_validator(mode="after")
@@ -184,6 +268,12 @@ class ProviderConfig(_Config):
             raise ValueError(f"{', '.join(stray)}: for mock providers only")
         if self.preset is None and self.base_url is None:
             raise ValueError("base_url is required when no preset is given")
+        return self
+
+    @model_validator(mode="after")
+    def _waiting_needs_a_limit(self) -> Self:
+        if self.max_waiting and self.max_in_flight is None:
+            raise ValueError("max_waiting: set max_in_flight too; requests wait for its slots")
         return self
 
     def resolve_key(self, env: Mapping[str, str] | None = None) -> SecretStr | None:

@@ -17,6 +17,7 @@ layer, with ``raise Mapped(...) from exc``.
     ├── ConflictError                    409 (retryable)
     ├── RateLimitError                   429 (retryable, carries retry_after)
     ├── NoProviderAvailableError         503 nothing can serve the request now (carries retry_after)
+    │   └── ProviderBusyError            503 a provider is at its concurrency limit (local overflow)
     ├── UpstreamUnavailableError         500/502/503/504 (retryable)
     │   └── MalformedResponseError       502 the upstream answered with something unreadable
     ├── UpstreamConnectionError          502 no HTTP exchange happened (retryable)
@@ -63,6 +64,7 @@ __all__ = [
     "NoProviderAvailableError",
     "NotFoundError",
     "PermissionDeniedError",
+    "ProviderBusyError",
     "RateLimitError",
     "RequestTooLargeError",
     "StreamError",
@@ -238,6 +240,17 @@ class NoProviderAvailableError(LeapError):
     error_type = "server_error"
     default_code = "no_provider_available"
     retryable_by_default = True
+
+
+class ProviderBusyError(NoProviderAvailableError):
+    """Raised when a provider's slots and waiting line are full; the gateway's own overflow,
+    never held against the provider. Another provider may serve, this one not now."""
+
+    default_code = "provider_busy"
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        fields.setdefault("retry_here", False)
+        super().__init__(message, **fields)
 
 
 class UpstreamUnavailableError(LeapError):

@@ -4,6 +4,9 @@ A breaker is CLOSED (traffic flows), OPEN (ejected until ``open_until``) or HALF
 request is out; its outcome closes the breaker or ejects it again for longer). Ejection times
 grow as ``base x times_ejected`` up to a cap, and the multiplier shrinks again while healthy.
 
+Apart from ejection, an upstream's Retry-After hint holds requests away until it ends (capped
+like an ejection): the upstream said when to come back, so no request goes there before.
+
 Pure code: no I/O; time comes only from the injected clock.
 """
 
@@ -77,6 +80,7 @@ class CircuitBreaker:
         "_closed_at",
         "_consecutive_failures",
         "_ejected_at",
+        "_hold_until",
         "_known",
         "_last_check_at",
         "_last_check_ok",
@@ -96,6 +100,7 @@ class CircuitBreaker:
         self._open_until: float | None = None
         # Monotonic time the breaker last closed after an ejection; drives the multiplier decay.
         self._closed_at: float | None = None
+        self._hold_until: float | None = None
         self._known = False
         self._last_check_at: float | None = None
         self._last_check_ok: bool | None = None
@@ -126,6 +131,14 @@ class CircuitBreaker:
         return self._open_until
 
     @property
+    def held_until(self) -> float | None:
+        """Monotonic time a Retry-After hold ends; None when no hold is on."""
+        until = self._hold_until
+        if until is None or self._clock.monotonic() >= until:
+            return None
+        return until
+
+    @property
     def health(self) -> Health:
         """UNKNOWN before any outcome or check, UNHEALTHY while ejected, HEALTHY otherwise."""
         if not self._known:
@@ -146,7 +159,12 @@ class CircuitBreaker:
         return self._last_check_ok
 
     def allow(self) -> bool:
-        """Whether a request may go here now; once an ejection ends, True for one probe only."""
+        """Whether a request may go here now; once an ejection ends, True for one probe only.
+        Always False during a Retry-After hold."""
+        if self._hold_until is not None:
+            if self._clock.monotonic() < self._hold_until:
+                return False
+            self._hold_until = None
         state = self._state
         if state is BreakerState.CLOSED:
             return True
@@ -182,6 +200,18 @@ class CircuitBreaker:
             return True
         # OPEN: a request already in flight at ejection time; it must not extend the ejection.
         return False
+
+    def hold(self, seconds: float) -> None:
+        """Keep requests away for ``seconds`` (an upstream's Retry-After), at most as long as
+        the longest ejection; a longer hold already on is kept."""
+        if not seconds > 0:
+            return
+        policy = self._policy
+        until = self._clock.monotonic() + min(
+            seconds, max(policy.max_ejection, policy.base_ejection)
+        )
+        if self._hold_until is None or until > self._hold_until:
+            self._hold_until = until
 
     def release_probe(self) -> None:
         """The probe ended without a verdict: back to OPEN with the same ``open_until``."""

@@ -23,7 +23,8 @@ from typing import TypeVar
 
 from pydantic import SecretStr
 
-from .attempts import RequestAttempts
+from ._redact import public_url
+from .attempts import BUSY_RETRY_AFTER, RequestAttempts
 from .balancing import Candidate, Strategy, order
 from .clock import Clock, SystemClock
 from .config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
@@ -32,6 +33,7 @@ from .exceptions import (
     DeadlineExceededError,
     FirstByteTimeoutError,
     LeapError,
+    ProviderBusyError,
     StreamInterruptedError,
     UpstreamUnavailableError,
 )
@@ -130,8 +132,11 @@ class ProviderManager:
             models=tuple(config.models),
             kind=config.type,
             preset=config.preset,
-            base_url=config.resolved_base_url,
+            # For display only (snapshots): never the query or user info a key may sit in.
+            base_url=public_url(url) if (url := config.resolved_base_url) else None,
             honors_deadline=_honors_deadline(provider),
+            max_in_flight=config.max_in_flight,
+            max_waiting=config.max_waiting,
         )
         return self.registry.register(provider, settings, replace=True)
 
@@ -299,6 +304,8 @@ class ProviderManager:
         try:
             while (route := await attempts.next()) is not None:
                 entry = self.registry.get(route.provider)
+                if entry.limit is not None and not await self._take_slot(entry, route, attempts):
+                    continue
                 started = self._clock.monotonic()
                 try:
                     result = await self._attempt_chat(entry, route, request, attempts.deadline)
@@ -325,6 +332,32 @@ class ProviderManager:
         ]
 
     # Attempts
+
+    async def _take_slot(
+        self, entry: ProviderEntry, route: Route, attempts: RequestAttempts
+    ) -> bool:
+        """Hold one of ``entry``'s slots, waiting in its line within the request's deadline;
+        False, with the skip in the trail, when the provider is full."""
+        limit = entry.limit
+        assert limit is not None
+        if limit.try_acquire():
+            return True
+        remaining = attempts.deadline - self._clock.monotonic()
+        # With a place in line, a refusal means the wait used up the request's time.
+        in_line = remaining > 0 and limit.waiting < limit.max_waiting
+        if await limit.acquire(remaining):
+            return True
+        attempts.overflowed(
+            route,
+            ProviderBusyError(
+                f"Provider {entry.name!r} is at its concurrency limit "
+                f"({limit.max_in_flight} in flight, {limit.max_waiting} waiting)",
+                provider=entry.name,
+                retry_after=BUSY_RETRY_AFTER,
+            ),
+            out_of_time=in_line,
+        )
+        return False
 
     async def _attempt_chat(
         self,
@@ -418,6 +451,9 @@ class ProviderManager:
         strategy = Strategy(
             alias.strategy if alias is not None and alias.strategy else self.routing.strategy
         )
+        # Least-latency probes a provider without a latency sample for as long as an ejection
+        # lasts, so one that looked slow once is found again when it recovers.
+        probe_after = self.health.base_ejection if strategy is Strategy.LEAST_LATENCY else None
         usable: dict[str, Route] = {}
         candidates = []
         for position, route in enumerate(routes):
@@ -425,6 +461,7 @@ class ProviderManager:
             if entry.status in (ProviderStatus.INACTIVE, ProviderStatus.MAINTENANCE):
                 continue
             usable[route.provider] = route
+            sampled_at = entry.sampled_at
             candidates.append(
                 Candidate(
                     route.provider,
@@ -433,6 +470,9 @@ class ProviderManager:
                     weight=entry.settings.weight,
                     latency=entry.stats.ewma.value(now=now),
                     in_flight=entry.stats.in_flight,
+                    probe=probe_after is not None
+                    and entry.stats.in_flight == 0
+                    and (sampled_at is None or now - sampled_at >= probe_after),
                 )
             )
         cursor = next(self._cursors.setdefault(request.model, itertools.count()))
@@ -597,6 +637,8 @@ class ManagedStream:
         clock = manager._clock
         while (route := await attempts.next()) is not None:
             entry = manager.registry.get(route.provider)
+            if entry.limit is not None and not await manager._take_slot(entry, route, attempts):
+                continue
             started = clock.monotonic()
             entry.begin()
             batches = _batches(entry.provider, _for(route, self._request))

@@ -7,16 +7,23 @@ a snapshot never waits for anything.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from ._redact import public_url
 from .clock import Clock, SystemClock
-from .exceptions import ConflictError, InvalidRequestError, LeapError, NotFoundError
+from .exceptions import (
+    ConflictError,
+    InvalidRequestError,
+    LeapError,
+    NotFoundError,
+    RateLimitError,
+)
 from .features import Feature
 from .health import BreakerPolicy, BreakerState, CircuitBreaker, Health
+from .limits import ConcurrencyLimit
 from .metrics import ProviderStats, Quantiles
 from .providers.base import Provider
 
@@ -72,6 +79,9 @@ class RouteSettings:
     # The provider stops by itself at the request's deadline (see leapasgi.deadline), so the
     # manager needs no timer of its own around its calls.
     honors_deadline: bool = False
+    # Requests at once (None: no limit), and how many more may wait for a slot.
+    max_in_flight: int | None = None
+    max_waiting: int = 0
 
 
 class ProviderEntry:
@@ -83,7 +93,10 @@ class ProviderEntry:
         "_effective",
         "breaker",
         "discovered_models",
+        "held_for_rate_limit",
+        "limit",
         "provider",
+        "sampled_at",
         "settings",
         "stats",
         "transitions",
@@ -98,6 +111,16 @@ class ProviderEntry:
         self.stats = ProviderStats()
         self.discovered_models: tuple[str, ...] | None = None
         self.transitions: deque[Transition] = deque(maxlen=MAX_TRANSITIONS)
+        self.limit = (
+            ConcurrencyLimit(settings.max_in_flight, settings.max_waiting)
+            if settings.max_in_flight is not None
+            else None
+        )
+        # Monotonic time of the last outcome with a latency sample; least-latency probes a
+        # provider that has gone without one for long.
+        self.sampled_at: float | None = None
+        # Whether the Retry-After hold on the breaker came with a 429 (else a 503).
+        self.held_for_rate_limit = False
         self._clock = clock
         self._admin = ProviderStatus.ACTIVE
         self._effective = ProviderStatus.ACTIVE
@@ -122,12 +145,14 @@ class ProviderEntry:
         return self.settings.models or self.discovered_models or ()
 
     def begin(self) -> None:
-        """A request to this provider starts."""
+        """A request to this provider starts; with a ``limit``, the caller holds a slot."""
         self.stats.begin()
 
     def end(self) -> None:
-        """A request to this provider ended, whatever its outcome."""
+        """A request to this provider ended, whatever its outcome; its slot is given back."""
         self.stats.end()
+        if self.limit is not None:
+            self.limit.release()
 
     def succeeded(
         self,
@@ -146,15 +171,24 @@ class ProviderEntry:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
+        self.sampled_at = now
         self.breaker.record_success()
         self.refresh("a request succeeded")
 
     def failed(self, error: LeapError, latency: float) -> None:
-        """Record a provider failure; enough of them in a row eject the provider."""
+        """Record a provider failure; enough of them in a row eject the provider, and its
+        Retry-After hint holds requests away until the hint ends. A 429 with a hint only
+        holds: it is a quota answer, not ill health (Envoy's consecutive_5xx skips it too)."""
         kind = type(error).__name__
-        self.stats.record_failure(
-            kind, latency, now=self._clock.monotonic(), message=error.message[:200]
-        )
+        now = self._clock.monotonic()
+        self.stats.record_failure(kind, latency, now=now, message=error.message[:200])
+        self.sampled_at = now
+        if error.retry_after:
+            self.breaker.hold(error.retry_after)
+            self.held_for_rate_limit = isinstance(error, RateLimitError)
+            if self.held_for_rate_limit:
+                self.breaker.release_probe()
+                return
         if self.breaker.record_failure():
             count = self.breaker.consecutive_failures or self.stats.consecutive_errors
             cause = f"ejected after {count} consecutive failures (last: {kind})"
@@ -223,6 +257,13 @@ class ProviderSnapshot:
     success_rate: float | None
     last_error: str | None
     transitions: tuple[Transition, ...] = field(default=())
+    # Wall-clock end of a Retry-After hold; None when none is on.
+    held_until: float | None = None
+    # The concurrency limit (None: none), requests waiting for a slot, and those turned away.
+    max_in_flight: int | None = None
+    max_waiting: int = 0
+    waiting: int = 0
+    overflows: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,18 +389,10 @@ class Registry:
         )
 
 
-def _public_url(url: str | None) -> str | None:
-    # A key can sit in the query (``?key=...``) or the user info: snapshots show neither.
-    if url is None:
-        return None
-    parts = urllib.parse.urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=host, query="", fragment="").geturl()
-
-
 def _snapshot(entry: ProviderEntry, now: float, wall: float) -> ProviderSnapshot:
     stats = entry.stats
     breaker = entry.breaker
+    limit = entry.limit
 
     def wall_time(monotonic: float | None) -> float | None:
         # Breaker times are monotonic; snapshots show wall-clock times, like transitions.
@@ -369,7 +402,7 @@ def _snapshot(entry: ProviderEntry, now: float, wall: float) -> ProviderSnapshot
         name=entry.name,
         kind=entry.settings.kind,
         preset=entry.settings.preset,
-        base_url=_public_url(entry.settings.base_url),
+        base_url=public_url(entry.settings.base_url) if entry.settings.base_url else None,
         status=entry.status,
         health=breaker.health,
         breaker=breaker.state,
@@ -396,4 +429,9 @@ def _snapshot(entry: ProviderEntry, now: float, wall: float) -> ProviderSnapshot
         success_rate=stats.success_rate,
         last_error=stats.last_error,
         transitions=tuple(entry.transitions),
+        held_until=wall_time(breaker.held_until),
+        max_in_flight=entry.settings.max_in_flight,
+        max_waiting=entry.settings.max_waiting if limit is not None else 0,
+        waiting=limit.waiting if limit is not None else 0,
+        overflows=limit.overflows if limit is not None else 0,
     )

@@ -340,3 +340,73 @@ total_timeout = 9
         2,
         9,
     )
+
+
+def _base_url_error(url: str) -> str:
+    quoted = url.replace("\\", "\\\\")
+    text = f'[[providers]]\nname = "p"\nbase_url = "{quoted}"\n'
+    with pytest.raises(ConfigurationError) as caught:
+        parse_config(text, source="gw.toml")
+    return caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("file:///etc/passwd", "http:// or https://"),
+        ("gopher://127.0.0.1:6379/_x", "http:// or https://"),
+        ("http://h /v1", "http:// or https://"),
+        ("http://h\\@169.254.169.254/", "http:// or https://"),
+        ("http://169.254.169.254/latest", "metadata service"),
+        ("http://[fd00:ec2::254]/", "metadata service"),
+        ("http://metadata.google.internal/v1", "metadata service"),
+        ("http://Metadata.Google.Internal./v1", "metadata service"),
+        ("http://2852039166/", "metadata service"),
+        ("http://0xa9fea9fe/", "metadata service"),
+        ("http://0251.0376.0251.0376/", "metadata service"),
+        ("http://[::ffff:169.254.169.254]/", "metadata service"),
+        ("http://x@169.254.169.254/", "metadata service"),
+        ("http://169.254.169.254#@example.com", "metadata service"),
+        ("http://100.100.100.200/", "metadata service"),
+        ("http://169.254.10.1:8000/v1", "link-local"),
+        ("http://[fe80::1]:8000/v1", "link-local"),
+        ("http://224.0.0.1/", "multicast"),
+        ("http://%31%36%39.254.169.254/", "valid host name"),
+        ("http://[fe80::1%25eth0]/", "valid host name"),
+    ],
+)
+def test_base_urls_that_reach_metadata_or_other_schemes_are_refused(url: str, reason: str) -> None:
+    message = _base_url_error(url)
+    assert message.startswith("gw.toml: providers[0].base_url: ")
+    assert reason in message
+    assert url not in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:11434/v1",
+        "http://localhost:8000/v1",
+        "http://[::1]:8000/v1",
+        "http://0.0.0.0:11434/v1",
+        "http://10.1.2.3/v1",
+        "http://172.16.0.9:8080/v1",
+        "http://192.168.1.20/v1",
+        "https://api.example.com/v1?key=abc",
+        "http://ollama.internal:11434/v1",
+    ],
+)
+def test_loopback_private_and_public_base_urls_are_allowed(url: str) -> None:
+    assert ProviderConfig(name="p", base_url=url).base_url == url
+
+
+def test_a_hop_by_hop_header_cannot_be_configured() -> None:
+    for name in ("Connection", "transfer-encoding", "Upgrade", "Proxy-Authorization", "TE"):
+        with pytest.raises(ValueError, match="hop-by-hop"):
+            ProviderConfig(name="p", base_url="http://h/v1", headers={name: "x"})
+
+
+def test_a_key_in_the_url_user_info_stays_out_of_reprs() -> None:
+    config = ProviderConfig(name="p", base_url=f"http://user:{SECRET}@h/v1")
+    assert SECRET not in repr(config)
+    assert "h/v1" in repr(config)

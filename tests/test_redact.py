@@ -100,3 +100,13 @@ def test_repr_does_not_show_secrets() -> None:
     assert CANARY not in text
     assert urllib.parse.quote(CANARY, safe="") not in text
     assert "canary" not in text
+
+
+@pytest.mark.parametrize(
+    "encoded", [urllib.parse.quote(CANARY), urllib.parse.quote_plus(CANARY, safe="/")]
+)
+def test_url_encoded_secret_with_its_slashes_kept_is_removed(encoded: str) -> None:
+    # quote() keeps "/" unless told otherwise; so do most URL builders.
+    out = Redactor([CANARY])(f"sent as {encoded}.")
+
+    assert out == f"sent as {REDACTED}."

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from .chat import ChatEndpoint
+from .openapi import OPENAPI_PATH, OpenAPIEndpoint
 from .routes import Routes, error_response
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ def build_app(gateway: Gateway) -> GatewayApp:
             Route("/health", routes.health, methods=["GET"]),
             Route("/health/ready", routes.ready, methods=["GET"]),
             Route("/metrics", routes.metrics, methods=["GET"]),
+            Route(OPENAPI_PATH, OpenAPIEndpoint(gateway).serve, methods=["GET"]),
             *mcp,
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
@@ -100,7 +102,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         # upstream_status carries the route's own status (405...) to the response.
         error = InvalidRequestError(str(exc.detail), upstream_status=exc.status_code)
-    return error_response(error)
+    response = error_response(error)
+    if exc.headers:
+        # A 405 carries Allow (RFC 9110 requires it); keep whatever the route said.
+        response.headers.update(exc.headers)
+    return response
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

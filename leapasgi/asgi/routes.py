@@ -15,10 +15,11 @@ from ..exceptions import (
     LeapError,
     ModelNotFoundError,
     NotFoundError,
+    PermissionDeniedError,
 )
 from ..prometheus import CONTENT_TYPE
 from ..registry import ProviderStatus
-from ._http import error_headers
+from ._http import ClientGone, error_headers, read_body
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -39,13 +40,21 @@ class Routes:
         self.gateway = gateway
 
     def _refuse(self, request: Request, *, admin: bool = False) -> Response | None:
-        checker = self.gateway.admin if admin else self.gateway.auth
+        """None when the caller may go on; else 401 (no key, or not one of ours), 403 (one
+        of the API keys on an admin route) or 404 (admin routes without an admin key)."""
+        auth = self.gateway.auth
+        if not admin:
+            if auth.allows(request.scope):
+                return None
+            return error_response(AuthenticationError("Invalid or missing API key"))
+        checker = self.gateway.admin
         if checker is None:
             return error_response(NotFoundError("Not found", code="not_found"))
-        if not checker.allows(request.scope):
-            key = "admin key" if admin else "API key"
-            return error_response(AuthenticationError(f"Invalid or missing {key}"))
-        return None
+        if checker.allows(request.scope):
+            return None
+        if auth.enabled and auth.allows(request.scope):
+            return error_response(PermissionDeniedError("This route needs the admin key"))
+        return error_response(AuthenticationError("Invalid or missing admin key"))
 
     async def models(self, request: Request) -> Response:
         """``GET /v1/models``: every routable model and alias."""
@@ -69,17 +78,30 @@ class Routes:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        """``GET /health/ready``: 200 when at least one provider can serve, else 503."""
+        """``GET /health/ready``: 200 when at least one provider can serve, else 503.
+
+        Open to probes; with gateway auth on, the providers are listed only to key holders.
+        """
         providers = [
             {"name": s.name, "status": s.status, "health": s.health, "breaker": s.breaker}
             for s in self.gateway.manager.registry.snapshots()
         ]
         ready = any(p["status"] == ProviderStatus.ACTIVE for p in providers)
-        body = {"status": "ready" if ready else "unavailable", "providers": providers}
+        body: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
+        if self._may_see_details(request):
+            body["providers"] = providers
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    def _may_see_details(self, request: Request) -> bool:
+        gateway = self.gateway
+        if not gateway.auth.enabled or gateway.auth.allows(request.scope):
+            return True
+        return gateway.admin is not None and gateway.admin.allows(request.scope)
+
     async def metrics(self, request: Request) -> Response:
-        """``GET /metrics`` in the Prometheus text format."""
+        """``GET /metrics`` in the Prometheus text format; behind the API keys when set."""
+        if (refused := self._refuse(request)) is not None:
+            return refused
         snapshots = self.gateway.manager.registry.snapshots()
         text = self.gateway.metrics.render(snapshots)
         return PlainTextResponse(text, media_type=CONTENT_TYPE)
@@ -102,18 +124,21 @@ class Routes:
         if (refused := self._refuse(request, admin=True)) is not None:
             return refused
         name = request.path_params["name"]
+        limit = self.gateway.config.server.max_body_bytes
         try:
-            body = json.loads(await request.body() or b"{}")
+            body = json.loads(await read_body(request.receive, request.scope, limit) or b"{}")
             if not isinstance(body, dict) or not isinstance(body.get("status"), str):
                 raise InvalidRequestError('Send {"status": "active"}', param="status")
             cause = str(body.get("reason") or "set by an admin")[:200]
             registry = self.gateway.manager.registry
             registry.set_status(name, body["status"], cause=cause)
             return JSONResponse(_plain(registry.snapshot(name)))
-        except ValueError:
+        except (ValueError, RecursionError):
             return error_response(InvalidRequestError("The body is not valid JSON"))
         except LeapError as error:
             return error_response(error)
+        except ClientGone:
+            return Response(status_code=499)
 
     async def run_health_checks(self, request: Request) -> Response:
         """``POST /v1/providers/health`` (admin): check every provider now."""

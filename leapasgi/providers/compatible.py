@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import random
 import urllib.parse
@@ -39,11 +40,29 @@ from ._errors import MAX_ERROR_BODY, error_from_response, translate_client_error
 from ._watch import Expired, ReadWatch
 from .settings import ProviderSettings
 
-__all__ = ["OpenAICompatibleProvider"]
+__all__ = ["UPSTREAM_HEADERS", "OpenAICompatibleProvider"]
+
+# The allow-list: every header an upstream request carries besides the provider's configured
+# ``headers``. Requests are built from fixed sets, so nothing of the client's request (its
+# Authorization, Cookie, X-Forwarded-*, hop-by-hop headers) is ever passed on. aiohttp adds
+# Host, Accept, Accept-Encoding and Content-Length.
+UPSTREAM_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "authorization",
+        "content-length",
+        "content-type",
+        "host",
+        "user-agent",
+    }
+)
 
 _T = TypeVar("_T")
 _KEEPALIVE_SECONDS = 30.0
 _DRAIN_SECONDS = 1.0
+# aiohttp warns about bytes bodies over 1 MiB (an error under -W error); it streams a buffer.
+_LARGE_BODY = 1 << 20
 
 
 class OpenAICompatibleProvider:
@@ -72,6 +91,7 @@ class OpenAICompatibleProvider:
         key = settings.api_key.get_secret_value() if settings.api_key else None
         secrets = [key] if key else []
         secrets += [v for _, v in urllib.parse.parse_qsl(base.query)]
+        secrets += settings.headers.values()  # a key sent as x-api-key, api-key...
         self._redact = Redactor(secrets)
         headers = {"User-Agent": f"leapasgi/{__version__}", **settings.headers}
         if key:
@@ -286,10 +306,11 @@ class OpenAICompatibleProvider:
         headers = self._sse_headers if sse else (self._json_headers if body else self._get_headers)
         session = self._client()
         limit, stage = self._budget(self.settings.timeouts.first_byte, deadline)
+        data = io.BytesIO(body) if body is not None and len(body) > _LARGE_BODY else body
         try:
             async with asyncio.timeout(limit):
                 response = await session.request(
-                    method, url, data=body, headers=headers, allow_redirects=False
+                    method, url, data=data, headers=headers, allow_redirects=False
                 )
         except aiohttp.ClientError as exc:
             raise translate_client_error(exc, provider=self.name) from exc

@@ -51,12 +51,14 @@ class ProviderSettings(BaseModel):
     legacy_max_tokens: bool = False
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
-        # A key can sit in the URL query (``?key=...``) or user info; reprs show neither.
+        # A key can sit in the URL query (``?key=...``), user info or a header; reprs show none.
         for name, value in super().__repr_args__():
             if name == "base_url" and isinstance(value, str):
                 parts = urllib.parse.urlsplit(value)
                 host = parts.netloc.rpartition("@")[2]
                 value = parts._replace(netloc=host, query="", fragment="").geturl()
+            elif name == "headers" and value:
+                value = dict.fromkeys(value, "**********")
             yield name, value
 
     @field_validator("base_url")

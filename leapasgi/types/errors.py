@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from ..exceptions import InvalidRequestError
 from ._base import TAG_MARK, WireModel
+from .guard import check_request_fields
 from .request import ChatCompletionRequest
 
 __all__ = ["ErrorDetail", "ErrorEnvelope", "invalid_request_from", "parse_chat_request"]
@@ -30,13 +31,18 @@ class ErrorEnvelope(WireModel):
 
 
 def parse_chat_request(body: bytes | str | Mapping[str, Any]) -> ChatCompletionRequest:
-    """Validate a request body; raise InvalidRequestError naming the field at fault."""
+    """Validate a request body; raise InvalidRequestError naming the field at fault, also for
+    fields that would pick the upstream or its key (``api_base``, ``base_url``, ``api_key``)."""
     try:
         if isinstance(body, bytes | str):
-            return ChatCompletionRequest.model_validate_json(body)
-        return ChatCompletionRequest.model_validate(body)
+            request = ChatCompletionRequest.model_validate_json(body)
+        else:
+            request = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise invalid_request_from(exc) from None
+    # After validation, which has already refused JSON nested too deep to walk.
+    check_request_fields(body)
+    return request
 
 
 def invalid_request_from(exc: ValidationError) -> InvalidRequestError:

@@ -299,3 +299,50 @@ async def test_a_clean_upstream_stream_is_relayed_byte_for_byte(upstream: FakeUp
         response = await client.post(CHAT, json={**BODY, "model": "m1", "stream": True})
     # The upstream's separators and key order survive: nothing was parsed and re-serialized.
     assert response.content == b"".join(events)
+
+
+async def test_with_auth_on_metrics_need_a_key_and_readiness_hides_providers() -> None:
+    keys = {"api_keys": [SecretStr("client-key")], "admin_key": SecretStr("admin-secret")}
+    async with gateway(**keys) as gw, await client_for(gw) as client:
+        metrics = await client.get("/metrics")
+        metrics_ok = await client.get("/metrics", headers={"Authorization": "Bearer client-key"})
+        live = await client.get("/health")
+        ready = await client.get("/health/ready")
+        ready_key = await client.get(
+            "/health/ready", headers={"Authorization": "Bearer client-key"}
+        )
+    assert metrics.status_code == 401
+    assert error_of(metrics)["code"] == "invalid_api_key"
+    assert metrics_ok.status_code == 200
+    assert live.json() == {"status": "ok"}
+    assert ready.json() == {"status": "ready"}
+    assert ready_key.json()["providers"][0]["name"] == "mock"
+
+
+async def test_an_api_key_on_an_admin_route_is_a_403_and_a_wrong_key_a_401() -> None:
+    keys = {"api_keys": [SecretStr("client-key")], "admin_key": SecretStr("admin-secret")}
+    async with gateway(**keys) as gw, await client_for(gw) as client:
+        client_key = await client.get(
+            "/v1/providers", headers={"Authorization": "Bearer client-key"}
+        )
+        wrong = await client.put("/v1/providers/mock/status", headers={"Authorization": "Bearer x"})
+        missing = await client.post("/v1/providers/health")
+        admin = await client.get("/v1/providers", headers={"Authorization": "Bearer admin-secret"})
+    assert client_key.status_code == 403
+    assert error_of(client_key)["code"] == "permission_denied"
+    assert wrong.status_code == missing.status_code == 401
+    assert admin.status_code == 200
+
+
+async def test_an_admin_body_is_capped_and_bad_json_is_a_400() -> None:
+    admin = {"Authorization": "Bearer admin-secret"}
+    async with (
+        gateway(admin_key=SecretStr("admin-secret"), max_body_bytes=1024) as gw,
+        await client_for(gw) as client,
+    ):
+        url = "/v1/providers/mock/status"
+        large = await client.put(url, content=b"{" + b" " * 2048 + b"}", headers=admin)
+        deep = await client.put(url, content=b"[" * 1000, headers=admin)
+    assert large.status_code == 413
+    assert deep.status_code == 400
+    error_of(deep)

@@ -103,3 +103,12 @@ def test_a_key_in_the_url_query_stays_out_of_reprs() -> None:
     settings = ProviderSettings(name="p", base_url=f"https://host.test/v1?key={CANARY}")
     assert CANARY not in repr(settings)
     assert settings.base_url.endswith(CANARY)
+
+
+def test_header_values_stay_out_of_reprs() -> None:
+    settings = ProviderSettings(
+        name="p", base_url="https://host.test/v1", headers={"x-api-key": CANARY}
+    )
+    assert CANARY not in repr(settings)
+    assert CANARY not in str(settings)
+    assert "x-api-key" in repr(settings)
