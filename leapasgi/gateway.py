@@ -162,10 +162,13 @@ class Gateway:
         latency = time.perf_counter() - started
         provider = error.provider or _NO_PROVIDER
         model = request.model if request is not None else ""
+        # Metric labels only for models the gateway routes: a client sending made-up names
+        # must not grow /metrics without bound (the access log still names them).
+        label = model if model and self.manager.routes.knows(model) else ""
         self.metrics.record_error(provider=provider, kind=type(error).__name__)
         self.metrics.record(
             provider=provider,
-            model=model,
+            model=label,
             status=error.http_status,
             latency=latency,
             overhead=latency,

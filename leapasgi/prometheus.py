@@ -286,7 +286,7 @@ class GatewayMetrics:
         return "".join(family.render() for family in families)
 
 
-def _provider_gauges(snapshots: Iterable[ProviderSnapshot]) -> list[_Gauge]:
+def _provider_gauges(snapshots: Iterable[ProviderSnapshot]) -> list[_Gauge | Counter]:
     in_flight = _Gauge("leap_provider_in_flight", "Requests in flight to the provider.", _PROVIDER)
     up = _Gauge("leap_provider_up", "1 if the provider's status is active, else 0.", _PROVIDER)
     breaker = _Gauge(
@@ -302,6 +302,14 @@ def _provider_gauges(snapshots: Iterable[ProviderSnapshot]) -> list[_Gauge]:
     errors = _Gauge(
         "leap_provider_consecutive_errors", "Provider failures since its last success.", _PROVIDER
     )
+    waiting = _Gauge(
+        "leap_provider_waiting", "Requests waiting for one of the provider's slots.", _PROVIDER
+    )
+    overflows = Counter(
+        "leap_provider_overflows_total",
+        "Requests turned away locally because the provider's slots and queue were full.",
+        _PROVIDER,
+    )
     for snap in snapshots:
         name = snap.name
         in_flight.set(snap.in_flight, name)
@@ -311,7 +319,9 @@ def _provider_gauges(snapshots: Iterable[ProviderSnapshot]) -> list[_Gauge]:
         if snap.latency_ewma is not None:
             ewma.set(snap.latency_ewma, name)
         errors.set(snap.consecutive_errors, name)
-    return [in_flight, up, breaker, ewma, errors]
+        waiting.set(snap.waiting, name)
+        overflows.inc(name, amount=snap.overflows)
+    return [in_flight, up, breaker, ewma, errors, waiting, overflows]
 
 
 def _sample(name: str, pairs: str, value: float) -> str:

@@ -67,6 +67,10 @@ class RouteTable:
             )
         return capable
 
+    def knows(self, model: str) -> bool:
+        """True when ``model`` (a name, an alias or ``provider/model``) has a route."""
+        return bool(self._resolved(model))
+
     def _resolved(self, model: str) -> list[Route]:
         if self._cache_version != self._registry.version:
             self._cache.clear()

@@ -21,7 +21,7 @@ from leapasgi.prometheus import (
     Histogram,
 )
 from leapasgi.providers.mock import MockProvider
-from leapasgi.registry import ProviderEntry, ProviderStatus, Registry
+from leapasgi.registry import ProviderEntry, ProviderStatus, Registry, RouteSettings
 
 Labels = frozenset[tuple[str, str]]
 
@@ -393,7 +393,9 @@ def test_help_and_type_appear_once_per_family_in_name_order() -> None:
             "leap_provider_consecutive_errors",
             "leap_provider_in_flight",
             "leap_provider_latency_ewma_seconds",
+            "leap_provider_overflows_total",
             "leap_provider_up",
+            "leap_provider_waiting",
             "leap_request_duration_seconds",
             "leap_requests_total",
             "leap_time_to_first_token_seconds",
@@ -439,3 +441,15 @@ def test_prometheus_client_reads_the_output() -> None:
     assert families["leap_requests"].type == "counter"
     assert families["leap_request_duration_seconds"].type == "histogram"
     assert any(s.labels.get("model") == 'q"u\\o\nte' for s in families["leap_requests"].samples)
+
+
+@pytest.mark.anyio
+async def test_a_limited_provider_shows_its_queue_and_overflows() -> None:
+    registry, _ = make_registry()
+    entry = registry.register(MockProvider(name="small"), RouteSettings(max_in_flight=1))
+    assert entry.limit is not None
+    assert await entry.limit.acquire(0.0)  # the one slot
+    assert not await entry.limit.acquire(0.0)  # no queue: turned away
+    exp = parse(GatewayMetrics().render(registry.snapshots()))
+    assert exp.value("leap_provider_overflows_total", provider="small") == 1
+    assert exp.value("leap_provider_waiting", provider="small") == 0

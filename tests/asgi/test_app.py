@@ -346,3 +346,13 @@ async def test_an_admin_body_is_capped_and_bad_json_is_a_400() -> None:
     assert large.status_code == 413
     assert deep.status_code == 400
     error_of(deep)
+
+
+async def test_made_up_model_names_do_not_become_metric_labels(client: httpx.AsyncClient) -> None:
+    for n in range(5):
+        response = await client.post(CHAT, json={**BODY, "model": f"made-up-{n}"})
+        assert response.status_code == 404
+    await client.post(CHAT, json=BODY)
+    metrics = (await client.get("/metrics")).text
+    assert "made-up" not in metrics
+    assert 'model="mock-chat"' in metrics
