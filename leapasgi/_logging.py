@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TextIO
+import time
+from typing import Any, TextIO
 
-__all__ = ["BatchingHandler", "configure_server_logging"]
+__all__ = ["AccessLog", "BatchingHandler", "configure_server_logging"]
 
 FORMAT = "%(asctime)s %(name)s %(message)s"
 # Longest a formatted line waits before it is written.
@@ -37,6 +38,16 @@ class BatchingHandler(logging.Handler):
         self._pending.append(line + "\n")  # under self.lock: Handler.handle holds it
         if record.levelno >= logging.WARNING or self._stop.is_set():
             self._write()  # closed handlers (logging.config clears them) still write
+
+    def write_line(self, line: str) -> None:
+        """Queue one already formatted line (the access log's fast path)."""
+        self.acquire()
+        try:
+            self._pending.append(line + "\n")
+            if self._stop.is_set():
+                self._write()
+        finally:
+            self.release()
 
     def flush(self) -> None:
         """Write every pending line now."""
@@ -91,3 +102,60 @@ def configure_server_logging(stream: TextIO, *, level: int = logging.INFO) -> Ba
     logging.logProcesses = False
     logging.logMultiprocessing = False
     return handler
+
+
+class AccessLog:
+    """The access log: one INFO line per request on its logger.
+
+    A LogRecord and the trip through logging cost more than routing a request. So when the
+    line can only end up in this process's BatchingHandler (set up by
+    ``configure_server_logging``, with nothing else on the way: no other handler, filter or
+    level in between), it is formatted here, exactly as that handler's formatter would, and
+    queued directly. Any other set-up (a host app's logging, pytest's caplog) gets ordinary
+    log records.
+    """
+
+    __slots__ = ("_clock_second", "_logger", "_prefix", "_stamp")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._prefix = f" {logger.name} "
+        self._clock_second = -1
+        self._stamp = ""
+
+    def info(self, message: str, *args: Any) -> None:
+        """Log ``message % args`` at INFO."""
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        handler = self._only_handler()
+        if handler is None:
+            logger.info(message, *args)
+            return
+        now = time.time()
+        second = int(now)
+        if second != self._clock_second:
+            self._clock_second = second
+            self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        millis = int((now - second) * 1000)
+        handler.write_line(f"{self._stamp},{millis:03d}{self._prefix}{message % args}")
+
+    def _only_handler(self) -> BatchingHandler | None:
+        found: BatchingHandler | None = None
+        logger: logging.Logger | None = self._logger
+        while logger is not None:
+            if logger.filters or (logger.level and logger.level > logging.INFO):
+                return None
+            for handler in logger.handlers:
+                if found is not None or not isinstance(handler, BatchingHandler):
+                    return None
+                if handler.filters or handler.level > logging.INFO:
+                    return None
+                formatter = handler.formatter
+                if formatter is None or formatter._fmt != FORMAT or formatter.datefmt:
+                    return None
+                found = handler
+            if not logger.propagate:
+                break
+            logger = logger.parent
+        return found

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
+from ._logging import AccessLog
 from .asgi.auth import KeyChecker
 from .config import GatewayConfig, load_config
 from .exceptions import LeapError
@@ -23,7 +24,7 @@ from .types import ChatCompletionRequest
 
 __all__ = ["Gateway", "Service"]
 
-logger = logging.getLogger("leapasgi.access")
+logger = AccessLog(logging.getLogger("leapasgi.access"))
 _NO_PROVIDER = "none"
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
 
-from leapasgi._logging import BatchingHandler
+from leapasgi._logging import FORMAT, AccessLog, BatchingHandler
 
 
 @pytest.fixture
@@ -65,3 +66,69 @@ def test_a_closed_stream_does_not_raise_into_the_caller(
     stream.close()
     logger.info("into the void")
     handler.flush()
+
+
+def _isolated(name: str, *handlers: logging.Handler) -> logging.Logger:
+    logger = logging.Logger(name)  # outside the global tree: no pytest handlers above it
+    logger.setLevel(logging.INFO)
+    for handler in handlers:
+        logger.addHandler(handler)
+    return logger
+
+
+def test_the_access_log_writes_the_line_logging_would_have_written() -> None:
+    fast_out, slow_out = io.StringIO(), io.StringIO()
+    fast = BatchingHandler(fast_out, interval=3600)
+    slow = BatchingHandler(slow_out, interval=3600)
+    slow.addFilter(lambda record: True)  # any filter sends lines through logging itself
+    for handler in (fast, slow):
+        handler.setFormatter(logging.Formatter(FORMAT))
+    fast_logger = _isolated("leapasgi.access", fast)
+
+    def no_records(*args: object, **kwargs: object) -> logging.LogRecord:
+        raise AssertionError("the fast path made a LogRecord")
+
+    fast_logger.makeRecord = no_records  # type: ignore[method-assign]
+    try:
+        for handler, logger in ((fast, fast_logger), (slow, _isolated("leapasgi.access", slow))):
+            AccessLog(logger).info("chat model=%s status=%d ms=%.1f", "m1", 200, 1.25)
+            handler.flush()
+    finally:
+        fast.close()
+        slow.close()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    pattern = stamp + r" leapasgi\.access chat model=m1 status=200 ms=1\.2\n"
+    assert re.fullmatch(pattern, fast_out.getvalue())
+    assert re.fullmatch(pattern, slow_out.getvalue())
+    assert fast_out.getvalue()[:16] == slow_out.getvalue()[:16]  # same local time format
+
+
+def test_any_other_handler_gets_ordinary_records() -> None:
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    out = io.StringIO()
+    batching = BatchingHandler(out, interval=3600)
+    batching.setFormatter(logging.Formatter(FORMAT))
+    try:
+        log = AccessLog(_isolated("leapasgi.access", batching, Keep()))
+        log.info("chat model=%s", "m1")
+        batching.flush()
+    finally:
+        batching.close()
+    assert [r.getMessage() for r in seen] == ["chat model=m1"]
+    assert out.getvalue().endswith("leapasgi.access chat model=m1\n")
+
+
+def test_a_disabled_access_log_formats_nothing() -> None:
+    logger = _isolated("leapasgi.access")
+    logger.setLevel(logging.WARNING)
+
+    class Boom:
+        def __mod__(self, other: object) -> str:
+            raise AssertionError("formatted although disabled")
+
+    AccessLog(logger).info(Boom())  # type: ignore[arg-type]
