@@ -12,11 +12,7 @@ fails the load with its key path. Secrets are ``SecretStr`` and no error echoes 
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
-import socket
-import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -46,6 +42,7 @@ from .providers.compatible import OpenAICompatibleProvider
 from .providers.mock import MockProvider
 from .providers.presets import PRESETS, Preset, get_preset
 from .providers.settings import DEFAULT_MAX_CONNECTIONS, ProviderSettings, check_headers
+from .providers.urls import check_base_url
 from .retry import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY, RetryPolicy
 
 __all__ = [
@@ -90,29 +87,7 @@ STRATEGIES: tuple[str, ...] = tuple(Strategy)
 
 _NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_HTTP_URL = re.compile(r"^https?://[^/\s?#]+")
 _MASK = "**********"
-# Never an upstream: cloud metadata services hand out credentials to whoever asks. Loopback and
-# private LAN addresses stay allowed (Ollama, vLLM, tests); link-local ones never are.
-_METADATA_HOSTS = frozenset(
-    {
-        "metadata",
-        "metadata.google.internal",
-        "metadata.goog",
-        "metadata.azure.internal",
-        "instance-data",
-        "instance-data.ec2.internal",
-        "metadata.tencentyun.com",
-    }
-)
-_METADATA_ADDRESSES = frozenset(
-    {
-        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, Oracle, DigitalOcean...
-        ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
-        ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
-        ipaddress.ip_address("192.0.0.192"),  # Oracle Cloud (legacy)
-    }
-)
 # Hop-by-hop headers belong to one connection; a configured one would confuse the upstream.
 _HOP_BY_HOP = frozenset(
     {
@@ -131,47 +106,6 @@ _HOP_BY_HOP = frozenset(
 
 class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-
-def _check_base_url(value: str) -> str:
-    """An http(s) URL whose host is not link-local and not a cloud metadata service.
-
-    Hosts are judged as the connector would read them: IPv4 in any inet_aton form
-    (``2852039166``, ``0xa9fea9fe``), IPv4-mapped IPv6, IDNA names. Messages never echo the URL,
-    which may carry a key in its query.
-    """
-    if not _HTTP_URL.match(value) or any(c.isspace() or c in "\\\0" for c in value):
-        raise ValueError("base_url must be an http:// or https:// URL")
-    try:
-        host = urllib.parse.urlsplit(value).hostname or ""
-        host = host.rstrip(".").encode("idna").decode("ascii").lower()
-    except (ValueError, UnicodeError):
-        raise ValueError("base_url must have a valid host name") from None
-    if not host or "%" in host:
-        raise ValueError("base_url must have a valid host name")
-    address = _ip_address(host)
-    if host in _METADATA_HOSTS or address in _METADATA_ADDRESSES:
-        raise ValueError("base_url points at a cloud metadata service; refused")
-    if address is not None and (address.is_link_local or address.is_multicast):
-        raise ValueError(
-            "base_url points at a link-local or multicast address; refused (cloud metadata "
-            "services live in 169.254.0.0/16 and fe80::/10)"
-        )
-    return value
-
-
-def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        try:
-            # getaddrinfo takes "2852039166" or "0251.0376.0251.0376" for 169.254.169.254.
-            return ipaddress.IPv4Address(socket.inet_aton(host))
-        except OSError:
-            return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def _check_target(target: str) -> str:
@@ -239,7 +173,7 @@ class ProviderConfig(_Config):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_base_url(value)
+        return None if value is None else check_base_url(value)
 
     @field_validator("api_key", mode="before")
     @classmethod

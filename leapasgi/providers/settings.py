@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-import re
-import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from .._redact import public_url
 from ..exceptions import ConfigurationError
 from ..features import Feature
 from ..retry import RetryPolicy
 from .base import Timeouts
 from .presets import get_preset
+from .urls import check_base_url
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "ProviderSettings", "check_headers"]
 
@@ -54,9 +54,7 @@ class ProviderSettings(BaseModel):
         # A key can sit in the URL query (``?key=...``), user info or a header; reprs show none.
         for name, value in super().__repr_args__():
             if name == "base_url" and isinstance(value, str):
-                parts = urllib.parse.urlsplit(value)
-                host = parts.netloc.rpartition("@")[2]
-                value = parts._replace(netloc=host, query="", fragment="").geturl()
+                value = public_url(value)
             elif name == "headers" and value:
                 value = dict.fromkeys(value, "**********")
             yield name, value
@@ -64,9 +62,7 @@ class ProviderSettings(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s?#]+", value):
-            raise ValueError("base_url must be an http:// or https:// URL")
-        return value.rstrip("/")
+        return check_base_url(value).rstrip("/")
 
     @field_validator("headers")
     @classmethod

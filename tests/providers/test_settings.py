@@ -112,3 +112,22 @@ def test_header_values_stay_out_of_reprs() -> None:
     assert CANARY not in repr(settings)
     assert CANARY not in str(settings)
     assert "x-api-key" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://metadata.google.internal/v1",
+        "http://[fe80::1]/v1",
+        "file:///etc/passwd",
+    ],
+)
+def test_providers_built_in_code_refuse_metadata_and_link_local_urls(url: str) -> None:
+    with pytest.raises(ValidationError):
+        ProviderSettings(name="p", base_url=url)
+
+
+def test_providers_built_in_code_accept_loopback_and_lan_urls() -> None:
+    for url in ("http://127.0.0.1:11434/v1", "http://10.0.0.5/v1", "https://api.openai.com/v1"):
+        assert ProviderSettings(name="p", base_url=url).base_url == url
