@@ -28,7 +28,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,11 @@ from pathlib import Path
 import aiohttp
 
 HERE = Path(__file__).resolve().parent
+# Run as a script or imported as benchmarks.soak (the CI soak test): the sibling module
+# benchmarks/gateway.py is importable as ``gateway`` either way.
+sys.path.insert(0, str(HERE))
+from gateway import Server, free_port, gateway_config  # noqa: E402
+
 ROOT = HERE.parent
 PATH = "/v1/chat/completions"
 BODY = {"model": "bench", "messages": [{"role": "user", "content": "hi"}]}
@@ -53,8 +57,6 @@ DEFAULT_RATE = 50
 DEFAULT_WARMUP = 10.0
 SAMPLE_INTERVAL = 1.0
 REQUEST_TIMEOUT = 30.0
-STARTUP_TIMEOUT = 20.0
-STOP_TIMEOUT = 10.0
 SETTLE_TIMEOUT = 5.0
 REPORT_TIMEOUT = 2.0
 MAX_RSS_DRIFT_MB = 10.0
@@ -128,85 +130,10 @@ class SoakResult:
         return all(check.passed for check in self.checks)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
-class Child:
-    """A child process serving on 127.0.0.1, its output in a log file."""
-
-    def __init__(self, name: str, command: list[str], log: Path, env: dict[str, str]) -> None:
-        self.name = name
-        self.log = log
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env
-            )
-        self.port = 0
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_ready(self, port: int | None) -> None:
-        """Until the port accepts connections; a port of None is the log's first line."""
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at startup:\n{self.tail()}")
-            if port is None:
-                first = self.log.read_text().partition("\n")
-                port = int(first[0]) if first[1] else None
-            if port is not None and _accepts(port):
-                self.port = port
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} not ready after {STARTUP_TIMEOUT} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT)
-
-
-def gateway_config(upstream_port: int) -> str:
-    return f"""\
-[[providers]]
-name = "bench"
-base_url = "http://127.0.0.1:{upstream_port}/v1"
-models = ["bench"]
-timeout = 30
-
-[health]
-interval = 0
-
-[server]
-host = "127.0.0.1"
-"""
-
-
 @dataclass
 class Processes:
-    upstream: Child
-    gateway: Child
+    upstream: Server
+    gateway: Server
     tasks_file: Path
 
     def task_count(self) -> int:
@@ -244,14 +171,14 @@ def processes(workdir: Path) -> Iterator[Processes]:
     python = sys.executable
     env = {**os.environ, "LEAP_SOAK_TASKS": str(workdir / "tasks.txt")}
     with ExitStack() as stack:
-        upstream = Child("upstream", [python, str(HERE / "upstream.py")], workdir / "up.log", env)
+        upstream = Server("upstream", [python, str(HERE / "upstream.py")], workdir / "up.log", env)
         stack.callback(upstream.stop)
         upstream.wait_ready(None)
         config = workdir / "gateway.toml"
-        config.write_text(gateway_config(upstream.port))
         port = free_port()
+        config.write_text(gateway_config(upstream.port, port))
         command = [python, "-c", BOOT, "serve", "--config", str(config), "--port", str(port)]
-        gateway = Child("gateway", command, workdir / "gateway.log", env)
+        gateway = Server("gateway", command, workdir / "gateway.log", env)
         stack.callback(gateway.stop)
         gateway.wait_ready(port)
         yield Processes(upstream, gateway, workdir / "tasks.txt")
