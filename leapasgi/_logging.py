@@ -15,9 +15,13 @@ FLUSH_INTERVAL = 0.2
 
 
 class BatchingHandler(logging.Handler):
-    """Formats each record as it is logged, and writes the lines in batches from a background
-    thread at most ``interval`` seconds apart, so the event loop never waits on a write.
-    Warnings and worse, ``flush()`` and ``close()`` write at once."""
+    """Writes log records at once, and the access log's lines (``write_line``) in batches from
+    a background thread at most ``interval`` seconds apart, so the event loop does not wait on
+    a write per request. ``flush()`` and ``close()`` write what is pending.
+
+    Records are never held back: uvicorn ends a SIGTERM shutdown by re-raising the signal,
+    which kills the process before any exit hook could write them. The gateway flushes its
+    access lines when it closes, which a graceful shutdown reaches before that."""
 
     def __init__(self, stream: TextIO, *, interval: float = FLUSH_INTERVAL) -> None:
         super().__init__()
@@ -36,8 +40,7 @@ class BatchingHandler(logging.Handler):
             self.handleError(record)
             return
         self._pending.append(line + "\n")  # under self.lock: Handler.handle holds it
-        if record.levelno >= logging.WARNING or self._stop.is_set():
-            self._write()  # closed handlers (logging.config clears them) still write
+        self._write()  # with the access lines before it, in order
 
     def write_line(self, line: str) -> None:
         """Queue one already formatted line (the access log's fast path)."""
@@ -139,6 +142,12 @@ class AccessLog:
             self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         millis = int((now - second) * 1000)
         handler.write_line(f"{self._stamp},{millis:03d}{self._prefix}{message % args}")
+
+    def flush(self) -> None:
+        """Write the lines still waiting in the server's handler (at shutdown)."""
+        handler = self._only_handler()
+        if handler is not None:
+            handler.flush()
 
     def _only_handler(self) -> BatchingHandler | None:
         found: BatchingHandler | None = None

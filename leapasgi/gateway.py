@@ -98,6 +98,7 @@ class Gateway:
                 await service.aclose()
         finally:
             await self.manager.aclose()
+            logger.flush()  # every request has been logged by now
 
     async def __aenter__(self) -> Gateway:
         await self.start()

@@ -152,3 +152,16 @@ def test_the_mounting_examples_serve_chat(module: str) -> None:
     status, home = asyncio.run(run())
     assert status == 200
     assert home
+
+
+def test_a_sigterm_shutdown_loses_no_log_line(
+    served: tuple[str, subprocess.Popen[str]],
+) -> None:
+    url, process = served
+    response = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=10)
+    assert response.status_code == 200
+    # At once: the access line is still waiting for the log writer's next batch.
+    process.send_signal(signal.SIGTERM)
+    _, log = process.communicate(timeout=30)
+    assert [line for line in log.splitlines() if "leapasgi.access" in line]
+    assert "Finished server process" in log

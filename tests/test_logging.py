@@ -27,36 +27,30 @@ def logged() -> Iterator[tuple[logging.Logger, BatchingHandler, io.StringIO]]:
     handler.close()
 
 
-def test_info_lines_wait_for_the_next_flush_and_keep_their_order(
+def test_access_lines_wait_for_the_next_flush_and_records_go_out_at_once(
     logged: tuple[logging.Logger, BatchingHandler, io.StringIO],
 ) -> None:
     logger, handler, stream = logged
     for n in range(3):
-        logger.info("request %d", n)
+        handler.write_line(f"request {n}")
     assert stream.getvalue() == ""
+    logger.info("a record")  # written at once, after the lines queued before it
+    assert stream.getvalue() == "request 0\nrequest 1\nrequest 2\nINFO a record\n"
+    handler.write_line("request 3")
     handler.flush()
-    assert stream.getvalue() == "INFO request 0\nINFO request 1\nINFO request 2\n"
-
-
-def test_a_warning_writes_everything_pending_at_once(
-    logged: tuple[logging.Logger, BatchingHandler, io.StringIO],
-) -> None:
-    logger, _, stream = logged
-    logger.info("before")
-    logger.warning("upstream down")
-    assert stream.getvalue() == "INFO before\nWARNING upstream down\n"
+    assert stream.getvalue().endswith("INFO a record\nrequest 3\n")
 
 
 def test_close_writes_what_is_left_and_later_lines_are_written_at_once(
     logged: tuple[logging.Logger, BatchingHandler, io.StringIO],
 ) -> None:
-    logger, handler, stream = logged
-    logger.info("last of the run")
+    _, handler, stream = logged
+    handler.write_line("last of the run")
     handler.close()
-    assert stream.getvalue() == "INFO last of the run\n"
+    assert stream.getvalue() == "last of the run\n"
     # logging.config clears (closes) existing handlers; one still attached must not drop lines.
-    logger.info("after close")
-    assert stream.getvalue().endswith("INFO after close\n")
+    handler.write_line("after close")
+    assert stream.getvalue().endswith("after close\n")
 
 
 def test_a_closed_stream_does_not_raise_into_the_caller(
@@ -132,3 +126,17 @@ def test_a_disabled_access_log_formats_nothing() -> None:
             raise AssertionError("formatted although disabled")
 
     AccessLog(logger).info(Boom())  # type: ignore[arg-type]
+
+
+def test_the_access_log_flushes_its_pending_lines() -> None:
+    out = io.StringIO()
+    handler = BatchingHandler(out, interval=3600)
+    handler.setFormatter(logging.Formatter(FORMAT))
+    try:
+        log = AccessLog(_isolated("leapasgi.access", handler))
+        log.info("chat model=%s", "m1")
+        assert out.getvalue() == ""
+        log.flush()
+        assert out.getvalue().endswith("leapasgi.access chat model=m1\n")
+    finally:
+        handler.close()
