@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import socket
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import uvicorn
@@ -26,6 +26,7 @@ __all__ = [
     "LiveGateway",
     "Providers",
     "ReportingServer",
+    "ServerThread",
     "fast_routing",
     "live_gateway",
     "mock_config",
@@ -37,7 +38,9 @@ START_TIMEOUT = 10.0
 STOP_TIMEOUT = 10.0
 CLIENT_TIMEOUT = 10.0
 
-ConfigFactory = Callable[[Sequence[FakeUpstream]], GatewayConfig]
+# Builds the served app inside the server's event loop, entering contexts on the stack.
+AppBuilder = Callable[[contextlib.AsyncExitStack], Awaitable[Any]]
+Lifespan = Literal["on", "off"]
 # Builds the app uvicorn serves around the gateway (a host app that mounts it, say).
 AppFactory = Callable[[Gateway], Any]
 Providers = Callable[[Sequence[FakeUpstream]], list[ProviderConfig]]
@@ -106,22 +109,17 @@ class ReportingServer(uvicorn.Server):
             self._on_started(self)
 
 
-class _ServerThread(threading.Thread):
-    """Runs the fake upstreams and uvicorn in one event loop until told to stop."""
+class ServerThread(threading.Thread):
+    """Runs uvicorn, with the app ``build`` makes, in an event loop of its own until told to
+    stop; ``build`` may enter async contexts (fake upstreams) on the stack it is given, which
+    stay open while the server runs."""
 
-    def __init__(
-        self,
-        make_config: ConfigFactory,
-        upstreams: Sequence[FakeUpstream],
-        make_app: AppFactory | None = None,
-    ) -> None:
-        super().__init__(name="leapasgi-live-gateway", daemon=True)
-        self._make_config = make_config
-        self._make_app = make_app
-        self._upstreams = upstreams
+    def __init__(self, build: AppBuilder, *, lifespan: Lifespan = "on") -> None:
+        super().__init__(name="leapasgi-test-server", daemon=True)
+        self._build = build
+        self._lifespan = lifespan
         self._ready = threading.Event()
         self._server: ReportingServer | None = None
-        self.gateway: Gateway | None = None
         self.port = 0
         self.error: BaseException | None = None
 
@@ -135,16 +133,12 @@ class _ServerThread(threading.Thread):
 
     async def _main(self) -> None:
         async with contextlib.AsyncExitStack() as stack:
-            for upstream in self._upstreams:
-                await stack.enter_async_context(upstream)
-            self.gateway = Gateway(config=self._make_config(self._upstreams))
-            app = self._make_app(self.gateway) if self._make_app else self.gateway.app
             config = uvicorn.Config(
-                app,
+                await self._build(stack),
                 host=HOST,
                 port=0,
                 log_level="warning",
-                lifespan="on",
+                lifespan=self._lifespan,
                 ws="none",
                 timeout_graceful_shutdown=2,
             )
@@ -157,20 +151,20 @@ class _ServerThread(threading.Thread):
 
     def wait_ready(self) -> None:
         if not self._ready.wait(START_TIMEOUT):
-            raise RuntimeError("the live gateway did not start in time")
+            raise RuntimeError("the test server did not start in time")
         if self.error is not None:
-            raise RuntimeError("the live gateway failed to start") from self.error
+            raise RuntimeError("the test server failed to start") from self.error
         if not self.port:
-            raise RuntimeError("the live gateway stopped before serving")
+            raise RuntimeError("the test server stopped before serving")
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
         self.join(STOP_TIMEOUT)
         if self.is_alive():
-            raise RuntimeError("the live gateway did not stop in time")
+            raise RuntimeError("the test server did not stop in time")
         if self.error is not None:
-            raise RuntimeError("the live gateway failed") from self.error
+            raise RuntimeError("the test server failed") from self.error
 
 
 def _mock_only(upstreams: Sequence[FakeUpstream]) -> list[ProviderConfig]:
@@ -190,14 +184,20 @@ def live_gateway(
     ``app`` builds a host app around the gateway to serve instead of ``gateway.app``."""
     options.setdefault("health", HealthConfig(interval=0))
 
-    def make_config(started: Sequence[FakeUpstream]) -> GatewayConfig:
-        return GatewayConfig(providers=providers(started), **options)
+    built: list[Gateway] = []
 
-    thread = _ServerThread(make_config, upstreams, app)
+    async def build(stack: contextlib.AsyncExitStack) -> Any:
+        for upstream in upstreams:
+            await stack.enter_async_context(upstream)
+        config = GatewayConfig(providers=providers(upstreams), **options)
+        gateway = Gateway(config=config)
+        built.append(gateway)
+        return app(gateway) if app else gateway.app
+
+    thread = ServerThread(build)
     thread.start()
     try:
         thread.wait_ready()
-        assert thread.gateway is not None
-        yield LiveGateway(thread.gateway, thread.port, upstreams)
+        yield LiveGateway(built[0], thread.port, upstreams)
     finally:
         thread.stop()

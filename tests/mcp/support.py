@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import httpx2
-import uvicorn
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server import MCPServer
@@ -28,7 +25,7 @@ from leapasgi.config import (
 from leapasgi.gateway import Gateway
 from leapasgi.manager import ProviderManager
 from leapasgi.providers.mock import MockProvider
-from tests.asgi.live_server import ReportingServer
+from tests.asgi.live_server import Lifespan, ServerThread
 
 __all__ = [
     "ACCEPT",
@@ -47,9 +44,6 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-Lifespan = Literal["on", "off"]
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
 
 # A raw 2025-era initialize request, for tests that speak HTTP without the SDK.
 INITIALIZE = {
@@ -143,63 +137,17 @@ async def http_session(
             yield client
 
 
-class _ServerThread(threading.Thread):
-    """Runs uvicorn with the app ``make_app`` builds, in an event loop of its own."""
-
-    def __init__(self, make_app: Callable[[], ASGIApp], lifespan: Lifespan) -> None:
-        super().__init__(name="leapmcp-test-server", daemon=True)
-        self._make_app = make_app
-        self._lifespan = lifespan
-        self._ready = threading.Event()
-        self._server: ReportingServer | None = None
-        self.port = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as exc:  # handed to the test thread, which raises it
-            self.error = exc
-        finally:
-            self._ready.set()
-
-    async def _main(self) -> None:
-        config = uvicorn.Config(
-            self._make_app(),
-            host=HOST,
-            port=0,
-            log_level="warning",
-            lifespan=self._lifespan,
-            ws="none",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = ReportingServer(config, on_started=self._listening)
-        await self._server.serve()
-
-    def _listening(self, server: uvicorn.Server) -> None:
-        self.port = server.servers[0].sockets[0].getsockname()[1]
-        self._ready.set()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        self.join(STOP_TIMEOUT)
-        if self.is_alive():
-            raise RuntimeError("the test server did not stop in time")
-        if self.error is not None:
-            raise RuntimeError("the test server failed") from self.error
-
-
 @contextlib.contextmanager
 def served(make_app: Callable[[], ASGIApp], *, lifespan: Lifespan = "on") -> Iterator[str]:
     """Serve the app on 127.0.0.1 in a thread; yields its base URL (``http://127.0.0.1:N``)."""
-    thread = _ServerThread(make_app, lifespan)
+
+    async def build(stack: contextlib.AsyncExitStack) -> ASGIApp:
+        return make_app()
+
+    thread = ServerThread(build, lifespan=lifespan)
     thread.start()
     try:
-        if not thread._ready.wait(START_TIMEOUT):
-            raise RuntimeError("the test server did not start in time")
-        if thread.error is not None or not thread.port:
-            raise RuntimeError("the test server failed to start") from thread.error
+        thread.wait_ready()
         yield f"http://{HOST}:{thread.port}"
     finally:
         thread.stop()
