@@ -470,7 +470,7 @@ class ProviderManager:
                     # An alias lists its targets in preference order; that order is the priority.
                     priority=position if alias is not None else entry.settings.priority,
                     weight=entry.settings.weight,
-                    latency=entry.stats.ewma.value(now=now),
+                    latency=entry.stats.ewma.value,
                     in_flight=entry.stats.in_flight,
                     probe=probe_after is not None
                     and entry.stats.in_flight == 0

@@ -24,8 +24,8 @@ from .exceptions import (
 from .features import Feature
 from .health import BreakerPolicy, BreakerState, CircuitBreaker, Health
 from .limits import ConcurrencyLimit
-from .metrics import ProviderStats, Quantiles
 from .providers.base import Provider
+from .stats import ProviderStats, Quantiles
 
 __all__ = [
     "ProviderEntry",
@@ -421,7 +421,7 @@ def _snapshot(entry: ProviderEntry, now: float, wall: float) -> ProviderSnapshot
         errors=dict(stats.errors),
         consecutive_errors=stats.consecutive_errors,
         in_flight=stats.in_flight,
-        latency_ewma=stats.ewma.value(now=now),
+        latency_ewma=stats.ewma.value,
         latency=stats.latency.quantiles(),
         ttft=stats.ttft.quantiles(),
         prompt_tokens=stats.prompt_tokens,

@@ -16,9 +16,7 @@ __all__ = [
     "INITIAL_RETRY_DELAY",
     "MAX_RETRY_AFTER",
     "MAX_RETRY_DELAY",
-    "RETRYABLE_STATUSES",
     "RetryPolicy",
-    "is_retryable_status",
     "parse_retry_after",
 ]
 
@@ -27,14 +25,6 @@ MAX_RETRY_DELAY = 8.0
 # A Retry-After hint above this means "not here, not soon": fail over instead of waiting.
 MAX_RETRY_AFTER = 60.0
 DEFAULT_MAX_RETRIES = 3
-RETRYABLE_STATUSES = frozenset({408, 409, 429})
-
-
-def is_retryable_status(status: int) -> bool:
-    """True for 408, 409, 429 and every 5xx; never for other 4xx."""
-    return status in RETRYABLE_STATUSES or 500 <= status <= 599
-
-
 def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date).
 

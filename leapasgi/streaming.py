@@ -7,22 +7,9 @@ chunk so that clients folding the stream get what OpenAI itself would have sent.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
-from pydantic import ValidationError
-
-from .exceptions import (
-    InvalidRequestError,
-    LeapError,
-    MalformedStreamError,
-    RateLimitError,
-    StreamInterruptedError,
-    UpstreamStreamError,
-    error_for_status,
-)
-from .sse import SSEEvent
+from .exceptions import StreamInterruptedError
 from .types import (
     CHUNK_CHOICE_CORE,
     CHUNK_CORE,
@@ -40,8 +27,6 @@ __all__ = [
     "ChunkNormalizer",
     "batches_of",
     "chunks_from_completion",
-    "error_from_payload",
-    "parse_event",
 ]
 
 _CHUNK_OBJECT = "chat.completion.chunk"
@@ -82,71 +67,6 @@ async def batches_of(chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterato
         closer = getattr(chunks, "aclose", None)
         if closer is not None:
             await closer()
-
-
-def parse_event(
-    event: SSEEvent,
-    *,
-    provider: str | None = None,
-    redact: Callable[[str], str] | None = None,
-) -> ChatCompletionChunk | None:
-    """The chunk in ``event``; None for ``[DONE]``. Error events and bad JSON raise; an error
-    event's text passes ``redact`` (upstreams may echo the key they were sent)."""
-    data = event.data
-    if data == "[DONE]":
-        return None
-    try:
-        chunk = ChatCompletionChunk.model_validate_json(data)
-    except ValidationError as exc:
-        raise _malformed(exc, data, provider) from None
-    extra = chunk.model_extra
-    if event.event == "error" or (extra and "error" in extra):
-        raise error_from_payload(json.loads(data), provider=provider, redact=redact)
-    return chunk
-
-
-def _malformed(exc: ValidationError, data: str, provider: str | None) -> LeapError:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    if first["type"] == "json_invalid":
-        what = "is not valid JSON"
-    elif first["type"] == "model_type":
-        what = "is not a JSON object"
-    else:
-        where = ".".join(str(part) for part in first["loc"]) or "root"
-        what = f"does not fit the chunk format (at {where})"
-    return MalformedStreamError(f"The upstream sent a stream event that {what}", provider=provider)
-
-
-def error_from_payload(
-    payload: dict[str, Any],
-    *,
-    provider: str | None = None,
-    redact: Callable[[str], str] | None = None,
-) -> LeapError:
-    """The error an in-stream ``{"error": {...}}`` event stands for; its message, code and
-    param pass ``redact``."""
-    body = payload.get("error", payload)
-    if not isinstance(body, dict):
-        body = {"message": str(body)}
-    message = str(body.get("message") or "The upstream reported an error in the stream")
-    kind = str(body.get("type") or "")
-    code = body.get("code")
-    code_text = str(code) if code is not None else None
-    param = body.get("param") if isinstance(body.get("param"), str) else None
-    if redact is not None:
-        message = redact(message)
-        code_text = redact(code_text) if code_text is not None else None
-        param = redact(param) if param is not None else None
-    status = (
-        body.get("status") or body.get("status_code") or (code if isinstance(code, int) else None)
-    )
-    if isinstance(status, int) and 400 <= status <= 599:
-        return error_for_status(status, message, provider=provider, param=param, code=code_text)
-    if "rate_limit" in kind or code_text in ("rate_limit_exceeded", "insufficient_quota"):
-        return RateLimitError(message, provider=provider, code=code_text)
-    if kind == "invalid_request_error":
-        return InvalidRequestError(message, provider=provider, param=param, code=code_text)
-    return UpstreamStreamError(message, provider=provider, code=code_text)
 
 
 class ChunkNormalizer:

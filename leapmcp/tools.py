@@ -17,7 +17,7 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from leapasgi import Gateway, HealthResult, LeapError, ProviderSnapshot, ProviderStatus, __version__
-from leapasgi.metrics import Quantiles
+from leapasgi.stats import Quantiles
 from leapasgi.registry import ProviderEntry
 
 from ._errors import describe

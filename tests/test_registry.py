@@ -24,7 +24,6 @@ from leapasgi.health import (
     BreakerState,
     Health,
 )
-from leapasgi.metrics import Quantiles
 from leapasgi.providers import MockProvider, OpenAICompatibleProvider, ProviderSettings
 from leapasgi.registry import (
     MAX_TRANSITIONS,
@@ -34,6 +33,7 @@ from leapasgi.registry import (
     RouteSettings,
     Transition,
 )
+from leapasgi.stats import Quantiles
 
 
 def make(policy: BreakerPolicy | None = None) -> tuple[Registry, FakeClock]:

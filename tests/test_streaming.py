@@ -8,20 +8,12 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 
 from leapasgi.exceptions import (
-    InvalidRequestError,
-    MalformedStreamError,
-    RateLimitError,
     StreamInterruptedError,
-    UpstreamStreamError,
-    UpstreamUnavailableError,
 )
-from leapasgi.sse import SSEEvent
 from leapasgi.streaming import (
     ChunkBatch,
     ChunkNormalizer,
     chunks_from_completion,
-    error_from_payload,
-    parse_event,
 )
 from leapasgi.types import ChatCompletion, ChatCompletionChunk
 
@@ -138,34 +130,6 @@ def test_a_stream_that_never_finished_is_interrupted() -> None:
         normalizer.finish()
     with pytest.raises(StreamInterruptedError):
         ChunkNormalizer(include_usage=False).finish()
-
-
-def test_parse_event_done_chunk_and_errors() -> None:
-    assert parse_event(SSEEvent("[DONE]")) is None
-    parsed = parse_event(SSEEvent('{"id": "x", "choices": [], "vendor": 1}'))
-    assert parsed is not None
-    assert parsed.model_extra == {"vendor": 1}
-    for bad in ("{nope", "[1, 2]", '{"choices": 5}'):
-        with pytest.raises(MalformedStreamError):
-            parse_event(SSEEvent(bad), provider="p")
-    with pytest.raises(UpstreamStreamError) as caught:
-        parse_event(SSEEvent('{"error": {"message": "boom", "type": "server_error"}}'))
-    assert caught.value.message == "boom"
-    with pytest.raises(UpstreamStreamError):
-        parse_event(SSEEvent('{"message": "anthropic style"}', event="error"))
-
-
-def test_error_payloads_map_to_the_right_class() -> None:
-    assert isinstance(error_from_payload({"error": {"code": 503}}), UpstreamUnavailableError)
-    limited = error_from_payload({"error": {"type": "rate_limit_error"}})
-    assert isinstance(limited, RateLimitError)
-    bad = error_from_payload({"error": {"type": "invalid_request_error", "param": "n"}})
-    assert isinstance(bad, InvalidRequestError)
-    assert bad.param == "n"
-    assert not bad.retryable
-    plain = error_from_payload({"error": "just text"})
-    assert isinstance(plain, UpstreamStreamError)
-    assert plain.message == "just text"
 
 
 def test_a_whole_completion_becomes_a_valid_stream() -> None:

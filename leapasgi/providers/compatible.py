@@ -32,11 +32,15 @@ from ..streaming import (
     ChunkBatch,
     ChunkNormalizer,
     chunks_from_completion,
-    error_from_payload,
-    parse_event,
 )
 from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
-from ._errors import MAX_ERROR_BODY, error_from_response, translate_client_error
+from ._upstream import (
+    MAX_ERROR_BODY,
+    error_from_payload,
+    error_from_response,
+    parse_event,
+    translate_client_error,
+)
 from ._watch import Expired, ReadWatch
 from .settings import ProviderSettings
 

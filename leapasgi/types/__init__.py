@@ -14,7 +14,7 @@ from .content import (
     UserContent,
     UserContentPart,
 )
-from .errors import ErrorDetail, ErrorEnvelope, invalid_request_from, parse_chat_request
+from .errors import ErrorDetail, ErrorEnvelope
 from .messages import (
     AssistantMessage,
     DeveloperMessage,
@@ -25,6 +25,7 @@ from .messages import (
     UserMessage,
 )
 from .models import Model, ModelList
+from .parsing import invalid_request_from, parse_chat_request
 from .request import (
     AllowedToolsChoice,
     ChatCompletionRequest,

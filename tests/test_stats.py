@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from leapasgi.metrics import (
+from leapasgi.stats import (
     DEFAULT_EWMA_DECAY,
     DEFAULT_WINDOW,
     ERROR_LATENCY_PENALTY,
@@ -88,7 +88,7 @@ def test_window_size_must_be_positive(size: int) -> None:
 def test_ewma_is_none_before_any_sample() -> None:
     ewma = PeakEWMA()
 
-    assert ewma.value(now=NOW) is None
+    assert ewma.value is None
     assert ewma.samples == 0
 
 
@@ -97,7 +97,7 @@ def test_ewma_jumps_up_at_once() -> None:
     ewma.observe(0.1, now=NOW)
     ewma.observe(5.0, now=NOW + 0.001)
 
-    assert ewma.value(now=NOW + 0.001) == 5.0
+    assert ewma.value == 5.0
     assert ewma.samples == 2
 
 
@@ -107,7 +107,7 @@ def test_ewma_decays_down_by_elapsed_time() -> None:
     ewma.observe(0.0, now=NOW + 10.0)
 
     # One decay time later, the old peak keeps weight e^-1.
-    assert ewma.value(now=NOW + 10.0) == pytest.approx(math.exp(-1.0))
+    assert ewma.value == pytest.approx(math.exp(-1.0))
 
 
 def test_ewma_lower_sample_moves_it_less_when_little_time_passed() -> None:
@@ -116,7 +116,7 @@ def test_ewma_lower_sample_moves_it_less_when_little_time_passed() -> None:
         ewma.observe(2.0, now=NOW)
         ewma.observe(0.1, now=NOW + gap)
 
-    quick_value, slow_value = quick.value(now=NOW + 30.0), slow.value(now=NOW + 30.0)
+    quick_value, slow_value = quick.value, slow.value
     assert quick_value is not None
     assert slow_value is not None
     assert 0.1 < slow_value < quick_value < 2.0
@@ -128,14 +128,14 @@ def test_ewma_converges_to_a_steady_latency() -> None:
     for i in range(1, 200):
         ewma.observe(0.1, now=NOW + i)
 
-    assert ewma.value(now=NOW + 200) == pytest.approx(0.1, abs=1e-6)
+    assert ewma.value == pytest.approx(0.1, abs=1e-6)
 
 
 def test_ewma_does_not_decay_without_samples() -> None:
     ewma = PeakEWMA()
     ewma.observe(2.0, now=NOW)
 
-    assert ewma.value(now=NOW + 3_600) == 2.0
+    assert ewma.value == 2.0
 
 
 def test_ewma_ignores_time_going_backwards() -> None:
@@ -143,7 +143,7 @@ def test_ewma_ignores_time_going_backwards() -> None:
     ewma.observe(1.0, now=NOW)
     ewma.observe(0.5, now=NOW - 5.0)
 
-    assert ewma.value(now=NOW) == 1.0
+    assert ewma.value == 1.0
 
 
 @pytest.mark.parametrize("decay", [0.0, -1.0, math.nan])
@@ -166,7 +166,7 @@ def test_fast_failing_provider_looks_slower_than_a_healthy_one() -> None:
         healthy.record_success(0.1, now=now)
         failing.record_failure("UpstreamUnavailableError", 0.001, now=now)
 
-    healthy_cost, failing_cost = healthy.ewma.value(now=now), failing.ewma.value(now=now)
+    healthy_cost, failing_cost = healthy.ewma.value, failing.ewma.value
     assert healthy_cost == pytest.approx(0.1)
     assert failing_cost is not None
     assert healthy_cost is not None
@@ -181,7 +181,7 @@ def test_one_recovery_does_not_erase_the_failure_penalty_at_once() -> None:
     stats.record_failure("timeout", 0.001, now=NOW)
     stats.record_success(0.1, now=NOW + 0.5)
 
-    cost = stats.ewma.value(now=NOW + 0.5)
+    cost = stats.ewma.value
     assert cost is not None
     assert cost > 1.0
 
@@ -218,7 +218,7 @@ def test_failure_records_kind_message_and_time() -> None:
     assert stats.error_count == 2
     assert stats.last_error == "timeout"
     assert stats.last_error_at == NOW + 31
-    assert stats.ewma.value(now=NOW + 31) == 30.0 + ERROR_LATENCY_PENALTY
+    assert stats.ewma.value == 30.0 + ERROR_LATENCY_PENALTY
 
 
 def test_success_resets_consecutive_errors() -> None:
@@ -262,7 +262,7 @@ def test_only_client_errors_leave_success_rate_undefined() -> None:
     stats.record_client_error("InvalidRequestError")
 
     assert stats.success_rate is None
-    assert stats.ewma.value(now=NOW) is None
+    assert stats.ewma.value is None
 
 
 def test_in_flight_never_goes_negative() -> None:
@@ -288,9 +288,7 @@ def test_stats_pass_options_through() -> None:
 
     assert len(stats.latency) == 2
     # penalty 0 and decay 1 s: the old peak 3.0 keeps weight e^-1 against the 0.5 failure.
-    assert stats.ewma.value(now=NOW + 1.0) == pytest.approx(
-        3.0 * math.exp(-1.0) + 0.5 * (1 - math.exp(-1.0))
-    )
+    assert stats.ewma.value == pytest.approx(3.0 * math.exp(-1.0) + 0.5 * (1 - math.exp(-1.0)))
 
 
 def test_stats_are_slotted() -> None:

@@ -82,7 +82,7 @@ class PeakEWMA:
 
     On ``observe(v, now)`` with weight ``w = exp(-(now - last) / decay)``: if ``v`` is above the
     current value it becomes the value; otherwise ``value = value * w + v * (1 - w)``. The value
-    only moves when a sample arrives: ``value(now)`` does not decay it between samples.
+    only moves when a sample arrives: it does not decay between samples.
     """
 
     __slots__ = ("_decay", "_last", "_samples", "_value")
@@ -107,9 +107,9 @@ class PeakEWMA:
         self._last = max(now, self._last)
         self._samples += 1
 
-    def value(self, *, now: float) -> float | None:
-        """The current estimate; None before the first sample. ``now`` is accepted but unused."""
-        del now
+    @property
+    def value(self) -> float | None:
+        """The current estimate; None before the first sample."""
         return self._value
 
     @property

@@ -11,14 +11,24 @@ from leapasgi.exceptions import (
     ConnectRefusedError,
     ConnectResetError,
     ConnectTimeoutError,
+    InvalidRequestError,
     LeapError,
     MalformedResponseError,
+    MalformedStreamError,
     NameResolutionError,
     RateLimitError,
     StreamInterruptedError,
     UpstreamConnectionError,
+    UpstreamStreamError,
+    UpstreamUnavailableError,
 )
-from leapasgi.providers._errors import error_from_response, translate_client_error
+from leapasgi.providers._upstream import (
+    error_from_payload,
+    error_from_response,
+    parse_event,
+    translate_client_error,
+)
+from leapasgi.sse import SSEEvent
 
 KEY = ConnectionKey("api.example.test", 443, True, True, None, None, None, None)
 
@@ -108,3 +118,31 @@ def test_error_bodies_of_every_shape_give_a_message(body: bytes, message: str) -
 def test_an_unexpected_success_status_is_malformed() -> None:
     error = error_from_response(302, {}, b"", provider="p", now=0.0, redact=str)
     assert isinstance(error, MalformedResponseError)
+
+
+def test_parse_event_done_chunk_and_errors() -> None:
+    assert parse_event(SSEEvent("[DONE]")) is None
+    parsed = parse_event(SSEEvent('{"id": "x", "choices": [], "vendor": 1}'))
+    assert parsed is not None
+    assert parsed.model_extra == {"vendor": 1}
+    for bad in ("{nope", "[1, 2]", '{"choices": 5}'):
+        with pytest.raises(MalformedStreamError):
+            parse_event(SSEEvent(bad), provider="p")
+    with pytest.raises(UpstreamStreamError) as caught:
+        parse_event(SSEEvent('{"error": {"message": "boom", "type": "server_error"}}'))
+    assert caught.value.message == "boom"
+    with pytest.raises(UpstreamStreamError):
+        parse_event(SSEEvent('{"message": "anthropic style"}', event="error"))
+
+
+def test_error_payloads_map_to_the_right_class() -> None:
+    assert isinstance(error_from_payload({"error": {"code": 503}}), UpstreamUnavailableError)
+    limited = error_from_payload({"error": {"type": "rate_limit_error"}})
+    assert isinstance(limited, RateLimitError)
+    bad = error_from_payload({"error": {"type": "invalid_request_error", "param": "n"}})
+    assert isinstance(bad, InvalidRequestError)
+    assert bad.param == "n"
+    assert not bad.retryable
+    plain = error_from_payload({"error": "just text"})
+    assert isinstance(plain, UpstreamStreamError)
+    assert plain.message == "just text"

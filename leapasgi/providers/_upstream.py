@@ -1,4 +1,6 @@
-"""Translating aiohttp failures and upstream error responses into leapasgi errors, once."""
+"""What an upstream sends back, read in one place: error responses, error payloads (in a 200
+body or a stream event), stream events, and aiohttp failures, each translated once into the
+leapasgi error it stands for, with any secret the upstream echoed scrubbed."""
 
 from __future__ import annotations
 
@@ -7,22 +9,35 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
 from ..exceptions import (
     ConfigurationError,
     ConnectRefusedError,
     ConnectResetError,
     ConnectTimeoutError,
+    InvalidRequestError,
     LeapError,
     MalformedResponseError,
+    MalformedStreamError,
     NameResolutionError,
+    RateLimitError,
     StreamInterruptedError,
     UpstreamConnectionError,
+    UpstreamStreamError,
     error_for_status,
 )
 from ..retry import parse_retry_after
+from ..sse import SSEEvent
+from ..types import ChatCompletionChunk
 
-__all__ = ["error_from_response", "translate_client_error"]
+__all__ = [
+    "MAX_ERROR_BODY",
+    "error_from_payload",
+    "error_from_response",
+    "parse_event",
+    "translate_client_error",
+]
 
 # Upstream error bodies are read only this far: enough for any message, bounded for memory.
 MAX_ERROR_BODY = 64 * 1024
@@ -112,3 +127,68 @@ def _error_detail(body: bytes) -> dict[str, Any]:
         if isinstance(inner, str):
             return {"message": inner}
     return {}
+
+
+def parse_event(
+    event: SSEEvent,
+    *,
+    provider: str | None = None,
+    redact: Callable[[str], str] | None = None,
+) -> ChatCompletionChunk | None:
+    """The chunk in ``event``; None for ``[DONE]``. Error events and bad JSON raise; an error
+    event's text passes ``redact`` (upstreams may echo the key they were sent)."""
+    data = event.data
+    if data == "[DONE]":
+        return None
+    try:
+        chunk = ChatCompletionChunk.model_validate_json(data)
+    except ValidationError as exc:
+        raise _malformed(exc, data, provider) from None
+    extra = chunk.model_extra
+    if event.event == "error" or (extra and "error" in extra):
+        raise error_from_payload(json.loads(data), provider=provider, redact=redact)
+    return chunk
+
+
+def _malformed(exc: ValidationError, data: str, provider: str | None) -> LeapError:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    if first["type"] == "json_invalid":
+        what = "is not valid JSON"
+    elif first["type"] == "model_type":
+        what = "is not a JSON object"
+    else:
+        where = ".".join(str(part) for part in first["loc"]) or "root"
+        what = f"does not fit the chunk format (at {where})"
+    return MalformedStreamError(f"The upstream sent a stream event that {what}", provider=provider)
+
+
+def error_from_payload(
+    payload: dict[str, Any],
+    *,
+    provider: str | None = None,
+    redact: Callable[[str], str] | None = None,
+) -> LeapError:
+    """The error an in-stream ``{"error": {...}}`` event stands for; its message, code and
+    param pass ``redact``."""
+    body = payload.get("error", payload)
+    if not isinstance(body, dict):
+        body = {"message": str(body)}
+    message = str(body.get("message") or "The upstream reported an error in the stream")
+    kind = str(body.get("type") or "")
+    code = body.get("code")
+    code_text = str(code) if code is not None else None
+    param = body.get("param") if isinstance(body.get("param"), str) else None
+    if redact is not None:
+        message = redact(message)
+        code_text = redact(code_text) if code_text is not None else None
+        param = redact(param) if param is not None else None
+    status = (
+        body.get("status") or body.get("status_code") or (code if isinstance(code, int) else None)
+    )
+    if isinstance(status, int) and 400 <= status <= 599:
+        return error_for_status(status, message, provider=provider, param=param, code=code_text)
+    if "rate_limit" in kind or code_text in ("rate_limit_exceeded", "insufficient_quota"):
+        return RateLimitError(message, provider=provider, code=code_text)
+    if kind == "invalid_request_error":
+        return InvalidRequestError(message, provider=provider, param=param, code=code_text)
+    return UpstreamStreamError(message, provider=provider, code=code_text)
