@@ -93,7 +93,7 @@ async def run(port: int, calls: int, rounds: int, only: str | None) -> None:
             return await provider.chat(REQUEST)
 
         async def stream() -> object:
-            return [chunk async for chunk in provider.stream(STREAM_REQUEST)]
+            return [batch async for batch in provider.stream(STREAM_REQUEST)]
 
         rows: Rows = dict(zip(ROW_NAMES, (bare, bare_stream, chat, stream), strict=True))
         if only is not None:

@@ -19,6 +19,8 @@ from leapasgi import (
     OpenAICompatibleProvider,
     Provider,
     ProviderSettings,
+    Retrying,
+    chunks_of,
 )
 
 WEATHER_TOOL = {
@@ -43,7 +45,9 @@ def choose_provider() -> tuple[Provider, str]:
     preset = os.environ.get("LEAP_PRESET")
     if preset:
         settings = ProviderSettings.from_preset(preset)
-        return OpenAICompatibleProvider(settings), os.environ.get("LEAP_MODEL", "")
+        # A provider makes one attempt per call; on its own, Retrying adds retries.
+        provider = Retrying(OpenAICompatibleProvider(settings))
+        return provider, os.environ.get("LEAP_MODEL", "")
     return MockProvider(), "mock-chat"
 
 
@@ -63,7 +67,7 @@ async def main() -> None:
 
     print("stream: ", end="")
     streamed = request(model, "Stream me a short answer.", stream=True)
-    async for chunk in provider.stream(streamed):
+    async for chunk in chunks_of(provider.stream(streamed)):  # the stream comes in batches
         if chunk.choices:
             print(chunk.choices[0].delta.content or "", end="", flush=True)
     print("\n")

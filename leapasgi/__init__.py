@@ -12,11 +12,16 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .access import (
+        AccessPolicy,
+        Role,
+    )
     from .accumulate import (
         ChatCompletionAccumulator,
         collect,
     )
     from .asgi import (
+        Gateway,
         LeapMiddleware,
     )
     from .balancing import (
@@ -26,6 +31,7 @@ if TYPE_CHECKING:
         Clock,
         FakeClock,
         SystemClock,
+        sleep_until,
     )
     from .config import (
         AliasConfig,
@@ -35,6 +41,9 @@ if TYPE_CHECKING:
         RoutingConfig,
         load_config,
         parse_config,
+    )
+    from .deadline import (
+        Deadline,
     )
     from .exceptions import (
         AuthenticationError,
@@ -62,6 +71,7 @@ if TYPE_CHECKING:
         StreamError,
         StreamInterruptedError,
         UnprocessableEntityError,
+        UnsupportedFeatureError,
         UpstreamConnectionError,
         UpstreamStreamError,
         UpstreamTimeoutError,
@@ -72,26 +82,37 @@ if TYPE_CHECKING:
         required_features,
     )
     from .gateway import (
-        Gateway,
+        GatewayCore,
     )
     from .health import (
         BreakerPolicy,
     )
+    from .managed_stream import (
+        ManagedStream,
+    )
     from .manager import (
         HealthResult,
-        ManagedStream,
         ProviderManager,
+    )
+    from .outcome import (
+        Outcome,
     )
     from .providers import (
         PRESETS,
+        Capabilities,
         Fault,
         MockProvider,
         OpenAICompatibleProvider,
         Preset,
         Provider,
         ProviderSettings,
+        Retrying,
         Timeouts,
+        WireProtocol,
         get_preset,
+    )
+    from .redact import (
+        Redactor,
     )
     from .registry import (
         ProviderSnapshot,
@@ -101,6 +122,13 @@ if TYPE_CHECKING:
     )
     from .retry import (
         RetryPolicy,
+    )
+    from .stats import (
+        Quantiles,
+    )
+    from .streaming import (
+        ChunkBatch,
+        chunks_of,
     )
     from .trail import (
         Attempt,
@@ -118,20 +146,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PRESETS",
+    "AccessPolicy",
     "AliasConfig",
     "Attempt",
     "AuthenticationError",
     "BreakerPolicy",
+    "Capabilities",
     "ChatCompletion",
     "ChatCompletionAccumulator",
     "ChatCompletionChunk",
     "ChatCompletionRequest",
+    "ChunkBatch",
     "Clock",
     "ConfigurationError",
     "ConflictError",
     "ConnectRefusedError",
     "ConnectResetError",
     "ConnectTimeoutError",
+    "Deadline",
     "DeadlineExceededError",
     "FakeClock",
     "Fault",
@@ -139,6 +171,7 @@ __all__ = [
     "FirstByteTimeoutError",
     "Gateway",
     "GatewayConfig",
+    "GatewayCore",
     "HealthConfig",
     "HealthResult",
     "IdleTimeoutError",
@@ -157,6 +190,7 @@ __all__ = [
     "NoProviderAvailableError",
     "NotFoundError",
     "OpenAICompatibleProvider",
+    "Outcome",
     "PermissionDeniedError",
     "Preset",
     "Provider",
@@ -166,10 +200,14 @@ __all__ = [
     "ProviderSettings",
     "ProviderSnapshot",
     "ProviderStatus",
+    "Quantiles",
     "RateLimitError",
+    "Redactor",
     "Registry",
     "RequestTooLargeError",
     "RetryPolicy",
+    "Retrying",
+    "Role",
     "RouteSettings",
     "RoutingConfig",
     "RoutingTrail",
@@ -179,42 +217,51 @@ __all__ = [
     "SystemClock",
     "Timeouts",
     "UnprocessableEntityError",
+    "UnsupportedFeatureError",
     "UpstreamConnectionError",
     "UpstreamStreamError",
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
     "Usage",
+    "WireProtocol",
     "__version__",
+    "chunks_of",
     "collect",
     "get_preset",
     "load_config",
     "parse_chat_request",
     "parse_config",
     "required_features",
+    "sleep_until",
 ]
 
 _EXPORTS: dict[str, str] = {
+    "AccessPolicy": ".access",
     "AliasConfig": ".config",
     "Attempt": ".trail",
     "AuthenticationError": ".exceptions",
     "BreakerPolicy": ".health",
+    "Capabilities": ".providers",
     "ChatCompletion": ".types",
     "ChatCompletionAccumulator": ".accumulate",
     "ChatCompletionChunk": ".types",
     "ChatCompletionRequest": ".types",
+    "ChunkBatch": ".streaming",
     "Clock": ".clock",
     "ConfigurationError": ".exceptions",
     "ConflictError": ".exceptions",
     "ConnectRefusedError": ".exceptions",
     "ConnectResetError": ".exceptions",
     "ConnectTimeoutError": ".exceptions",
+    "Deadline": ".deadline",
     "DeadlineExceededError": ".exceptions",
     "FakeClock": ".clock",
     "Fault": ".providers",
     "Feature": ".features",
     "FirstByteTimeoutError": ".exceptions",
-    "Gateway": ".gateway",
+    "Gateway": ".asgi",
     "GatewayConfig": ".config",
+    "GatewayCore": ".gateway",
     "HealthConfig": ".config",
     "HealthResult": ".manager",
     "IdleTimeoutError": ".exceptions",
@@ -224,29 +271,34 @@ _EXPORTS: dict[str, str] = {
     "LeapTimeoutError": ".exceptions",
     "MalformedResponseError": ".exceptions",
     "MalformedStreamError": ".exceptions",
-    "ManagedStream": ".manager",
+    "ManagedStream": ".managed_stream",
     "MockProvider": ".providers",
     "Model": ".types",
     "ModelList": ".types",
     "ModelNotFoundError": ".exceptions",
     "NameResolutionError": ".exceptions",
     "NoProviderAvailableError": ".exceptions",
-    "ProviderBusyError": ".exceptions",
     "NotFoundError": ".exceptions",
     "OpenAICompatibleProvider": ".providers",
+    "Outcome": ".outcome",
     "PRESETS": ".providers",
     "PermissionDeniedError": ".exceptions",
     "Preset": ".providers",
     "Provider": ".providers",
+    "ProviderBusyError": ".exceptions",
     "ProviderConfig": ".config",
     "ProviderManager": ".manager",
     "ProviderSettings": ".providers",
     "ProviderSnapshot": ".registry",
     "ProviderStatus": ".registry",
+    "Quantiles": ".stats",
     "RateLimitError": ".exceptions",
+    "Redactor": ".redact",
     "Registry": ".registry",
     "RequestTooLargeError": ".exceptions",
     "RetryPolicy": ".retry",
+    "Retrying": ".providers",
+    "Role": ".access",
     "RouteSettings": ".registry",
     "RoutingConfig": ".config",
     "RoutingTrail": ".trail",
@@ -256,17 +308,21 @@ _EXPORTS: dict[str, str] = {
     "SystemClock": ".clock",
     "Timeouts": ".providers",
     "UnprocessableEntityError": ".exceptions",
+    "UnsupportedFeatureError": ".exceptions",
     "UpstreamConnectionError": ".exceptions",
     "UpstreamStreamError": ".exceptions",
     "UpstreamTimeoutError": ".exceptions",
     "UpstreamUnavailableError": ".exceptions",
     "Usage": ".types",
+    "WireProtocol": ".providers",
+    "chunks_of": ".streaming",
     "collect": ".accumulate",
     "get_preset": ".providers",
     "load_config": ".config",
     "parse_chat_request": ".types",
     "parse_config": ".config",
     "required_features": ".features",
+    "sleep_until": ".clock",
 }
 
 

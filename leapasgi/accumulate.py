@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable
 from typing import Any
 
+from .streaming import ChunkBatch
 from .types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -211,9 +212,16 @@ class ChatCompletionAccumulator:
         )
 
 
-async def collect(stream: AsyncIterable[ChatCompletionChunk]) -> ChatCompletion:
-    """Consume ``stream`` and return the completion it adds up to."""
+async def collect(
+    stream: AsyncIterable[ChatCompletionChunk] | AsyncIterable[ChunkBatch],
+) -> ChatCompletion:
+    """Consume ``stream`` (chunks, or a provider's batches of them) and return the
+    completion it adds up to."""
     accumulator = ChatCompletionAccumulator()
-    async for chunk in stream:
-        accumulator.add(chunk)
+    async for item in stream:
+        if isinstance(item, ChunkBatch):
+            for chunk in item.chunks:
+                accumulator.add(chunk)
+        else:
+            accumulator.add(item)
     return accumulator.result()

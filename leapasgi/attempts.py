@@ -5,6 +5,9 @@ comes back after its backoff (or Retry-After). Everything shares one deadline an
 budget, so retries and failovers never multiply. A provider under a Retry-After hold is tried
 when its hold ends, if that is within the deadline; one at its concurrency limit is skipped
 without counting as an attempt or as the provider's failure.
+
+Nothing here raises: each failure returns a ``Decision``, and the dispatcher ends the request
+with ``final_error`` or ``exhausted_error``.
 """
 
 from __future__ import annotations
@@ -13,27 +16,31 @@ import heapq
 import random
 from collections import deque
 from collections.abc import Callable
+from enum import Enum
 
-from .clock import Clock
-from .exceptions import (
-    DeadlineExceededError,
-    LeapError,
-    NoProviderAvailableError,
-    ProviderBusyError,
-    RateLimitError,
-)
+from .clock import Clock, sleep_until
+from .deadline import Deadline
+from .exceptions import LeapError, NoProviderAvailableError, ProviderBusyError, RateLimitError
 from .health import least_recently_ejected
 from .registry import ProviderEntry, Registry
-from .retry import RetryPolicy
+from .retry import RetryPolicy, is_final
 from .routing import Route
 from .trail import OK, Attempt, RoutingTrail
 
-__all__ = ["BUSY_RETRY_AFTER", "UNAVAILABLE_RETRY_AFTER", "RequestAttempts"]
+__all__ = ["BUSY_RETRY_AFTER", "UNAVAILABLE_RETRY_AFTER", "Decision", "RequestAttempts"]
 
 # Retry-After for a 429 or 503 when nothing can serve and no upstream gave a hint.
 UNAVAILABLE_RETRY_AFTER = 5.0
 # Retry-After when every provider able to serve was at its concurrency limit: slots free fast.
 BUSY_RETRY_AFTER = 1.0
+
+
+class Decision(Enum):
+    """What a failed attempt leads to."""
+
+    RETRY = "retry"  # the same provider again, after its backoff; others may come first
+    FAIL_OVER = "fail_over"  # not this provider again: the next candidate, if any
+    FINAL = "final"  # the error goes back to the caller as it is (400, 404, the deadline...)
 
 
 class RequestAttempts:
@@ -48,10 +55,10 @@ class RequestAttempts:
         rng: random.Random,
         policy: Callable[[int], RetryPolicy],
         max_attempts: int,
-        deadline: float,
-        trail: RoutingTrail | None = None,
+        deadline: Deadline,
+        trail: RoutingTrail,
     ) -> None:
-        self.trail = trail if trail is not None else RoutingTrail()
+        self.trail = trail
         self.deadline = deadline
         self._registry = registry
         self._clock = clock
@@ -69,42 +76,56 @@ class RequestAttempts:
         self._held: tuple[float, bool] | None = None
 
     async def next(self) -> Route | None:
-        """The next route to try, waiting for a due retry if nothing fresh is left."""
+        """The next route to try, waiting for a due retry if nothing fresh is left; None when
+        the budget is spent or nothing is left to try."""
         trail = self.trail
-        if trail.tries >= self._max_attempts:
+        registry = self._registry
+        while trail.tries < self._max_attempts:
+            while self._fresh:
+                route = self._fresh.popleft()
+                if route.provider not in registry:
+                    continue
+                entry = registry.get(route.provider)
+                if entry.breaker.allow():
+                    return route
+                held_until = entry.breaker.held_until
+                if held_until is not None:
+                    self._hold(route, entry, held_until)
+                    continue
+                self._ejected.append(route)
+                trail.attempts.append(Attempt(route.provider, route.model, "ejected", skipped=True))
+            if self._later:
+                when, _, route = heapq.heappop(self._later)
+                await sleep_until(self._clock, when)
+                if route.provider not in registry:
+                    continue
+                entry = registry.get(route.provider)
+                if entry.breaker.allow():
+                    return route
+                # Held again (another request's 429) or ejected meanwhile: note it and go on.
+                held_until = entry.breaker.held_until
+                if held_until is not None:
+                    self._hold(route, entry, held_until)
+                else:
+                    trail.attempts.append(
+                        Attempt(route.provider, route.model, "ejected", skipped=True)
+                    )
+                continue
+            return self._panic()
+        return None
+
+    def _panic(self) -> Route | None:
+        """Every candidate is ejected and none was tried: the one ejected longest ago, rather
+        than failing at once (the breaker admits it as a probe)."""
+        if not self._ejected or self.trail.tries:
             return None
         registry = self._registry
-        while self._fresh:
-            route = self._fresh.popleft()
-            if route.provider not in registry:
-                continue
-            entry = registry.get(route.provider)
-            if entry.breaker.allow():
-                return route
-            held_until = entry.breaker.held_until
-            if held_until is not None:
-                self._hold(route, entry, held_until)
-                continue
-            self._ejected.append(route)
-            trail.attempts.append(Attempt(route.provider, route.model, "ejected", skipped=True))
-        if self._later:
-            when, _, route = heapq.heappop(self._later)
-            wait = when - self._clock.monotonic()
-            if wait > 0:
-                await self._clock.sleep(wait)
-            if route.provider in registry and registry.get(route.provider).breaker.allow():
-                return route
-            return await self.next()
-        if self._ejected and trail.tries == 0:
-            # Panic mode: every candidate is ejected; try the one ejected longest ago rather
-            # than failing at once (the breaker admits it as a probe).
-            by_name = {r.provider: r for r in self._ejected}
-            breakers = {name: registry.get(name).breaker for name in by_name}
-            route = by_name[least_recently_ejected(breakers) or self._ejected[0].provider]
-            self._ejected.clear()
-            registry.get(route.provider).breaker.force_probe()
-            return route
-        return None
+        by_name = {r.provider: r for r in self._ejected}
+        breakers = {name: registry.get(name).breaker for name in by_name}
+        route = by_name[least_recently_ejected(breakers) or self._ejected[0].provider]
+        self._ejected.clear()
+        registry.get(route.provider).breaker.force_probe()
+        return route
 
     def _hold(self, route: Route, entry: ProviderEntry, until: float) -> None:
         # Like a Retry-After this request got itself: wait for it if the deadline allows.
@@ -119,14 +140,13 @@ class RequestAttempts:
             )
         )
         max_wait = self._policy(entry.settings.max_retries).max_retry_after
-        if until < self.deadline and left <= max_wait:
+        if until < self.deadline.at and left <= max_wait:
             heapq.heappush(self._later, (until, len(self.trail.attempts), route))
         elif self._held is None or left < self._held[0]:
             self._held = (left, entry.held_for_rate_limit)
 
-    def overflowed(self, route: Route, error: ProviderBusyError, *, out_of_time: bool) -> None:
-        """Note a provider that was at its concurrency limit: not an attempt, not its failure.
-        Raise when the wait for a slot used up the request's time."""
+    def record_overflow(self, route: Route, error: ProviderBusyError) -> None:
+        """Note a provider that was at its concurrency limit: not an attempt, not its failure."""
         self.trail.attempts.append(
             Attempt(
                 route.provider,
@@ -140,65 +160,71 @@ class RequestAttempts:
             self._busy = [error]
         else:
             self._busy.append(error)
-        if out_of_time:
-            raise self.exhausted()
 
-    def succeeded(self, route: Route, latency: float) -> None:
+    def record_success(self, route: Route, latency: float) -> None:
         """Note the attempt that served the request."""
         self.trail.attempts.append(Attempt(route.provider, route.model, OK, latency=latency))
 
-    def failed(self, route: Route, entry: ProviderEntry, exc: LeapError, started: float) -> None:
-        """Record a failed attempt, then raise it if it must go back to the caller unchanged
-        (400, 401, 403, 404, 413, 422, the deadline), or queue a retry of the same provider."""
-        latency = self._clock.monotonic() - started
-        final = not exc.retryable or isinstance(exc, DeadlineExceededError)
-        if final:
-            entry.refused(exc)
+    def record_failure(
+        self, route: Route, entry: ProviderEntry, error: LeapError, latency: float
+    ) -> Decision:
+        """Note a failed attempt and decide what follows: FINAL when the error must go back to
+        the caller unchanged, RETRY with the retry queued, else FAIL_OVER."""
+        message = error.message
+        decision = Decision.FAIL_OVER
+        if is_final(error):
+            decision = Decision.FINAL
         else:
-            entry.failed(exc, latency)
+            self._last_error = error
+            if error.retry_after is not None:
+                self._hints.append(error.retry_after)
+            policy = self._policy(entry.settings.max_retries)
+            if error.retry_after is not None and error.retry_after > policy.max_retry_after:
+                message += (
+                    f" (Retry-After {error.retry_after:g} s is over the "
+                    f"{policy.max_retry_after:g} s cap: not retried on this provider)"
+                )
+            elif self._retry_later(route, policy, error):
+                decision = Decision.RETRY
         self.trail.attempts.append(
             Attempt(
                 route.provider,
                 route.model,
-                type(exc).__name__,
-                status=exc.upstream_status,
+                type(error).__name__,
+                status=error.upstream_status,
                 latency=latency,
-                message=exc.message,
+                message=message,
             )
         )
-        if final:
-            raise self._with_trail(exc)
-        self._last_error = exc
-        if exc.retry_after is not None:
-            self._hints.append(exc.retry_after)
-        if exc.retry_here:
-            self._retry_later(route, entry, exc)
+        return decision
 
-    def _retry_later(self, route: Route, entry: ProviderEntry, exc: LeapError) -> None:
+    def _retry_later(self, route: Route, policy: RetryPolicy, error: LeapError) -> bool:
         retry = self._retries.get(route.provider, 0)
-        policy = self._policy(entry.settings.max_retries)
-        delay = policy.delay(retry, retry_after=exc.retry_after, rng=self._rng.random)
+        delay = policy.after(error, retry, rng=self._rng.random)
         if delay is None:
-            return
+            return False
         when = self._clock.monotonic() + delay
-        if when < self.deadline:
-            self._retries[route.provider] = retry + 1
-            # The sequence number (one attempt noted per push) keeps equal times in the order
-            # they were queued, and routes are never compared.
-            heapq.heappush(self._later, (when, len(self.trail.attempts), route))
+        if when >= self.deadline.at:
+            return False
+        self._retries[route.provider] = retry + 1
+        # The sequence number (one attempt noted per push) keeps equal times in the order
+        # they were queued, and routes are never compared.
+        heapq.heappush(self._later, (when, len(self.trail.attempts) + 1, route))
+        return True
 
-    def exhausted(self) -> LeapError:
+    def final_error(self, error: LeapError) -> LeapError:
+        """The error a request ends with when an attempt's error goes back as it is."""
+        return error.for_request(self.trail)
+
+    def exhausted_error(self) -> LeapError:
         """The error for a request nothing could serve: the last upstream error, else a 503
         (or a 429 when every provider is holding off after a 429); it carries the smallest
         Retry-After any upstream gave, and a default one for a 429 or 503 without a hint."""
-        error = self._last_error or self._overflow()
-        if error is None:
-            error = self._nothing_available()
-        if self._hints:
-            error.retry_after = min(self._hints)
-        elif error.retry_after is None and error.http_status in (429, 503):
-            error.retry_after = UNAVAILABLE_RETRY_AFTER
-        return self._with_trail(error)
+        error = self._last_error or self._overflow() or self._nothing_available()
+        retry_after = min(self._hints) if self._hints else None
+        if retry_after is None and error.retry_after is None and error.http_status in (429, 503):
+            retry_after = UNAVAILABLE_RETRY_AFTER
+        return error.for_request(self.trail, retry_after=retry_after)
 
     def _overflow(self) -> ProviderBusyError | None:
         busy = self._busy
@@ -219,8 +245,3 @@ class RequestAttempts:
         left, rate_limited = self._held
         cls = RateLimitError if rate_limited else NoProviderAvailableError
         return cls("Every provider asked to wait (Retry-After)", retry_after=left)
-
-    def _with_trail(self, error: LeapError) -> LeapError:
-        error.attempts = self.trail.tries
-        error.trail = self.trail
-        return error

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from . import __version__
 from ._logging import configure_server_logging
-from ._redact import public_url
 from .exceptions import LeapError
 from .providers.presets import PRESETS
+from .redact import public_url
 
 __all__ = ["app_from_env", "main"]
 
@@ -53,7 +53,7 @@ def _check(path: Path) -> int:
 
 def app_from_env() -> object:
     """The ASGI app for the config named by LEAPASGI_CONFIG (uvicorn factory, for --workers)."""
-    from .gateway import Gateway
+    from .asgi import Gateway
 
     configure_server_logging(sys.stderr)  # each worker process sets up its own
     return Gateway.from_config(os.environ[CONFIG_ENV]).app

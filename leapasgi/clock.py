@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Protocol
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "sleep_until"]
 
 
 class Clock(Protocol):
@@ -54,3 +54,10 @@ class FakeClock:
         self.sleeps.append(seconds)
         self._now += max(seconds, 0.0)
         await asyncio.sleep(0)
+
+
+async def sleep_until(clock: Clock, when: float) -> None:
+    """Sleep until ``clock.monotonic()`` reaches ``when``. Event-loop timers may fire a little
+    early (uvloop's by up to a millisecond), so the rest is slept again until it has passed."""
+    while (left := when - clock.monotonic()) > 0:
+        await clock.sleep(left)

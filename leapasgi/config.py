@@ -31,7 +31,6 @@ from pydantic import (
 )
 
 from ._config_file import SKIPPED_CONTEXT, format_errors, prepare, read_text
-from ._redact import public_url
 from .balancing import Strategy
 from .clock import Clock
 from .exceptions import ConfigurationError
@@ -43,7 +42,8 @@ from .providers.mock import MockProvider
 from .providers.presets import PRESETS, Preset, get_preset
 from .providers.settings import DEFAULT_MAX_CONNECTIONS, ProviderSettings, check_headers
 from .providers.urls import check_base_url
-from .retry import INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY, RetryPolicy
+from .redact import public_url
+from .retry import DEFAULT_MAX_RETRIES, INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 
 __all__ = [
     "DEFAULT_BASE_EJECTION",
@@ -57,7 +57,6 @@ __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_EJECTION",
     "DEFAULT_PORT",
-    "DEFAULT_PROVIDER_RETRIES",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "STRATEGIES",
@@ -76,7 +75,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_KEEPALIVE_INTERVAL = 15.0
-DEFAULT_PROVIDER_RETRIES = 2
 DEFAULT_MAX_ATTEMPTS = 4
 DEFAULT_REQUEST_TIMEOUT = DEFAULT_TOTAL_TIMEOUT
 DEFAULT_FIRST_TOKEN_TIMEOUT = 60.0
@@ -138,7 +136,7 @@ class ProviderConfig(_Config):
     # The whole call to this provider, retries included; it stops an upstream that drips.
     total_timeout: float | None = Field(default=None, gt=0)
     # Retries on this provider within one request; the manager runs them (and caps the request).
-    max_retries: int = Field(default=DEFAULT_PROVIDER_RETRIES, ge=0)
+    max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
     features: list[str] | None = None
     models: list[str] = Field(default_factory=list)
     weight: float = Field(default=1.0, gt=0)
@@ -230,7 +228,7 @@ class ProviderConfig(_Config):
     def build(
         self, *, clock: Clock | None = None, env: Mapping[str, str] | None = None
     ) -> Provider:
-        """The provider client; its own retries are off, since the manager is the one retry loop."""
+        """The provider client (one upstream attempt per call: the dispatcher retries)."""
         if self.type == "mock":
             return MockProvider(
                 name=self.name,
@@ -250,7 +248,6 @@ class ProviderConfig(_Config):
                 api_key=self.resolve_key(env),
                 preset=self.preset,
                 timeouts=self._timeouts(),
-                retry=RetryPolicy(max_retries=0),
                 features=frozenset(self._features()),
                 models=tuple(self.models),
                 headers=self.headers,

@@ -1,27 +1,37 @@
-"""The request deadline, handed from the manager to providers that honour it.
-
-The manager sets it around each attempt; a provider that reads it stops at the earlier of its
-own total timeout and the request's deadline, so the manager needs no timer of its own.
-"""
+"""A request's deadline, handed explicitly from the dispatcher to every provider call."""
 
 from __future__ import annotations
 
-from contextvars import ContextVar
-
 from .clock import Clock
 
-__all__ = ["REQUEST_DEADLINE", "deadline_for"]
-
-# (the clock it is measured on, the monotonic time it falls at)
-REQUEST_DEADLINE: ContextVar[tuple[Clock, float] | None] = ContextVar(
-    "leapasgi_request_deadline", default=None
-)
+__all__ = ["Deadline"]
 
 
-def deadline_for(clock: Clock, total: float) -> float:
-    """``total`` seconds from now on ``clock``, or the request's deadline if that is sooner."""
-    deadline = clock.monotonic() + total
-    request = REQUEST_DEADLINE.get()
-    if request is not None and request[0] is clock and request[1] < deadline:
-        return request[1]
-    return deadline
+class Deadline:
+    """The moment a request must be done by, on the clock it was set with.
+
+    Providers may run on another clock than the dispatcher (tests drive one with a fake clock),
+    so they read only ``remaining()``: the seconds left, which mean the same on any clock.
+    """
+
+    __slots__ = ("at", "clock")
+
+    def __init__(self, at: float, clock: Clock) -> None:
+        self.at = at
+        self.clock = clock
+
+    @classmethod
+    def after(cls, seconds: float, clock: Clock) -> Deadline:
+        """The deadline ``seconds`` from now."""
+        return cls(clock.monotonic() + seconds, clock)
+
+    def remaining(self) -> float:
+        """Seconds left; 0 once it has passed."""
+        return max(self.at - self.clock.monotonic(), 0.0)
+
+    def within(self, seconds: float) -> float:
+        """``seconds``, or the time left if that is shorter."""
+        return min(seconds, self.remaining())
+
+    def __repr__(self) -> str:
+        return f"Deadline(remaining={self.remaining():.3f})"

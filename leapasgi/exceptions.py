@@ -3,13 +3,15 @@
 Every error knows the HTTP status and the OpenAI error body a client should get, and carries
 structured fields (provider, upstream status, retry_after, retryable) instead of text glued into
 its message. Foreign errors (aiohttp, upstream responses) are translated once, in the provider
-layer, with ``raise Mapped(...) from exc``.
+layer, with ``raise Mapped(...) from exc``. An error is never changed once raised: the error a
+request ends with is a copy made by ``for_request``, carrying its routing trail.
 
     LeapError
     ├── ConfigurationError               settings that cannot work (unknown preset, missing key)
     ├── InvalidRequestError              400 the request is malformed or asks for the impossible
     │   ├── RequestTooLargeError         413
-    │   └── UnprocessableEntityError     422
+    │   ├── UnprocessableEntityError     422
+    │   └── UnsupportedFeatureError      400 no provider of the model has a feature it needs
     ├── AuthenticationError              401 the API key was refused
     ├── PermissionDeniedError            403
     ├── NotFoundError                    404
@@ -38,8 +40,9 @@ layer, with ``raise Mapped(...) from exc``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 if TYPE_CHECKING:
     from .trail import RoutingTrail
@@ -70,6 +73,7 @@ __all__ = [
     "StreamError",
     "StreamInterruptedError",
     "UnprocessableEntityError",
+    "UnsupportedFeatureError",
     "UpstreamConnectionError",
     "UpstreamStreamError",
     "UpstreamTimeoutError",
@@ -99,6 +103,7 @@ class LeapError(Exception):
         code: str | None = None,
         request_id: str | None = None,
         attempts: int = 1,
+        trail: RoutingTrail | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -112,10 +117,21 @@ class LeapError(Exception):
         self.param = param
         self.code = code if code is not None else self.default_code
         self.request_id = request_id
+        # Upstream attempts the request made, and its routing trail (every provider tried
+        # and why each failed), on the error a request ended with; None for errors raised
+        # outside the dispatcher.
         self.attempts = attempts
-        # The manager's routing trail of the request that failed (a RoutingTrail), for logs and
-        # response headers; None for errors raised outside the manager.
-        self.trail: RoutingTrail | None = None
+        self.trail = trail
+
+    def for_request(self, trail: RoutingTrail, *, retry_after: float | None = None) -> Self:
+        """A copy of this error as the outcome of the request ``trail`` belongs to: with the
+        trail, the number of attempts, and ``retry_after`` when given."""
+        error = copy.copy(self)
+        error.trail = trail
+        error.attempts = trail.tries
+        if retry_after is not None:
+            error.retry_after = retry_after
+        return error
 
     @property
     def http_status(self) -> int:
@@ -178,6 +194,13 @@ class UnprocessableEntityError(InvalidRequestError):
     """Raised when the upstream understood the request but cannot process it (422)."""
 
     status_code = 422
+
+
+class UnsupportedFeatureError(InvalidRequestError):
+    """Raised when no provider serving the model supports what the request needs (tools,
+    vision, streaming...); ``param`` is "model"."""
+
+    default_code = "unsupported_feature"
 
 
 class AuthenticationError(LeapError):
@@ -393,8 +416,10 @@ def error_for_status(
     param: str | None = None,
     code: str | None = None,
     request_id: str | None = None,
+    retryable: bool | None = None,
 ) -> LeapError:
-    """Map an upstream HTTP error status to the matching error, keeping the upstream's words."""
+    """Map an upstream HTTP error status to the matching error, keeping the upstream's words;
+    ``retryable`` overrides what the status says (an upstream's ``x-should-retry``)."""
     cls = _STATUS_CLASSES.get(status)
     if cls is None:
         if status >= 500:
@@ -413,4 +438,5 @@ def error_for_status(
         param=param,
         code=code,
         request_id=request_id,
+        retryable=retryable,
     )

@@ -1,31 +1,26 @@
-"""The Gateway: a manager built from config, its lifetime, and the ASGI app that serves it."""
+"""The gateway's core: what every front door (HTTP, MCP) shares, and its lifetime.
+
+A config becomes a manager (providers, dispatcher, health checks), an access policy (keys), a
+recorder (metrics and the access log, fed by each request's ``Outcome``) and the services that
+start and stop with it. It knows nothing of HTTP: ``leapasgi.Gateway`` adds the ASGI app on top.
+"""
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol, Self
 
-from ._logging import AccessLog
-from .asgi.auth import KeyChecker
+from .access import AccessPolicy
 from .config import GatewayConfig, load_config
-from .exceptions import LeapError
 from .manager import ProviderManager
+from .outcome import Outcome
 from .prometheus import GatewayMetrics
 from .providers.base import Provider
-from .trail import RoutingTrail
+from .recorder import OutcomeRecorder
 
-if TYPE_CHECKING:
-    from .asgi.app import GatewayApp
-from .types import ChatCompletionRequest
-
-__all__ = ["Gateway", "Service"]
-
-logger = AccessLog(logging.getLogger("leapasgi.access"))
-_NO_PROVIDER = "none"
+__all__ = ["GatewayCore", "Service"]
 
 
 class Service(Protocol):
@@ -36,8 +31,8 @@ class Service(Protocol):
     async def aclose(self) -> None: ...
 
 
-class Gateway:
-    """One gateway: ``.app`` is its Starlette app; ``async with gateway`` runs its lifetime.
+class GatewayCore:
+    """One gateway's providers, keys, metrics and lifetime; ``async with`` runs the lifetime.
 
     Mounted apps get no lifespan events, so the manager also starts on first use; the host's
     lifespan can instead start and stop it with ``async with gateway:``.
@@ -56,29 +51,33 @@ class Gateway:
         for provider in providers or ():
             self.manager.register_provider(provider)
         server = self.config.server
-        self.auth = KeyChecker(server.api_keys)
-        self.admin = KeyChecker([server.admin_key]) if server.admin_key is not None else None
+        self.access = AccessPolicy(server.api_keys, server.admin_key)
         self.metrics = GatewayMetrics()
-        self._app: GatewayApp | None = None
+        self.recorder = OutcomeRecorder(self.metrics, routable=self.manager.routes.knows)
         self._services: list[Service] = []
 
     @classmethod
     def from_config(
         cls, config: str | Path | GatewayConfig, *, env: Mapping[str, str] | None = None
-    ) -> Gateway:
+    ) -> Self:
         """A gateway from a TOML file (or a loaded config)."""
         if not isinstance(config, GatewayConfig):
             config = load_config(config, env=env)
         return cls(config=config, env=env)
 
-    @property
-    def app(self) -> GatewayApp:
-        """The ASGI app, built once."""
-        if self._app is None:
-            from .asgi.app import build_app
+    def outcome(self, operation: str = "chat") -> Outcome:
+        """A new request's outcome, counted in the metrics and the access log when its
+        ``with`` block ends."""
+        return self.recorder.outcome(operation)
 
-            self._app = build_app(self)
-        return self._app
+    def secrets(self) -> Iterator[str]:
+        """Every secret the gateway holds: its keys and each provider's, for scrubbing."""
+        server = self.config.server
+        for key in (*server.api_keys, server.admin_key):
+            if key is not None:
+                yield key.get_secret_value()
+        for entry in self.manager.registry:
+            yield from entry.provider.secrets()
 
     def add_service(self, service: Service) -> None:
         """Start ``service`` with the gateway and stop it first when the gateway closes."""
@@ -98,9 +97,9 @@ class Gateway:
                 await service.aclose()
         finally:
             await self.manager.aclose()
-            logger.flush()  # every request has been logged by now
+            self.recorder.flush()  # every request has been logged by now
 
-    async def __aenter__(self) -> Gateway:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -111,92 +110,3 @@ class Gateway:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-    def trail_headers(self, trail: RoutingTrail, started: float) -> list[tuple[bytes, bytes]]:
-        """Which provider served, how many attempts it took, and the gateway's own time."""
-        headers = [(b"x-leap-attempts", str(trail.tries).encode())]
-        served = trail.served_by
-        if served is not None:
-            headers.append((b"x-leap-provider", served.provider.encode()))
-        upstream = trail.upstream_seconds
-        overhead = max(0.0, time.perf_counter() - started - upstream)
-        headers.append((b"x-leap-overhead-ms", f"{overhead * 1000:.2f}".encode()))
-        return headers
-
-    def record_success(
-        self,
-        request: ChatCompletionRequest,
-        trail: RoutingTrail,
-        *,
-        started: float,
-        ttft: float | None = None,
-        prompt_tokens: int = 0,
-        completion_tokens: int = 0,
-    ) -> None:
-        """Count a served request in the metrics and the access log (no prompt, no key)."""
-        latency = time.perf_counter() - started
-        served = trail.served_by
-        provider = served.provider if served is not None else _NO_PROVIDER
-        upstream = trail.upstream_seconds
-        self.metrics.record(
-            provider=provider,
-            model=request.model,
-            status=200,
-            latency=latency,
-            overhead=max(0.0, latency - upstream) if ttft is None else max(0.0, ttft - upstream),
-            ttft=ttft,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            stream=bool(request.stream),
-        )
-        logger.info(
-            "chat model=%s provider=%s status=200 attempts=%d ms=%.1f",
-            request.model,
-            provider,
-            trail.tries,
-            latency * 1000,
-        )
-
-    def record_failure(
-        self, error: LeapError, *, started: float, request: ChatCompletionRequest | None
-    ) -> None:
-        """Count a failed request."""
-        latency = time.perf_counter() - started
-        provider = error.provider or _NO_PROVIDER
-        model = request.model if request is not None else ""
-        # Metric labels only for models the gateway routes: a client sending made-up names
-        # must not grow /metrics without bound (the access log still names them).
-        label = model if model and self.manager.routes.knows(model) else ""
-        self.metrics.record_error(provider=provider, kind=type(error).__name__)
-        self.metrics.record(
-            provider=provider,
-            model=label,
-            status=error.http_status,
-            latency=latency,
-            overhead=latency,
-            stream=bool(request and request.stream),
-        )
-        logger.info(
-            "chat model=%s provider=%s status=%d error=%s attempts=%d ms=%.1f",
-            model or "-",
-            provider,
-            error.http_status,
-            type(error).__name__,
-            error.attempts,
-            latency * 1000,
-        )
-
-    def record_gone(self, request: ChatCompletionRequest, *, started: float) -> None:
-        """Count a request whose client disconnected before the end."""
-        latency = time.perf_counter() - started
-        self.metrics.record(
-            provider=_NO_PROVIDER,
-            model=request.model,
-            status=499,
-            latency=latency,
-            overhead=0.0,
-            stream=bool(request.stream),
-        )
-        logger.info(
-            "chat model=%s status=499 client went away ms=%.1f", request.model, latency * 1000
-        )

@@ -1,77 +1,45 @@
-"""A streamed completion as the manager serves it: routes tried until one sends its first
-chunk, then the chunks of each upstream read handed on as they come, and the outcome recorded
-on the provider exactly once."""
+"""A streamed completion as the manager hands it out: opened through the dispatcher (which
+fails over until a provider sends its first batch), then read a batch at a time, with the
+provider's outcome recorded on its lease and the request's in its ``Outcome``, once."""
 
 from __future__ import annotations
 
-import contextlib
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
-from .attempts import RequestAttempts
-from .deadline import REQUEST_DEADLINE
+from .dispatch import UpstreamStream
 from .exceptions import LeapError
-from .providers.base import Provider
-from .registry import ProviderEntry
-from .routing import Route
-from .streaming import ChunkBatch, batches_of
+from .outcome import Outcome
+from .streaming import ChunkBatch
 from .trail import RoutingTrail
-from .types import ChatCompletionChunk, ChatCompletionRequest, Usage
+from .types import ChatCompletionChunk
 
-if TYPE_CHECKING:
-    from .manager import ProviderManager
-
-__all__ = ["ManagedStream", "close_quietly", "for_route"]
-
-
-def for_route(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:
-    """``request`` with the model name the route's provider knows it by."""
-    if request.model == route.model:
-        return request
-    return request.model_copy(update={"model": route.model})
-
-
-def _batches(provider: Provider, request: ChatCompletionRequest) -> AsyncIterator[ChunkBatch]:
-    """The provider's stream a read at a time; one chunk per batch if it has no batches."""
-    batches: Callable[[ChatCompletionRequest], AsyncIterator[ChunkBatch]] | None = getattr(
-        provider, "stream_batches", None
-    )
-    if batches is not None:
-        return batches(request)
-    return batches_of(provider.stream(request))
-
-
-async def close_quietly(chunks: AsyncIterator[object]) -> None:
-    """Close an upstream stream; an error it raises while closing is of no interest now."""
-    closer: Callable[[], Awaitable[None]] | None = getattr(chunks, "aclose", None)
-    if closer is not None:
-        with contextlib.suppress(LeapError):
-            await closer()
+__all__ = ["ManagedStream"]
 
 
 class ManagedStream:
-    """A streamed completion with its routing trail; iterate it, and ``aclose()`` it (or use
-    ``async with``) when stopping early, which cancels the upstream request at once.
+    """A streamed completion with its routing trail; iterate it (chunk by chunk, or a batch at
+    a time with ``next_batch()``), and ``aclose()`` it (or use ``async with``) when stopping
+    early, which cancels the upstream request at once.
 
-    A plain async iterator rather than a generator: every chunk passes through one call here,
-    not a stack of generators. ``next_batch()`` hands over the chunks of one upstream read at
-    once, with the upstream's own bytes where they can be relayed unchanged (the HTTP relay
-    uses it); iterating gives the same chunks one by one.
+    The provider's slot is given back when the stream ends, fails or is closed; a stream
+    dropped without any of these keeps it until the request's deadline, never longer.
     """
 
-    def __init__(self, manager: ProviderManager, request: ChatCompletionRequest) -> None:
-        self.trail = RoutingTrail()
-        self._manager = manager
-        self._request = request
-        self._batches: AsyncIterator[ChunkBatch] | None = None
-        self._entry: ProviderEntry | None = None
+    __slots__ = ("_done", "_open", "_pending", "_upstream", "outcome")
+
+    def __init__(self, open: Callable[[], Awaitable[UpstreamStream]], outcome: Outcome) -> None:
+        self.outcome = outcome
+        self._open = open
+        self._upstream: UpstreamStream | None = None
         self._pending: deque[ChatCompletionChunk] = deque()
-        self._started = 0.0
-        self._ttft = 0.0
-        self._deadline = 0.0
-        self._usage: Usage | None = None
         self._done = False
+
+    @property
+    def trail(self) -> RoutingTrail:
+        """Every provider tried, and why any failed."""
+        return self.outcome.trail
 
     def __aiter__(self) -> ManagedStream:
         return self
@@ -96,119 +64,77 @@ class ManagedStream:
             batch = ChunkBatch(list(pending))
             pending.clear()
             return batch
-        batches, entry = self._batches, self._entry
-        if batches is None or entry is None:
+        upstream = self._upstream
+        if upstream is None:
             if self._done:
                 raise StopAsyncIteration
-            return await self._open()
+            return await self._first()
         try:
-            while True:
-                if entry.settings.honors_deadline:
-                    batch = await batches.__anext__()  # it stops at the deadline by itself
-                else:
-                    batch = await self._manager._bounded(batches.__anext__(), entry, self._deadline)
-                if batch.chunks:
-                    break
+            batch = await upstream.next()
         except StopAsyncIteration:
-            await self._finish(None)
+            await self._ended(upstream)
             raise
-        except LeapError as exc:
-            await self._finish(exc)
-            raise
+        except LeapError as error:
+            raise await self._broke(upstream, error) from error
         except BaseException:
             await self.aclose()
             raise
         self._note_usage(batch)
         return batch
 
-    def _note_usage(self, batch: ChunkBatch) -> None:
-        for chunk in batch.chunks:
-            if chunk.usage is not None:
-                self._usage = chunk.usage
-
     async def aclose(self) -> None:
         """Stop the stream; the upstream request is closed and its slot freed."""
-        if self._batches is not None and self._entry is not None:
-            await self._finish(None, abandoned=True)
+        upstream, self._upstream = self._upstream, None
         self._done = True
+        if upstream is not None:
+            await upstream.close()
+            upstream.lease.abandoned()
 
-    async def _open(self) -> ChunkBatch:
-        """Try routes until one yields a first chunk; failures before it fail over."""
-        manager = self._manager
-        clock = manager._clock
-        await manager.start()
-        attempts = manager._plan(self._request, self.trail)
-        token = REQUEST_DEADLINE.set((clock, attempts.deadline))
+    async def _first(self) -> ChunkBatch:
         try:
-            return await self._first(attempts)
-        except BaseException:
+            upstream = await self._open()
+        except LeapError as error:
             self._done = True  # a stream that failed to open stays ended
+            self.outcome.failed(error)
             raise
-        finally:
-            REQUEST_DEADLINE.reset(token)
+        except BaseException:
+            self._done = True
+            raise
+        self._upstream = upstream
+        self.outcome.first_token_at = time.perf_counter()
+        first = upstream.first
+        self._note_usage(first)
+        return first
 
-    async def _first(self, attempts: RequestAttempts) -> ChunkBatch:
-        manager = self._manager
-        clock = manager._clock
-        while (route := await attempts.next()) is not None:
-            entry = manager.registry.get(route.provider)
-            if entry.limit is not None and not await manager._take_slot(entry, route, attempts):
-                continue
-            started = clock.monotonic()
-            entry.begin()
-            batches = _batches(entry.provider, for_route(route, self._request))
-            try:
-                first = await manager._first_batch(batches, entry, attempts.deadline)
-            except LeapError as exc:
-                await close_quietly(batches)
-                entry.end()
-                attempts.failed(route, entry, exc, started)
-                continue
-            except BaseException:
-                await close_quietly(batches)
-                entry.end()
-                entry.abandoned()
-                self._done = True
-                raise
-            self._ttft = clock.monotonic() - started
-            attempts.succeeded(route, self._ttft)
-            self._batches, self._entry = batches, entry
-            self._started, self._deadline = started, attempts.deadline
-            self._note_usage(first)
-            return first
+    def _note_usage(self, batch: ChunkBatch) -> None:
+        for chunk in batch.chunks:
+            usage = chunk.usage
+            if usage is not None:
+                self.outcome.used(usage.prompt_tokens, usage.completion_tokens)
+
+    async def _ended(self, upstream: UpstreamStream) -> None:
+        """The stream ended cleanly: close the upstream request, record its success."""
+        self._upstream = None
         self._done = True
-        raise attempts.exhausted()
+        await upstream.close()
+        outcome = self.outcome
+        upstream.lease.succeeded(
+            upstream.elapsed(),
+            ttft=upstream.ttft,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+        )
 
-    async def _finish(self, error: LeapError | None, *, abandoned: bool = False) -> None:
-        """Close the upstream stream and record the outcome, exactly once."""
-        batches, entry = self._batches, self._entry
-        self._batches = self._entry = None
+    async def _broke(self, upstream: UpstreamStream, error: LeapError) -> LeapError:
+        """The stream broke after it began: close the upstream request, record the failure;
+        returns the error the stream ends with (the upstream's, with the request's trail)."""
+        self._upstream = None
         self._done = True
-        if batches is None or entry is None:
-            return
-        await close_quietly(batches)
-        entry.end()
-        latency = self._manager._clock.monotonic() - self._started
-        if error is not None:
-            entry.failed(error, latency)
-            attempt = self.trail.attempts[-1]
-            attempt.outcome, attempt.message = type(error).__name__, error.message
-            error.trail = self.trail
-        elif abandoned:
-            entry.abandoned()
-        else:
-            usage = self._usage or Usage()
-            entry.succeeded(
-                latency,
-                ttft=self._ttft,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-            )
-
-    def __del__(self) -> None:
-        # Dropped without aclose(): free the slot now; asyncio finalizes the upstream stream.
-        entry = self._entry
-        if entry is not None and not self._done:
-            self._entry = None
-            entry.end()
-            entry.abandoned()
+        await upstream.close()
+        upstream.lease.failed(error, upstream.elapsed())
+        outcome = self.outcome
+        attempt = outcome.trail.attempts[-1]
+        attempt.outcome, attempt.message = type(error).__name__, error.message
+        failure = error.for_request(outcome.trail)
+        outcome.failed(failure)
+        return failure

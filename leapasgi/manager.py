@@ -1,58 +1,41 @@
-"""The provider manager: route, pick, attempt, retry, fail over; and the health-check worker.
-
-Many providers behave like one: ``await manager.chat(request)`` and
-``async for chunk in manager.stream(request)``. Retries and failovers share one deadline and
-one attempt budget per request; providers registered here have their own retries switched off,
-so attempts never multiply across layers.
+"""The provider manager: the public façade over the registry, the dispatcher and the health
+worker. Register providers, start and stop them, serve ``chat`` and ``stream`` (through the
+dispatcher, which routes, retries and fails over within one deadline and one attempt budget),
+and run health checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TypeVar
 
 from pydantic import SecretStr
 
-from ._redact import public_url
-from .attempts import BUSY_RETRY_AFTER, RequestAttempts
-from .balancing import Candidate, Strategy, order
 from .clock import Clock, SystemClock
 from .config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
-from .deadline import REQUEST_DEADLINE
-from .exceptions import (
-    DeadlineExceededError,
-    FirstByteTimeoutError,
-    LeapError,
-    ProviderBusyError,
-    StreamInterruptedError,
-    UpstreamUnavailableError,
-)
+from .dispatch import Dispatcher, UpstreamStream
+from .exceptions import LeapError
 from .health import BreakerPolicy
-from .managed_stream import ManagedStream, for_route
+from .managed_stream import ManagedStream
+from .outcome import Outcome
 from .providers.base import Provider
-from .providers.compatible import OpenAICompatibleProvider
 from .providers.presets import PRESETS
+from .redact import public_url
 from .registry import ProviderEntry, ProviderStatus, Registry, RouteSettings
-from .retry import RetryPolicy
-from .routing import Alias, Route, RouteTable
-from .streaming import ChunkBatch
+from .routing import Alias, RouteTable
 from .trail import RoutingTrail
-from .types import ChatCompletion, ChatCompletionRequest, Model, Usage
+from .types import ChatCompletion, ChatCompletionRequest, Model
 
-__all__ = ["HealthResult", "ManagedStream", "ProviderManager"]
+__all__ = ["HealthResult", "ProviderManager"]
 
 logger = logging.getLogger("leapasgi.manager")
 
-_T = TypeVar("_T")
 # Presets load_default_providers registers when their key is present (Ollama is probed instead).
 DEFAULT_PRESETS = ("openai", "groq", "together", "mistral", "deepseek", "openrouter", "fireworks")
 OLLAMA_PROBE_TIMEOUT = 1.0
@@ -69,7 +52,8 @@ class HealthResult:
 
 
 class ProviderManager:
-    """Routes requests over the registry's providers, with failover, breakers and health checks."""
+    """Providers registered, started and stopped; requests served through the dispatcher;
+    health checks run in the background."""
 
     def __init__(
         self,
@@ -96,12 +80,20 @@ class ProviderManager:
                 for name, alias in self.routing.aliases.items()
             },
         )
-        self._rng = rng or random.Random()
-        self._cursors: dict[str, itertools.count[int]] = {}
-        self._policies: dict[int, RetryPolicy] = {}
+        self.dispatcher = Dispatcher(
+            self.registry,
+            self.routes,
+            routing=self.routing,
+            health=self.health,
+            clock=self._clock,
+            rng=rng or random.Random(),
+        )
         self._worker: asyncio.Task[None] | None = None
         self._started = False
         self._start_lock: asyncio.Lock | None = None
+        # Replaced or removed providers: waiting for their requests to finish, then closing.
+        self._retired: list[Provider] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_config(
@@ -134,20 +126,22 @@ class ProviderManager:
             preset=config.preset,
             # For display only (snapshots): never the query or user info a key may sit in.
             base_url=public_url(url) if (url := config.resolved_base_url) else None,
-            honors_deadline=_honors_deadline(provider),
             max_in_flight=config.max_in_flight,
             max_waiting=config.max_waiting,
         )
-        return self.registry.register(provider, settings, replace=True)
+        return self.register_provider(provider, settings)
 
     def register_provider(
         self, provider: Provider, settings: RouteSettings | None = None
     ) -> ProviderEntry:
-        """Register a provider object built elsewhere (replacing one of the same name)."""
-        settings = settings or RouteSettings()
-        if not settings.honors_deadline and _honors_deadline(provider):
-            settings = dataclasses.replace(settings, honors_deadline=True)
-        return self.registry.register(provider, settings, replace=True)
+        """Register a provider object built elsewhere. One of the same name is replaced, and
+        closed once its requests in flight have finished."""
+        registry = self.registry
+        old = registry.get(provider.name) if provider.name in registry else None
+        entry = registry.register(provider, settings or RouteSettings(), replace=True)
+        if old is not None and old.provider is not provider:
+            self._retire(old)
+        return entry
 
     def register_openai_compatible(
         self,
@@ -195,9 +189,26 @@ class ProviderManager:
         return names
 
     async def remove(self, name: str) -> None:
-        """Unregister a provider and close it."""
-        entry = self.registry.remove(name)
-        await entry.provider.aclose()
+        """Unregister a provider; it is closed once its requests in flight have finished."""
+        self._retire(self.registry.remove(name))
+
+    def _retire(self, entry: ProviderEntry) -> None:
+        provider = entry.provider
+        self._retired.append(provider)
+        entry.reclaim(self._clock.monotonic())
+        entry.when_idle(lambda: self._close_retired(provider))
+
+    def _close_retired(self, provider: Provider) -> None:
+        if provider not in self._retired:
+            return  # the manager closed it already
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # replaced before anything ran: closed with the manager
+        self._retired.remove(provider)
+        task = loop.create_task(provider.aclose(), name=f"leapasgi-close-{provider.name}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     # Lifecycle
 
@@ -228,14 +239,16 @@ class ProviderManager:
             self._started = True
 
     async def aclose(self) -> None:
-        """Stop the worker and close every provider."""
+        """Stop the worker and close every provider, replaced ones included."""
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
         self._started = False
-        await asyncio.gather(*(entry.provider.aclose() for entry in self.registry))
+        retired, self._retired = self._retired, []
+        providers = [entry.provider for entry in self.registry]
+        await asyncio.gather(*(p.aclose() for p in (*providers, *retired)), *self._closing)
 
     async def discover_models(self) -> None:
         """Ask every provider without a configured model list for its models."""
@@ -283,44 +296,52 @@ class ProviderManager:
         while True:
             try:
                 await self.check_health()
+                now = self._clock.monotonic()
+                for entry in self.registry:
+                    entry.reclaim(now)
             except Exception:  # the worker must outlive any one bad round
                 logger.exception("health-check round failed")
             await self._clock.sleep(self.health.interval)
 
     # Serving
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
-        """One completion from the best provider that can serve it."""
-        completion, _ = await self.chat_with_trail(request)
-        return completion
+    async def chat(
+        self,
+        request: ChatCompletionRequest,
+        *,
+        prefer: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> ChatCompletion:
+        """One completion from the best provider that can serve it; ``prefer`` names a
+        provider to try first. ``outcome``, when given, records how the request went; errors
+        carry the routing trail either way."""
+        await self.start()
+        return await self.dispatcher.complete(request, outcome or Outcome(), prefer=prefer)
 
     async def chat_with_trail(
         self, request: ChatCompletionRequest
     ) -> tuple[ChatCompletion, RoutingTrail]:
         """``chat``, with the routing trail of the request."""
-        await self.start()
-        attempts = self._plan(request, RoutingTrail())
-        token = REQUEST_DEADLINE.set((self._clock, attempts.deadline))
-        try:
-            while (route := await attempts.next()) is not None:
-                entry = self.registry.get(route.provider)
-                if entry.limit is not None and not await self._take_slot(entry, route, attempts):
-                    continue
-                started = self._clock.monotonic()
-                try:
-                    result = await self._attempt_chat(entry, route, request, attempts.deadline)
-                except LeapError as exc:
-                    attempts.failed(route, entry, exc, started)
-                    continue
-                attempts.succeeded(route, self._clock.monotonic() - started)
-                return result, attempts.trail
-        finally:
-            REQUEST_DEADLINE.reset(token)
-        raise attempts.exhausted()
+        outcome = Outcome()
+        completion = await self.chat(request, outcome=outcome)
+        return completion, outcome.trail
 
-    def stream(self, request: ChatCompletionRequest) -> ManagedStream:
-        """A streamed completion; failover happens only before the first chunk is handed on."""
-        return ManagedStream(self, request)
+    def stream(
+        self,
+        request: ChatCompletionRequest,
+        *,
+        prefer: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> ManagedStream:
+        """A streamed completion; failover happens only before the first chunk is handed on.
+        Close it (``aclose()`` or ``async with``) if you stop before its end."""
+        outcome = outcome or Outcome()
+
+        async def open_stream() -> UpstreamStream:
+            await self.start()
+            return await self.dispatcher.open_stream(request, outcome, prefer=prefer)
+
+        return ManagedStream(open_stream, outcome)
 
     async def list_models(self) -> list[Model]:
         """Every model the manager can route, aliases included."""
@@ -330,184 +351,6 @@ class ProviderManager:
             Model(id=name, created=created, owned_by=",".join(providers) or "leapasgi")
             for name, providers in sorted(self.routes.models().items())
         ]
-
-    # Attempts
-
-    async def _take_slot(
-        self, entry: ProviderEntry, route: Route, attempts: RequestAttempts
-    ) -> bool:
-        """Hold one of ``entry``'s slots, waiting in its line within the request's deadline;
-        False, with the skip in the trail, when the provider is full."""
-        limit = entry.limit
-        assert limit is not None
-        if limit.try_acquire():
-            return True
-        remaining = attempts.deadline - self._clock.monotonic()
-        # With a place in line, a refusal means the wait used up the request's time.
-        in_line = remaining > 0 and limit.waiting < limit.max_waiting
-        if await limit.acquire(remaining):
-            return True
-        attempts.overflowed(
-            route,
-            ProviderBusyError(
-                f"Provider {entry.name!r} is at its concurrency limit "
-                f"({limit.max_in_flight} in flight, {limit.max_waiting} waiting)",
-                provider=entry.name,
-                retry_after=BUSY_RETRY_AFTER,
-            ),
-            out_of_time=in_line,
-        )
-        return False
-
-    async def _attempt_chat(
-        self,
-        entry: ProviderEntry,
-        route: Route,
-        request: ChatCompletionRequest,
-        deadline: float,
-    ) -> ChatCompletion:
-        started = self._clock.monotonic()
-        entry.begin()
-        try:
-            result = await self._bounded(
-                entry.provider.chat(for_route(route, request)), entry, deadline
-            )
-        except LeapError:
-            raise
-        except BaseException:
-            entry.abandoned()
-            raise
-        finally:
-            entry.end()
-        usage = result.usage or Usage()
-        entry.succeeded(
-            self._clock.monotonic() - started,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-        )
-        return result
-
-    async def _first_batch(
-        self, batches: AsyncIterator[ChunkBatch], entry: ProviderEntry, deadline: float
-    ) -> ChunkBatch:
-        limit = self.routing.first_token_timeout
-        remaining = deadline - self._clock.monotonic()
-        try:
-            while True:
-                if limit and limit < remaining:
-                    try:
-                        async with asyncio.timeout(limit):
-                            batch = await self._bounded(anext(batches), entry, None)
-                    except TimeoutError:
-                        raise FirstByteTimeoutError(
-                            f"Provider {entry.name!r} sent no first token within {limit:g} s",
-                            provider=entry.name,
-                        ) from None
-                else:
-                    batch = await self._bounded(anext(batches), entry, deadline)
-                if batch.chunks:
-                    return batch
-        except StopAsyncIteration:
-            raise StreamInterruptedError(
-                f"Provider {entry.name!r} ended the stream before its first chunk",
-                provider=entry.name,
-            ) from None
-
-    async def _bounded(
-        self, call: Awaitable[_T], entry: ProviderEntry, deadline: float | None
-    ) -> _T:
-        """Await ``call`` within the request deadline; foreign errors become LeapErrors."""
-        try:
-            if deadline is None:
-                return await call
-            if entry.settings.honors_deadline:
-                return await call  # it stops at REQUEST_DEADLINE by itself
-            remaining = deadline - self._clock.monotonic()
-            async with asyncio.timeout(max(remaining, 0.0)):
-                return await call
-        except TimeoutError:
-            raise DeadlineExceededError(
-                f"The request did not finish within {self.routing.request_timeout:g} s",
-                provider=entry.name,
-                retryable=False,
-            ) from None
-        except (LeapError, StopAsyncIteration, asyncio.CancelledError):
-            raise
-        except Exception as exc:
-            raise UpstreamUnavailableError(
-                f"Provider {entry.name!r} failed unexpectedly ({type(exc).__name__})",
-                provider=entry.name,
-            ) from exc
-
-    # Planning, failover and recording
-
-    def _plan(self, request: ChatCompletionRequest, trail: RoutingTrail) -> RequestAttempts:
-        routes = self.routes.routes(request)
-        now = self._clock.monotonic()
-        if len(routes) == 1:
-            # One candidate: nothing to balance (the common case of a model one provider serves).
-            status = self.registry.get(routes[0].provider).status
-            off = status in (ProviderStatus.INACTIVE, ProviderStatus.MAINTENANCE)
-            return self._attempts([] if off else routes, now, trail)
-        alias = self.routes.aliases.get(request.model)
-        strategy = Strategy(
-            alias.strategy if alias is not None and alias.strategy else self.routing.strategy
-        )
-        # Least-latency probes a provider without a latency sample for as long as an ejection
-        # lasts, so one that looked slow once is found again when it recovers.
-        probe_after = self.health.base_ejection if strategy is Strategy.LEAST_LATENCY else None
-        usable: dict[str, Route] = {}
-        candidates = []
-        for position, route in enumerate(routes):
-            entry = self.registry.get(route.provider)
-            if entry.status in (ProviderStatus.INACTIVE, ProviderStatus.MAINTENANCE):
-                continue
-            usable[route.provider] = route
-            sampled_at = entry.sampled_at
-            candidates.append(
-                Candidate(
-                    route.provider,
-                    # An alias lists its targets in preference order; that order is the priority.
-                    priority=position if alias is not None else entry.settings.priority,
-                    weight=entry.settings.weight,
-                    latency=entry.stats.ewma.value,
-                    in_flight=entry.stats.in_flight,
-                    probe=probe_after is not None
-                    and entry.stats.in_flight == 0
-                    and (sampled_at is None or now - sampled_at >= probe_after),
-                )
-            )
-        cursor = next(self._cursors.setdefault(request.model, itertools.count()))
-        ordered = order(strategy, candidates, rng=self._rng, cursor=cursor)
-        return self._attempts([usable[c.name] for c in ordered], now, trail)
-
-    def _attempts(self, routes: list[Route], now: float, trail: RoutingTrail) -> RequestAttempts:
-        return RequestAttempts(
-            routes,
-            registry=self.registry,
-            clock=self._clock,
-            rng=self._rng,
-            policy=self._policy,
-            max_attempts=self.routing.max_attempts,
-            deadline=now + self.routing.request_timeout,
-            trail=trail,
-        )
-
-    def _policy(self, max_retries: int) -> RetryPolicy:
-        policy = self._policies.get(max_retries)
-        if policy is None:
-            routing = self.routing
-            policy = self._policies[max_retries] = RetryPolicy(
-                max_retries=max_retries,
-                initial_delay=routing.retry_initial_delay,
-                max_delay=routing.retry_max_delay,
-                max_retry_after=routing.max_retry_after,
-            )
-        return policy
-
-
-def _honors_deadline(provider: Provider) -> bool:
-    return isinstance(provider, OpenAICompatibleProvider)
 
 
 def _reason(exc: BaseException) -> str:

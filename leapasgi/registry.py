@@ -8,11 +8,10 @@ a snapshot never waits for anything.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from ._redact import public_url
 from .clock import Clock, SystemClock
 from .exceptions import (
     ConflictError,
@@ -25,9 +24,12 @@ from .features import Feature
 from .health import BreakerPolicy, BreakerState, CircuitBreaker, Health
 from .limits import ConcurrencyLimit
 from .providers.base import Provider
+from .redact import public_url
+from .retry import DEFAULT_MAX_RETRIES
 from .stats import ProviderStats, Quantiles
 
 __all__ = [
+    "Lease",
     "ProviderEntry",
     "ProviderSnapshot",
     "ProviderStatus",
@@ -71,14 +73,11 @@ class RouteSettings:
 
     priority: int = 0
     weight: float = 1.0
-    max_retries: int = 2
+    max_retries: int = DEFAULT_MAX_RETRIES
     models: tuple[str, ...] = ()
     kind: str = "openai_compatible"
     preset: str | None = None
     base_url: str | None = None
-    # The provider stops by itself at the request's deadline (see leapasgi.deadline), so the
-    # manager needs no timer of its own around its calls.
-    honors_deadline: bool = False
     # Requests at once (None: no limit), and how many more may wait for a slot.
     max_in_flight: int | None = None
     max_waiting: int = 0
@@ -91,6 +90,8 @@ class ProviderEntry:
         "_admin",
         "_clock",
         "_effective",
+        "_kept",
+        "_on_idle",
         "breaker",
         "discovered_models",
         "held_for_rate_limit",
@@ -124,6 +125,9 @@ class ProviderEntry:
         self._clock = clock
         self._admin = ProviderStatus.ACTIVE
         self._effective = ProviderStatus.ACTIVE
+        # Leases handed to a stream's consumer, which might never close it; see reclaim().
+        self._kept: set[Lease] = set()
+        self._on_idle: Callable[[], None] | None = None
         self._note(ProviderStatus.ACTIVE, "registered")
 
     @property
@@ -144,15 +148,43 @@ class ProviderEntry:
         """Configured models, else the ones discovered from ``GET /models``."""
         return self.settings.models or self.discovered_models or ()
 
-    def begin(self) -> None:
-        """A request to this provider starts; with a ``limit``, the caller holds a slot."""
+    def lease(self, *, expires_at: float) -> Lease:
+        """Start an attempt here (with a ``limit``, the caller holds a slot already); the
+        lease ends it, once, with its outcome. ``expires_at`` is the request's deadline."""
         self.stats.begin()
+        return Lease(self, expires_at)
 
-    def end(self) -> None:
-        """A request to this provider ended, whatever its outcome; its slot is given back."""
+    def end(self, lease: Lease) -> None:
+        """``lease``'s attempt ended, whatever its outcome (the lease records which); its slot
+        is given back."""
         self.stats.end()
         if self.limit is not None:
             self.limit.release()
+        if self._kept:
+            self._kept.discard(lease)
+        if self._on_idle is not None and self.stats.in_flight == 0:
+            on_idle, self._on_idle = self._on_idle, None
+            on_idle()
+
+    def keep(self, lease: Lease) -> None:
+        """``lease`` now belongs to a stream's consumer, beyond the dispatcher's reach: if it
+        is never closed, ``reclaim`` ends it at its deadline."""
+        self._kept.add(lease)
+
+    def reclaim(self, now: float) -> int:
+        """End, as abandoned, every kept lease whose deadline has passed (a stream dropped
+        without being closed); returns how many. Slots never depend on the garbage collector."""
+        expired = [lease for lease in self._kept if lease.expires_at <= now]
+        for lease in expired:
+            lease.abandoned()
+        return len(expired)
+
+    def when_idle(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once no request is in flight here (now, if none is)."""
+        if self.stats.in_flight == 0:
+            callback()
+        else:
+            self._on_idle = callback
 
     def succeeded(
         self,
@@ -223,6 +255,58 @@ class ProviderEntry:
     def _note(self, status: ProviderStatus, cause: str) -> None:
         self._effective = status
         self.transitions.append(Transition(self._clock.time(), status, cause))
+
+
+class Lease:
+    """One attempt's hold on a provider: its place in the in-flight count (and its slot, when
+    the provider has a limit) from the start of the attempt until its outcome is recorded.
+    Whatever ends it first records the outcome; later calls do nothing."""
+
+    __slots__ = ("entry", "expires_at", "live")
+
+    def __init__(self, entry: ProviderEntry, expires_at: float) -> None:
+        self.entry = entry
+        self.expires_at = expires_at
+        self.live = True
+
+    def succeeded(
+        self,
+        latency: float,
+        *,
+        ttft: float | None = None,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+    ) -> None:
+        """The attempt served the request."""
+        if self._end():
+            self.entry.succeeded(
+                latency, ttft=ttft, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
+
+    def failed(self, error: LeapError, latency: float) -> None:
+        """The attempt failed through the provider's fault."""
+        if self._end():
+            self.entry.failed(error, latency)
+
+    def refused(self, error: LeapError) -> None:
+        """The attempt failed through the caller's fault (400, 404...)."""
+        if self._end():
+            self.entry.refused(error)
+
+    def abandoned(self) -> None:
+        """The attempt ended without a verdict (the caller went away, or dropped a stream)."""
+        if self._end():
+            self.entry.abandoned()
+
+    def _end(self) -> bool:
+        if not self.live:
+            return False
+        self.live = False
+        self.entry.end(self)
+        return True
+
+    def __repr__(self) -> str:
+        return f"Lease({self.entry.name!r}, live={self.live})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,7 +494,7 @@ def _snapshot(entry: ProviderEntry, now: float, wall: float) -> ProviderSnapshot
         ejected_until=wall_time(breaker.open_until)
         if breaker.state is not BreakerState.CLOSED
         else None,
-        features=tuple(f.value for f in Feature if entry.provider.supports(f)),
+        features=tuple(f.value for f in Feature if entry.provider.capabilities.supports(f)),
         models=entry.models,
         priority=entry.settings.priority,
         weight=entry.settings.weight,

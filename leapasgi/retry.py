@@ -1,6 +1,7 @@
 """Retry policy: which failures are worth another attempt, and how long to wait first.
 
-Pure code: no I/O, no clock reads except through arguments.
+Pure code: no I/O, no clock reads except through arguments. The dispatcher applies it to every
+provider it routes to; ``Retrying`` applies it to one provider used on its own.
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from .exceptions import DeadlineExceededError, LeapError
+
 __all__ = [
     "DEFAULT_MAX_RETRIES",
     "INITIAL_RETRY_DELAY",
     "MAX_RETRY_AFTER",
     "MAX_RETRY_DELAY",
     "RetryPolicy",
+    "is_final",
     "parse_retry_after",
 ]
 
@@ -24,7 +28,16 @@ INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 # A Retry-After hint above this means "not here, not soon": fail over instead of waiting.
 MAX_RETRY_AFTER = 60.0
-DEFAULT_MAX_RETRIES = 3
+# Retries of one provider within one request, after its first attempt.
+DEFAULT_MAX_RETRIES = 2
+
+
+def is_final(error: LeapError) -> bool:
+    """True when ``error`` goes back to the caller as it is, neither retried nor failed over:
+    the request's own fault (400, 401, 404, 413, 422...) or its deadline."""
+    return not error.retryable or isinstance(error, DeadlineExceededError)
+
+
 def parse_retry_after(headers: Mapping[str, str], *, now: float) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date).
 
@@ -101,3 +114,13 @@ class RetryPolicy:
                 return None
             return retry_after
         return self.backoff(retry, rng=rng)
+
+    def after(
+        self, error: LeapError, retry: int, *, rng: Callable[[], float] = random.random
+    ) -> float | None:
+        """How long to wait before retry number ``retry`` of the provider that raised
+        ``error``; None when it must not be retried there (final, not retryable here, out of
+        retries, or a Retry-After beyond ``max_retry_after``)."""
+        if not error.retry_here or is_final(error):
+            return None
+        return self.delay(retry, retry_after=error.retry_after, rng=rng)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .exceptions import InvalidRequestError, ModelNotFoundError
+from .exceptions import ModelNotFoundError, UnsupportedFeatureError
 from .features import required_features
 from .registry import Registry
 from .types import ChatCompletionRequest
@@ -60,10 +60,9 @@ class RouteTable:
         capable = [r for r in routes if self._supports(r.provider, needed)]
         if not capable:
             missing = ", ".join(sorted(needed))
-            raise InvalidRequestError(
+            raise UnsupportedFeatureError(
                 f"No provider serving `{model}` supports what this request needs ({missing})",
                 param="model",
-                code="unsupported_feature",
             )
         return capable
 
@@ -98,8 +97,8 @@ class RouteTable:
         return [Route(entry.name, target) for entry in registry if target in entry.models]
 
     def _supports(self, name: str, needed: frozenset[str]) -> bool:
-        provider = self._registry.get(name).provider
-        return all(provider.supports(feature) for feature in needed)
+        capabilities = self._registry.get(name).provider.capabilities
+        return all(capabilities.supports(feature) for feature in needed)
 
     def models(self) -> dict[str, list[str]]:
         """Every routable public model name and the providers behind it (aliases included)."""

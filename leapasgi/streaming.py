@@ -7,7 +7,7 @@ chunk so that clients folding the stream get what OpenAI itself would have sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 
 from .exceptions import StreamInterruptedError
 from .types import (
@@ -27,6 +27,7 @@ __all__ = [
     "ChunkNormalizer",
     "batches_of",
     "chunks_from_completion",
+    "chunks_of",
 ]
 
 _CHUNK_OBJECT = "chat.completion.chunk"
@@ -34,16 +35,29 @@ _CHUNK_OBJECT = "chat.completion.chunk"
 
 class ChunkBatch:
     """The chunks of one upstream read, with the upstream's own JSON of each chunk that
-    normalization left as it was, so a relay can send them on without re-serializing."""
+    normalization left as it was, so a relay can send them on without re-serializing.
+    Iterating a batch gives its chunks."""
 
-    __slots__ = ("chunks", "wire")
+    __slots__ = ("chunks", "request_id", "wire")
 
     def __init__(
-        self, chunks: list[ChatCompletionChunk], wire: list[bytes | None] | None = None
+        self,
+        chunks: list[ChatCompletionChunk],
+        wire: list[bytes | None] | None = None,
+        *,
+        request_id: str | None = None,
     ) -> None:
         self.chunks = chunks
         # Parallel to chunks: the JSON as received, or None where it must be serialized again.
         self.wire: list[bytes | None] = wire if wire is not None else [None] * len(chunks)
+        # The upstream's x-request-id, on the first batch of a stream that sent one.
+        self.request_id = request_id
+
+    def __iter__(self) -> Iterator[ChatCompletionChunk]:
+        return iter(self.chunks)
+
+    def __len__(self) -> int:
+        return len(self.chunks)
 
     def sse(self) -> bytes:
         """Every chunk as one SSE ``data:`` event, ready to send in one write."""
@@ -58,15 +72,28 @@ class ChunkBatch:
         return f"ChunkBatch({len(self.chunks)} chunks)"
 
 
-async def batches_of(chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[ChunkBatch]:
-    """A chunk stream as batches of one, for providers without batches of their own."""
+async def batches_of(
+    chunks: AsyncGenerator[ChatCompletionChunk, None],
+) -> AsyncGenerator[ChunkBatch, None]:
+    """A chunk stream as batches of one, for providers that produce one chunk at a time;
+    closing the batches closes ``chunks``."""
     try:
         async for chunk in chunks:
             yield ChunkBatch([chunk], [None])
     finally:
-        closer = getattr(chunks, "aclose", None)
-        if closer is not None:
-            await closer()
+        await chunks.aclose()
+
+
+async def chunks_of(
+    batches: AsyncGenerator[ChunkBatch, None],
+) -> AsyncGenerator[ChatCompletionChunk, None]:
+    """A batched stream one chunk at a time; closing the chunks closes ``batches``."""
+    try:
+        async for batch in batches:
+            for chunk in batch.chunks:
+                yield chunk
+    finally:
+        await batches.aclose()
 
 
 class ChunkNormalizer:

@@ -24,9 +24,11 @@ class Attempt:
 
 @dataclass(slots=True)
 class RoutingTrail:
-    """Every attempt of one request, in order. Holds names, statuses and messages; no secrets."""
+    """Every attempt of one request, in order, and the request's id. Holds names, statuses and
+    messages; no secrets."""
 
     attempts: list[Attempt] = field(default_factory=list)
+    request_id: str | None = None
 
     @property
     def served_by(self) -> Attempt | None:

@@ -6,14 +6,11 @@ might have missed (an upstream that echoes its key inside a stream's error event
 
 from __future__ import annotations
 
-import urllib.parse
-from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from leapasgi import Gateway, OpenAICompatibleProvider
-from leapasgi._redact import Redactor
+from leapasgi import GatewayCore, Redactor
 
 __all__ = ["Scrubber"]
 
@@ -23,7 +20,7 @@ _M = TypeVar("_M", bound=BaseModel)
 class Scrubber:
     """Replaces the gateway's keys and every provider's credentials in text and results."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayCore) -> None:
         self._gateway = gateway
         self._version = -1
         self._redact = Redactor(())
@@ -41,7 +38,7 @@ class Scrubber:
         registry = self._gateway.manager.registry
         if registry.version != self._version:
             # Providers can be registered at any time; the registry's version says when.
-            self._redact = Redactor(_secrets(self._gateway))
+            self._redact = Redactor(self._gateway.secrets())
             self._version = registry.version
         return self._redact
 
@@ -54,22 +51,3 @@ def _walk(value: Any, redact: Redactor) -> Any:
     if isinstance(value, list):
         return [_walk(v, redact) for v in value]
     return value
-
-
-def _secrets(gateway: Gateway) -> Iterator[str]:
-    server = gateway.config.server
-    for key in (*server.api_keys, server.admin_key):
-        if key is not None:
-            yield key.get_secret_value()
-    for entry in gateway.manager.registry:
-        provider = entry.provider
-        if not isinstance(provider, OpenAICompatibleProvider):
-            continue
-        settings = provider.settings
-        if settings.api_key is not None:
-            yield settings.api_key.get_secret_value()
-        yield from settings.headers.values()
-        url = urllib.parse.urlsplit(settings.base_url)
-        yield from (value for _, value in urllib.parse.parse_qsl(url.query))
-        if url.password:
-            yield url.password

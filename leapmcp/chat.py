@@ -9,7 +9,6 @@ for HTTP clients.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,10 +19,11 @@ from leapasgi import (
     ChatCompletionAccumulator,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    Gateway,
-    InvalidRequestError,
+    GatewayCore,
     LeapError,
+    Outcome,
     RoutingTrail,
+    UnsupportedFeatureError,
     parse_chat_request,
 )
 
@@ -33,8 +33,6 @@ __all__ = ["PROGRESS_EVERY", "ChatRunner", "chat_body", "chat_result"]
 
 # A progress notification on the first chunk, then on every this many chunks.
 PROGRESS_EVERY = 8
-# The routing error code when no candidate has a feature the request needs.
-_UNSUPPORTED = "unsupported_feature"
 
 Report = Callable[[float, float | None, str | None], Awaitable[None]]
 
@@ -91,101 +89,79 @@ class _Progress:
 
 
 class ChatRunner:
-    """Serves chats for the tool through one gateway's manager, counted in its metrics."""
+    """Serves chats for the tool through one gateway's manager, counted in its metrics and
+    access log like any other request."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayCore) -> None:
         self._gateway = gateway
 
     async def run(
         self, body: dict[str, Any], *, provider: str | None, report: Report
-    ) -> tuple[ChatCompletion, RoutingTrail]:
-        """The completion for ``body`` and its trail; ``provider`` is tried first if given.
+    ) -> tuple[ChatCompletion, Outcome]:
+        """The completion for ``body`` and the request's outcome (trail, request id);
+        ``provider`` is tried first if given.
 
         Raises LeapError (with its trail) when nothing could serve, ToolError for a preferred
         provider that does not serve the model.
         """
-        started = time.perf_counter()
         request = parse_chat_request(body)
+        manager = self._gateway.manager
+        if provider is not None:
+            self._check_preferred(request, provider)
         progress = _Progress(report)
-        try:
-            await self._gateway.manager.start()
-            completion, trail = await self._run(body, provider, progress)
-        except LeapError as error:
-            self._gateway.record_failure(error, started=started, request=request)
-            raise
-        usage = completion.usage
-        self._gateway.record_success(
-            request,
-            trail,
-            started=started,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-        )
-        return completion, trail
+        with self._gateway.outcome() as outcome:
+            await manager.start()
+            streamed = parse_chat_request(
+                {**body, "stream": True, "stream_options": {"include_usage": True}}
+            )
+            try:
+                manager.routes.routes(streamed)
+            except UnsupportedFeatureError:
+                # No provider of this model streams (or has some other feature): ask for it
+                # whole; the dispatcher says what is missing if streaming was not all of it.
+                completion = await manager.chat(request, prefer=provider, outcome=outcome)
+            else:
+                completion = await self._stream(streamed, provider, outcome, progress)
+            outcome.sent = True
+        return completion, outcome
 
-    async def _run(
-        self, body: dict[str, Any], provider: str | None, progress: _Progress
-    ) -> tuple[ChatCompletion, RoutingTrail]:
-        if provider is None:
-            return await self._route(body, progress)
-        try:
-            return await self._route(self._pinned(body, provider), progress)
-        except LeapError as error:
-            if not error.retryable:
-                raise
-            first = error.trail
-        # The preferred provider could not serve: the others get their turn.
-        try:
-            completion, trail = await self._route(body, progress)
-        except LeapError as error:
-            error.trail = _joined(first, error.trail)
-            raise
-        return completion, _joined(first, trail)
-
-    def _pinned(self, body: dict[str, Any], provider: str) -> dict[str, Any]:
-        """``body`` routed to ``provider`` alone, with the model name it has for it."""
+    def _check_preferred(self, request: ChatCompletionRequest, provider: str) -> None:
+        """ToolError unless ``provider`` exists and serves the request's model; a routing
+        error is left to the dispatcher, which reports it."""
         manager = self._gateway.manager
         if provider not in manager.registry:
             names = ", ".join(manager.registry.names()) or "none"
             raise ToolError(f"No provider named {provider!r}. Providers: {names}")
-        routes = manager.routes.routes(parse_chat_request(body))
-        for route in routes:
-            if route.provider == provider:
-                return {**body, "model": f"{route.provider}/{route.model}"}
-        serving = ", ".join(r.provider for r in routes)
-        raise ToolError(
-            f"Provider {provider!r} does not serve `{body['model']}`; these do: {serving}"
-        )
-
-    async def _route(
-        self, body: dict[str, Any], progress: _Progress
-    ) -> tuple[ChatCompletion, RoutingTrail]:
-        streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
         try:
-            return await self._stream(parse_chat_request(streamed), progress)
-        except InvalidRequestError as error:
-            if error.code != _UNSUPPORTED or error.trail is not None:
-                raise
-        # No provider of this model streams (or has some other feature): ask for it whole.
-        return await self._gateway.manager.chat_with_trail(parse_chat_request(body))
+            routes = manager.routes.routes(request)
+        except LeapError:
+            return
+        if all(route.provider != provider for route in routes):
+            serving = ", ".join(route.provider for route in routes)
+            raise ToolError(
+                f"Provider {provider!r} does not serve `{request.model}`; these do: {serving}"
+            )
 
     async def _stream(
-        self, request: ChatCompletionRequest, progress: _Progress
-    ) -> tuple[ChatCompletion, RoutingTrail]:
+        self,
+        request: ChatCompletionRequest,
+        provider: str | None,
+        outcome: Outcome,
+        progress: _Progress,
+    ) -> ChatCompletion:
         accumulator = ChatCompletionAccumulator()
-        async with self._gateway.manager.stream(request) as stream:
+        manager = self._gateway.manager
+        async with manager.stream(request, prefer=provider, outcome=outcome) as stream:
             async for chunk in stream:
                 accumulator.add(chunk)
                 await progress.chunk(chunk, stream.trail)
-        return accumulator.result(), stream.trail
+        return accumulator.result()
 
 
-def _joined(first: RoutingTrail | None, then: RoutingTrail | None) -> RoutingTrail:
-    return RoutingTrail([*(first.attempts if first else ()), *(then.attempts if then else ())])
-
-
-def chat_result(completion: ChatCompletion, trail: RoutingTrail) -> ChatResult:
-    """The tool's answer: the text, who served it, usage and the routing trail."""
+def chat_result(completion: ChatCompletion, outcome: Outcome) -> ChatResult:
+    """The tool's answer: the text, who served it, usage, the routing trail and the request's
+    id (the one in the gateway's access log)."""
+    trail = outcome.trail
     served = trail.served_by
     choice = completion.choices[0] if completion.choices else None
     message = choice.message if choice is not None else None
@@ -202,6 +178,7 @@ def chat_result(completion: ChatCompletion, trail: RoutingTrail) -> ChatResult:
         )
         if usage is not None
         else None,
+        request_id=outcome.request_id,
         attempts=[
             AttemptInfo(
                 provider=a.provider,

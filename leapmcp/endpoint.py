@@ -23,8 +23,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from leapasgi import AuthenticationError, Gateway, InvalidRequestError
-from leapasgi.asgi.auth import KeyChecker
+from leapasgi import GatewayCore, InvalidRequestError
+from leapasgi.asgi import error_response
 
 from .tools import build_server
 
@@ -65,14 +65,15 @@ def transport_security(
 class McpEndpoint:
     """The gateway's MCP server as an ASGI app: mount it at ``/mcp`` (a Starlette ``Route``).
 
-    Requests need one of the gateway's API keys (or its admin key) when ``server.api_keys``
-    is set; a refusal is a 401 with an OpenAI error body, before anything else is read.
-    The server is stateless (no ``Mcp-Session-Id``): it takes POST requests only.
+    Requests pass the gateway's access check first (one of its API keys, or its admin key,
+    when ``server.api_keys`` is set); a refusal is a 401 with an OpenAI error body and
+    ``WWW-Authenticate``, before anything else is read. The server is stateless (no
+    ``Mcp-Session-Id``): it takes POST requests only.
     """
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: GatewayCore,
         *,
         admin_tools: bool = False,
         security: TransportSecuritySettings | None = None,
@@ -80,13 +81,11 @@ class McpEndpoint:
         self._gateway = gateway
         self._admin_tools = admin_tools
         self._security = security or transport_security()
-        admin = gateway.config.server.admin_key
-        self._keys = KeyChecker([*gateway.config.server.api_keys, *([admin] if admin else [])])
         self._running: _Running | None = None
         self._lock: asyncio.Lock | None = None
 
     @classmethod
-    def from_config(cls, gateway: Gateway) -> McpEndpoint:
+    def from_config(cls, gateway: GatewayCore) -> McpEndpoint:
         """The endpoint the gateway's ``[server]`` settings describe (``mcp_*``)."""
         server = gateway.config.server
         security = transport_security(
@@ -95,8 +94,9 @@ class McpEndpoint:
         return cls(gateway, admin_tools=server.mcp_admin_tools, security=security)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._gateway.auth.enabled and not self._keys.allows(scope):
-            await _unauthorized()(scope, receive, send)
+        refused = self._gateway.access.refusal(scope)
+        if refused is not None:
+            await error_response(refused)(scope, receive, send)
             return
         if scope["method"] != "POST":
             # Without sessions there is no event stream to GET and no session to DELETE; the
@@ -170,11 +170,6 @@ async def _serve(
         await stop.wait()
 
 
-def _unauthorized() -> JSONResponse:
-    error = AuthenticationError("Invalid or missing API key")
-    return JSONResponse(error.to_body(), status_code=401, headers={"www-authenticate": "Bearer"})
-
-
 def _post_only() -> JSONResponse:
     error = InvalidRequestError(
         "The MCP endpoint takes POST requests only", code="method_not_allowed"
@@ -183,7 +178,7 @@ def _post_only() -> JSONResponse:
 
 
 def build_http_app(
-    gateway: Gateway,
+    gateway: GatewayCore,
     *,
     admin_tools: bool = False,
     security: TransportSecuritySettings | None = None,

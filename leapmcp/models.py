@@ -68,6 +68,7 @@ class ChatResult(BaseModel):
     model: str = Field(description="The model that answered, as the provider names it")
     finish_reason: str | None = Field(description='"stop", "length" (max_tokens reached)...')
     usage: TokenUsage | None
+    request_id: str = Field(description="The request's id, as in the gateway's access log")
     attempts: list[AttemptInfo] = Field(
         description="The routing trail: every provider tried, in order; the last one served"
     )

@@ -16,9 +16,16 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
-from leapasgi import Gateway, HealthResult, LeapError, ProviderSnapshot, ProviderStatus, __version__
-from leapasgi.stats import Quantiles
-from leapasgi.registry import ProviderEntry
+from leapasgi import (
+    GatewayCore,
+    HealthResult,
+    LeapError,
+    ProviderSnapshot,
+    ProviderStatus,
+    Quantiles,
+    Role,
+    __version__,
+)
 
 from ._errors import describe
 from ._scrub import Scrubber
@@ -53,7 +60,7 @@ _READ_ONLY = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 class GatewayTools:
     """The tools, as methods over one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayCore) -> None:
         self._gateway = gateway
         self._scrub = Scrubber(gateway)
         self._chat = ChatRunner(gateway)
@@ -106,12 +113,12 @@ class GatewayTools:
             json_mode=json_mode,
         )
         try:
-            completion, trail = await self._chat.run(
+            completion, outcome = await self._chat.run(
                 body, provider=provider, report=ctx.report_progress
             )
         except LeapError as error:
             raise self._error(error) from None
-        return self._scrub.model(chat_result(completion, trail))
+        return self._scrub.model(chat_result(completion, outcome))
 
     async def list_providers(self) -> ProvidersResult:
         """Every provider: status, health, circuit breaker, features, models, latency
@@ -154,7 +161,7 @@ class GatewayTools:
             names = [e.name for e in registry if e.status is not ProviderStatus.INACTIVE]
         try:
             results = await self._check(names, ctx)
-            infos = [_health(r, registry.get(r.provider)) for r in results]
+            infos = [_health(r, registry.snapshot(r.provider)) for r in results]
         except LeapError as error:
             raise self._error(error) from None
         healthy = sum(1 for i in infos if i.ok)
@@ -190,11 +197,10 @@ class GatewayTools:
         """Admin: switch a provider on (active), off (inactive) or to maintenance (finish the
         requests in flight, take no new ones). Returns the provider as it now is."""
         request = ctx.request_context.request
-        admin = self._gateway.admin
         scope = getattr(request, "scope", None)
         # Over stdio the caller is the local user who started the server; over HTTP the admin
         # key is required, as for the gateway's own admin routes.
-        if scope is not None and (admin is None or not admin.allows(scope)):
+        if scope is not None and self._gateway.access.role(scope) is not Role.ADMIN:
             raise ToolError("Changing a provider's status over HTTP needs the gateway's admin key")
         self._known_provider(provider)
         registry = self._gateway.manager.registry
@@ -230,7 +236,7 @@ class GatewayTools:
         return ToolError(self._scrub.text(describe(error, known_models=known)))
 
 
-def build_server(gateway: Gateway, *, admin_tools: bool = False) -> MCPServer:
+def build_server(gateway: GatewayCore, *, admin_tools: bool = False) -> MCPServer:
     """An MCP server whose tools use ``gateway``; ``admin_tools`` adds set_provider_status.
 
     The server does not start or stop the gateway: whoever owns the gateway does (the
@@ -301,14 +307,14 @@ def _provider(s: ProviderSnapshot) -> ProviderInfo:
     return ProviderInfo.model_validate(fields)
 
 
-def _health(result: HealthResult, entry: ProviderEntry) -> HealthCheckInfo:
+def _health(result: HealthResult, snapshot: ProviderSnapshot) -> HealthCheckInfo:
     return HealthCheckInfo.model_validate(
         {
             "provider": result.provider,
             "ok": result.ok,
             "latency_ms": round(result.latency * 1000, 3),
             "error": result.error,
-            "status": entry.status.value,
-            "health": entry.breaker.health.value,
+            "status": snapshot.status.value,
+            "health": snapshot.health.value,
         }
     )

@@ -254,7 +254,7 @@ def test_build_gives_a_mock_provider_with_the_configured_settings() -> None:
     assert default.models == ("mock-chat",)
 
 
-def test_build_gives_an_openai_compatible_provider_without_its_own_retries() -> None:
+def test_build_gives_an_openai_compatible_provider() -> None:
     config = ProviderConfig(
         name="g",
         preset="groq",
@@ -268,7 +268,6 @@ def test_build_gives_an_openai_compatible_provider_without_its_own_retries() -> 
     provider = config.build(env={"GROQ_API_KEY": SECRET})
     assert isinstance(provider, OpenAICompatibleProvider)
     settings = provider.settings
-    assert settings.retry.max_retries == 0
     assert settings.timeouts == Timeouts(connect=2, first_byte=12, idle=12, total=600)
     assert settings.features == PRESETS["groq"].features
     assert settings.models == ("llama",)

@@ -12,10 +12,12 @@ from pydantic import ValidationError
 from leapasgi.attempts import BUSY_RETRY_AFTER
 from leapasgi.clock import FakeClock
 from leapasgi.config import HealthConfig, ProviderConfig, RoutingConfig
+from leapasgi.deadline import Deadline
 from leapasgi.exceptions import ProviderBusyError
 from leapasgi.health import BreakerState
 from leapasgi.limits import ConcurrencyLimit
 from leapasgi.manager import ProviderManager
+from leapasgi.providers.base import Capabilities
 from leapasgi.providers.mock import Fault, MockProvider
 from leapasgi.registry import ProviderStatus, RouteSettings
 from leapasgi.types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
@@ -32,18 +34,25 @@ def req(**fields: Any) -> ChatCompletionRequest:
 class Gated(MockProvider):
     """A mock whose answers wait for ``gate``; counts how many it serves at once."""
 
-    def __init__(self, name: str, clock: FakeClock) -> None:
+    def __init__(self, name: str, clock: FakeClock, *, honors_deadline: bool = False) -> None:
         super().__init__(name=name, models=["m"], reply=f"from {name}", clock=clock)
         self.gate = asyncio.Event()
         self.running = 0
         self.peak = 0
+        self._honors = Capabilities(features=self.features, honors_deadline=honors_deadline)
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._honors
+
+    async def chat(
+        self, request: ChatCompletionRequest, *, deadline: Deadline | None = None
+    ) -> ChatCompletion:
         self.running += 1
         self.peak = max(self.peak, self.running)
         try:
             await self.gate.wait()
-            return await super().chat(request)
+            return await super().chat(request, deadline=deadline)
         finally:
             self.running -= 1
 
@@ -269,12 +278,11 @@ async def test_a_request_waits_in_line_and_gets_the_freed_slot() -> None:
 
 async def test_waiting_for_a_slot_is_bounded_by_the_request_deadline() -> None:
     clock = FakeClock()
-    a = Gated("a", clock)
+    # It says it stops at its deadline itself, so the holder has no timer around it: only
+    # the waiter's deadline runs out.
+    a = Gated("a", clock, honors_deadline=True)
     async with manager(clock=clock, request_timeout=0.02) as m:
-        # The holder has no timer around it, so only the waiter's deadline runs out.
-        settings = RouteSettings(
-            models=("m",), max_in_flight=1, max_waiting=4, honors_deadline=True
-        )
+        settings = RouteSettings(models=("m",), max_in_flight=1, max_waiting=4)
         m.register_provider(a, settings)
         holder = asyncio.create_task(m.chat(req()))
         await until(lambda: a.running == 1)

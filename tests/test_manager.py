@@ -429,7 +429,7 @@ async def test_an_empty_stream_counts_as_a_failure_and_fails_over() -> None:
     clock = FakeClock()
 
     class Empty(MockProvider):
-        async def stream(self, request: ChatCompletionRequest) -> Any:  # type: ignore[override]
+        async def stream(self, request: ChatCompletionRequest, *, deadline: Any = None) -> Any:
             self.requests.append(request)
             for _ in ():
                 yield

@@ -14,10 +14,10 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
+from leapasgi import Gateway
 from leapasgi.asgi import openapi
 from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, ServerConfig
 from leapasgi.exceptions import InvalidRequestError
-from leapasgi.gateway import Gateway
 from leapasgi.types import parse_chat_request
 
 pytestmark = pytest.mark.anyio

@@ -254,10 +254,8 @@ def test_gauges_come_from_registry_snapshots() -> None:
     fast = registry.register(MockProvider(name="fast"))
     registry.register(MockProvider(name="idle"))
     drained = registry.register(MockProvider(name="drained"))
-    fast.begin()
-    fast.begin()
-    fast.succeeded(0.25)
-    fast.end()
+    fast.lease(expires_at=float("inf"))  # still in flight
+    fast.lease(expires_at=float("inf")).succeeded(0.25)
     failing = UpstreamUnavailableError("down", provider="drained", upstream_status=503)
     drained.failed(failing, 0.5)
     drained.failed(failing, 0.5)

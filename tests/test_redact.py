@@ -4,7 +4,7 @@ import urllib.parse
 
 import pytest
 
-from leapasgi._redact import REDACTED, Redactor
+from leapasgi.redact import REDACTED, Redactor
 
 CANARY = "sk-canary-4f9a/0B+7e=Zq"
 PREFIXES = ["", "a", "ab", "abc", "abcd", "abcde"]

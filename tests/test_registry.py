@@ -35,6 +35,9 @@ from leapasgi.registry import (
 )
 from leapasgi.stats import Quantiles
 
+# A lease's deadline for tests that never reclaim it.
+NEVER = float("inf")
+
 
 def make(policy: BreakerPolicy | None = None) -> tuple[Registry, FakeClock]:
     clock = FakeClock()
@@ -132,9 +135,7 @@ def test_replace_swaps_the_provider_and_resets_stats() -> None:
     registry.register(mock("a"))
     old = registry.register(mock("p"), RouteSettings(priority=1))
     registry.register(mock("z"))
-    old.begin()
-    old.succeeded(0.2, prompt_tokens=5)
-    old.end()
+    old.lease(expires_at=NEVER).succeeded(0.2, prompt_tokens=5)
     eject(old)
     new_provider = mock("p")
 
@@ -504,14 +505,13 @@ def test_a_passing_check_on_a_healthy_provider_records_nothing() -> None:
 def test_maintenance_is_drained_once_in_flight_requests_end() -> None:
     registry, _ = make()
     entry = registry.register(mock("p"))
-    entry.begin()
-    entry.begin()
+    first, second = entry.lease(expires_at=NEVER), entry.lease(expires_at=NEVER)
 
     registry.set_status("p", "maintenance", cause="drain")
     assert not registry.drained("p")
-    entry.end()
+    first.abandoned()
     assert not registry.drained("p")
-    entry.end()
+    second.abandoned()
 
     assert registry.drained("p")
 
@@ -579,14 +579,13 @@ def test_models_come_from_settings_else_discovery() -> None:
 def test_outcomes_show_up_in_the_snapshot() -> None:
     registry, clock = make()
     entry = registry.register(mock("p"))
-    for _ in range(5):
-        entry.begin()
-    for latency, ttft in ((0.1, 0.01), (0.2, 0.02), (0.3, 0.03)):
+    leases = [entry.lease(expires_at=NEVER) for _ in range(5)]
+    for lease, (latency, ttft) in zip(
+        leases[:3], ((0.1, 0.01), (0.2, 0.02), (0.3, 0.03)), strict=True
+    ):
         clock.advance(1)
-        entry.succeeded(latency, ttft=ttft, prompt_tokens=10, completion_tokens=4)
-        entry.end()
-    entry.failed(RateLimitError("slow down", provider="p"), 0.05)
-    entry.end()
+        lease.succeeded(latency, ttft=ttft, prompt_tokens=10, completion_tokens=4)
+    leases[3].failed(RateLimitError("slow down", provider="p"), 0.05)
 
     snap = registry.snapshot("p")
 
@@ -659,9 +658,7 @@ def test_snapshots_never_contain_secrets() -> None:
     )
     provider = OpenAICompatibleProvider(settings)
     entry = registry.register(provider, RouteSettings(base_url=settings.base_url))
-    entry.begin()
-    entry.failed(outage(), 0.2)
-    entry.end()
+    entry.lease(expires_at=NEVER).failed(outage(), 0.2)
     entry.checked(False, "health check: down")
 
     for snap in [registry.snapshot("p"), *registry.snapshots()]:
@@ -699,14 +696,11 @@ def test_stats_total_every_provider() -> None:
     down = registry.register(mock("down"))
     off = registry.register(mock("off"))
     registry.register(mock("idle"))
-    for _ in range(3):
-        ok.begin()
-    ok.succeeded(0.1)
-    ok.succeeded(0.1)
-    ok.end()
-    ok.end()
+    leases = [ok.lease(expires_at=NEVER) for _ in range(3)]
+    leases[0].succeeded(0.1)
+    leases[1].succeeded(0.1)
     eject(down)
-    off.begin()
+    off.lease(expires_at=NEVER)  # still in flight
     off.succeeded(0.1)
     registry.set_status("off", "inactive", cause="off")
 
@@ -796,19 +790,17 @@ async def test_concurrent_status_changes_and_metrics_stay_exact() -> None:
     snapshots_taken = 0
 
     async def request(name: str, ok: bool, spins: int) -> None:
-        entry = registry.get(name)
-        entry.begin()
+        lease = registry.get(name).lease(expires_at=NEVER)
         await anyio.lowlevel.checkpoint()
         registry.set_status(name, ("active", "maintenance", "inactive")[spins % 3], cause="ops")
         for _ in range(spins):
             await anyio.lowlevel.checkpoint()
-        if ok:
-            entry.succeeded(0.01 * (spins + 1), prompt_tokens=1, completion_tokens=2)
-        else:
-            entry.failed(outage(name), 0.5)
         clock.advance(0.01)
+        if ok:
+            lease.succeeded(0.01 * (spins + 1), prompt_tokens=1, completion_tokens=2)
+        else:
+            lease.failed(outage(name), 0.5)
         await anyio.lowlevel.checkpoint()
-        entry.end()
 
     async def watch() -> None:
         nonlocal snapshots_taken

@@ -1,6 +1,8 @@
-"""The gateway over HTTP: the Starlette app and the ASGI middleware."""
+"""The gateway over HTTP: the ``Gateway`` with its ASGI app, and the ASGI middleware."""
 
 from .app import build_app
+from .gateway import Gateway
 from .middleware import LeapMiddleware
+from .routes import error_response
 
-__all__ = ["LeapMiddleware", "build_app"]
+__all__ = ["Gateway", "LeapMiddleware", "build_app", "error_response"]

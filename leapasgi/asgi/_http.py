@@ -1,4 +1,5 @@
-"""Small ASGI helpers: reading a size-capped body, sending JSON and OpenAI error bodies."""
+"""Small ASGI helpers: reading a size-capped body, sending JSON and OpenAI error bodies, and
+the headers a request's outcome puts on its response."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ from typing import Any
 from starlette.types import Message, Receive, Scope, Send
 
 from ..exceptions import InvalidRequestError, LeapError, RequestTooLargeError
+from ..outcome import Outcome
 
-__all__ = ["error_headers", "read_body", "send_error", "send_json", "send_response"]
+__all__ = [
+    "error_headers",
+    "outcome_headers",
+    "read_body",
+    "send_error",
+    "send_json",
+    "send_response",
+]
 
 JSON = b"application/json"
 
@@ -81,25 +90,39 @@ async def send_json(
 
 
 def error_headers(error: LeapError) -> list[tuple[bytes, bytes]]:
-    """Retry-After when the error has a hint; x-should-retry false once the gateway retried."""
+    """Retry-After when the error has a hint; x-should-retry false once the gateway retried;
+    WWW-Authenticate on every 401 (RFC 9110 requires it)."""
     headers: list[tuple[bytes, bytes]] = []
-    if error.retry_after is not None and error.http_status in (429, 503):
+    status = error.http_status
+    if error.retry_after is not None and status in (429, 503):
         headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
-    if error.request_id is not None:
-        headers.append((b"x-request-id", error.request_id.encode()))
+    elif status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
     trail = error.trail
-    if trail is not None:
-        headers.append((b"x-leap-attempts", str(trail.tries).encode()))
-        if trail.tries > 1:
-            # We already retried and failed over: SDK clients must not multiply the attempts.
-            headers.append((b"x-should-retry", b"false"))
+    if trail is not None and trail.tries > 1:
+        # We already retried and failed over: SDK clients must not multiply the attempts.
+        headers.append((b"x-should-retry", b"false"))
     return headers
 
 
-async def send_error(
-    send: Send, error: LeapError, *, headers: Iterable[tuple[bytes, bytes]] = ()
-) -> None:
-    """The OpenAI error body for ``error`` with its HTTP status."""
-    await send_json(
-        send, error.http_status, error.to_body(), headers=[*error_headers(error), *headers]
-    )
+def outcome_headers(outcome: Outcome) -> list[tuple[bytes, bytes]]:
+    """The request's id, how many attempts it took, which provider served it, and the
+    gateway's own time so far."""
+    trail = outcome.trail
+    headers = [
+        (b"x-request-id", outcome.request_id.encode()),
+        (b"x-leap-attempts", str(trail.tries).encode()),
+    ]
+    served = trail.served_by
+    if served is not None:
+        headers.append((b"x-leap-provider", served.provider.encode()))
+    headers.append((b"x-leap-overhead-ms", f"{outcome.overhead() * 1000:.2f}".encode()))
+    return headers
+
+
+async def send_error(send: Send, error: LeapError, outcome: Outcome) -> None:
+    """Answer ``error`` as an OpenAI error body with its HTTP status; the request's outcome
+    notes it."""
+    outcome.failed(error)
+    headers = [*error_headers(error), *outcome_headers(outcome)]
+    await send_json(send, error.http_status, error.to_body(), headers=headers)

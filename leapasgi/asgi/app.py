@@ -20,7 +20,7 @@ from .openapi import OPENAPI_PATH, OpenAPIEndpoint
 from .routes import Routes, error_response
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from ..gateway import GatewayCore
 
 __all__ = ["GatewayApp", "build_app"]
 
@@ -51,7 +51,7 @@ class GatewayApp:
         await self.routes(scope, receive, send)
 
 
-def build_app(gateway: Gateway) -> GatewayApp:
+def build_app(gateway: GatewayCore) -> GatewayApp:
     """The ASGI app serving ``gateway``; mount it anywhere or run it on its own."""
     routes = Routes(gateway)
     chat = ChatEndpoint(gateway)
@@ -84,7 +84,7 @@ def build_app(gateway: Gateway) -> GatewayApp:
     return GatewayApp(chat, starlette)
 
 
-def _mcp_endpoint(gateway: Gateway) -> ASGIApp:
+def _mcp_endpoint(gateway: GatewayCore) -> ASGIApp:
     """The MCP server at /mcp, run from the gateway's lifetime (or from its first request)."""
     # leapmcp sits above leapasgi: it is imported only when a config asks for /mcp.
     from leapmcp import McpEndpoint

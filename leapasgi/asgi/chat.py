@@ -8,22 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
 
-from ..exceptions import AuthenticationError, LeapError
-from ..sse import DONE, PING
-from ..trail import RoutingTrail
+from ..exceptions import LeapError
+from ..outcome import Outcome
+from ..sse import DONE, PING, encode_json
 from ..types import ChatCompletionRequest, parse_chat_request
-from ._http import ClientGone, read_body, send_error, send_response
+from ._http import ClientGone, outcome_headers, read_body, send_error, send_response
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
-    from ..manager import ManagedStream
+    from ..gateway import GatewayCore
+    from ..managed_stream import ManagedStream
 
 __all__ = ["ChatEndpoint"]
 
@@ -34,83 +32,74 @@ _SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
-_END = object()
 # Seconds a request runs before a task starts watching for its client's disconnect.
 WATCH_AFTER = 0.02
-# Status recorded for a request whose client went away before the answer (nginx's convention).
-CLIENT_CLOSED = 499
 
 
 class ChatEndpoint:
-    """The chat completions endpoint of one gateway."""
+    """The chat completions endpoint of one gateway. Each request's ``Outcome`` is recorded
+    once, when the ``with`` block around it ends, whichever way it ended."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayCore) -> None:
         self._gateway = gateway
+        self._manager = gateway.manager
+        self._access = gateway.access
+        self._max_body = gateway.config.server.max_body_bytes
+        self._keepalive = gateway.config.server.keepalive_interval
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self._serve(scope, receive, send)
-        except Exception:
-            # Outside Starlette's middleware, so never a traceback to the client from here.
-            logger.exception("unhandled error in the chat endpoint")
-            # If the response had already begun, the server refuses a second start: nothing
-            # more can be said to this client then.
-            with contextlib.suppress(RuntimeError, OSError):
-                await send_error(send, LeapError("The gateway failed unexpectedly"))
+        with self._gateway.outcome() as outcome:
+            try:
+                await self._serve(scope, receive, send, outcome)
+            except Exception:
+                # Outside Starlette's middleware, so never a traceback to the client from here.
+                logger.exception("unhandled error in the chat endpoint")
+                # If the response had already begun, the server refuses a second start:
+                # nothing more can be said to this client then.
+                error = LeapError("The gateway failed unexpectedly", code="internal_error")
+                outcome.failed(error)
+                with contextlib.suppress(RuntimeError, OSError):
+                    await send_error(send, error, outcome)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        gateway = self._gateway
-        if not gateway.auth.allows(scope):
-            error = AuthenticationError("Invalid or missing API key")
-            await send_error(send, error)
-            gateway.record_failure(error, started=started, request=None)
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        refused = self._access.refusal(scope)
+        if refused is not None:
+            await send_error(send, refused, outcome)
             return
         try:
-            body = await read_body(receive, scope, gateway.config.server.max_body_bytes)
+            body = await read_body(receive, scope, self._max_body)
             request = parse_chat_request(body)
         except ClientGone:
+            outcome.gone = True
             return
         except LeapError as error:
-            await send_error(send, error)
-            gateway.record_failure(error, started=started, request=None)
+            await send_error(send, error, outcome)
             return
         if request.stream:
-            await _Stream(gateway, request, started, receive, send).run()
+            stream = self._manager.stream(request, outcome=outcome)
+            await _Stream(stream, self._keepalive, receive, send).run()
         else:
-            await _complete(gateway, request, started, receive, send)
+            await self._complete(request, outcome, receive, send)
 
-
-async def _complete(
-    gateway: Gateway, request: ChatCompletionRequest, started: float, receive: Receive, send: Send
-) -> None:
-    guard = _DisconnectGuard(receive)
-    try:
-        completion, trail = await gateway.manager.chat_with_trail(request)
-    except LeapError as error:
-        guard.close()
-        await send_error(send, error)
-        gateway.record_failure(error, started=started, request=request)
-        return
-    except asyncio.CancelledError:
-        if not guard.absorb():
-            raise
-        gateway.record_gone(request, started=started)
-        return
-    finally:
-        guard.close()
-    headers = gateway.trail_headers(trail, started)
-    if completion.request_id is not None:
-        headers.append((b"x-request-id", completion.request_id.encode()))
-    await send_response(send, 200, completion.to_wire_json(), headers=headers)
-    usage = completion.usage
-    gateway.record_success(
-        request,
-        trail,
-        started=started,
-        prompt_tokens=usage.prompt_tokens if usage else 0,
-        completion_tokens=usage.completion_tokens if usage else 0,
-    )
+    async def _complete(
+        self, request: ChatCompletionRequest, outcome: Outcome, receive: Receive, send: Send
+    ) -> None:
+        guard = _DisconnectGuard(receive)
+        try:
+            completion = await self._manager.chat(request, outcome=outcome)
+        except LeapError as error:
+            guard.close()
+            await send_error(send, error, outcome)
+            return
+        except asyncio.CancelledError:
+            if not guard.absorb():
+                raise
+            outcome.gone = True
+            return
+        finally:
+            guard.close()
+        await send_response(send, 200, completion.to_wire_json(), headers=outcome_headers(outcome))
+        outcome.sent = True
 
 
 class _DisconnectGuard:
@@ -166,65 +155,53 @@ class _Stream:
     one in-band error event. Keep-alive comments go out whenever the upstream is silent for
     the keep-alive interval (which also starts the response if nothing came yet)."""
 
+    __slots__ = (
+        "_pinging",
+        "_seen",
+        "_timer",
+        "finished",
+        "headers_sent",
+        "keepalive",
+        "receive",
+        "send",
+        "sent",
+        "stream",
+    )
+
     def __init__(
-        self,
-        gateway: Gateway,
-        request: ChatCompletionRequest,
-        started: float,
-        receive: Receive,
-        send: Send,
+        self, stream: ManagedStream, keepalive: float, receive: Receive, send: Send
     ) -> None:
-        self.gateway = gateway
-        self.request = request
-        self.started = started
+        self.stream = stream
+        self.keepalive = keepalive
         self.receive = receive
         self.send = send
-        self.trail = RoutingTrail()
         self.headers_sent = False
         self.finished = False
         self.sent = 0
         self._seen = 0
         self._timer: asyncio.TimerHandle | None = None
         self._pinging: asyncio.Task[None] | None = None
-        self.first_at: float | None = None
-        self.usage_prompt = 0
-        self.usage_completion = 0
 
     async def run(self) -> None:
         guard = _DisconnectGuard(self.receive)
-        stream = self.gateway.manager.stream(self.request)
-        self.trail = stream.trail
+        stream = self.stream
         self._arm()
-        outcome: object = None
         try:
-            outcome = await self._relay(stream)
+            await self._relay(stream)
         except asyncio.CancelledError:
             if not guard.absorb():
                 raise
+            stream.outcome.gone = True
         finally:
             self.finished = True
             guard.close()
             self._disarm()
             # Also when the client left: the upstream request must be closed now.
             await stream.aclose()
-        gateway = self.gateway
-        if isinstance(outcome, LeapError):
-            gateway.record_failure(outcome, started=self.started, request=self.request)
-        elif outcome is _END:
-            gateway.record_success(
-                self.request,
-                self.trail,
-                started=self.started,
-                ttft=None if self.first_at is None else self.first_at - self.started,
-                prompt_tokens=self.usage_prompt,
-                completion_tokens=self.usage_completion,
-            )
-        else:
-            gateway.record_gone(self.request, started=self.started)
 
-    async def _relay(self, stream: ManagedStream) -> object:
-        """Send the chunks of each upstream read in one write as they come; returns _END or
-        the error that ended the stream."""
+    async def _relay(self, stream: ManagedStream) -> None:
+        """Send the chunks of each upstream read in one write as they come, then [DONE]; a
+        failure ends the stream with the error (as a response, or an in-band event)."""
         send = self.send
         next_batch = stream.next_batch
         try:
@@ -234,30 +211,24 @@ class _Stream:
                 except StopAsyncIteration:
                     break
                 if not self.headers_sent:
-                    self.first_at = time.perf_counter()
                     await self._start()
-                for chunk in batch.chunks:
-                    usage = chunk.usage
-                    if usage is not None:
-                        self.usage_prompt = usage.prompt_tokens
-                        self.usage_completion = usage.completion_tokens
                 self.sent += 1
                 await send({"type": "http.response.body", "body": batch.sse(), "more_body": True})
         except LeapError as error:
             self.finished = True
             await self._fail(error)
-            return error
+            return
         self.finished = True
         await self._start()
         await send({"type": "http.response.body", "body": DONE, "more_body": False})
-        return _END
+        stream.outcome.sent = True
 
     # Keep-alive: a timer (no task per stream) checks every interval whether anything was
     # sent since its last look; only a silent interval starts a task that sends a comment.
 
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self.gateway.config.server.keepalive_interval, self._tick)
+        self._timer = loop.call_later(self.keepalive, self._tick)
 
     def _disarm(self) -> None:
         if self._timer is not None:
@@ -288,14 +259,16 @@ class _Stream:
         if self.headers_sent:
             return
         self.headers_sent = True
-        headers = [*_SSE_HEADERS, *self.gateway.trail_headers(self.trail, self.started)]
+        headers = [*_SSE_HEADERS, *outcome_headers(self.stream.outcome)]
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def _fail(self, error: LeapError) -> None:
+        outcome = self.stream.outcome
         if not self.headers_sent:
             self.headers_sent = True
-            await send_error(self.send, error)
+            await send_error(self.send, error, outcome)
             return
         # After the first byte there is no status to change: one error event, then the end.
-        event = b"data: " + json.dumps(error.to_body(), separators=(",", ":")).encode() + b"\n\n"
+        outcome.failed(error)
+        event = encode_json(error.to_body())
         await self.send({"type": "http.response.body", "body": event, "more_body": False})

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from .gateway import Gateway
 
 __all__ = ["LeapMiddleware"]
 

@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import __version__
-from ..exceptions import AuthenticationError
 from ..manager import HealthResult
 from ..prometheus import CONTENT_TYPE
 from ..registry import ProviderSnapshot, RegistryStats
@@ -35,7 +34,7 @@ from ..types import (
 from .routes import error_response
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from ..gateway import GatewayCore
 
 __all__ = ["OPENAPI_PATH", "OPENAPI_VERSION", "OpenAPIEndpoint", "openapi_document"]
 
@@ -426,22 +425,23 @@ def _ready_schema() -> dict[str, Any]:
 class OpenAPIEndpoint:
     """Serves the document of one gateway, built on its first request and then kept."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayCore) -> None:
         self._gateway = gateway
         # One rendering per mount point (root_path); in practice there is one.
         self._rendered: dict[str, bytes] = {}
 
     async def serve(self, request: Request) -> Response:
         """``GET /openapi.json``, behind the API keys like every route but the probes."""
-        if not self._gateway.auth.allows(request.scope):
-            return error_response(AuthenticationError("Invalid or missing API key"))
+        refused = self._gateway.access.refusal(request.scope)
+        if refused is not None:
+            return error_response(refused)
         root: str = request.scope.get("root_path", "")
         body = self._rendered.get(root)
         if body is None:
             gateway = self._gateway
             document = openapi_document(
-                api_auth=gateway.auth.enabled,
-                admin=gateway.admin is not None,
+                api_auth=gateway.access.keys_required,
+                admin=gateway.access.has_admin,
                 server_url=root or "/",
             )
             body = self._rendered[root] = json.dumps(document, separators=(",", ":")).encode()

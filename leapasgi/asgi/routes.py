@@ -9,22 +9,17 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from ..exceptions import (
-    AuthenticationError,
-    InvalidRequestError,
-    LeapError,
-    ModelNotFoundError,
-    NotFoundError,
-    PermissionDeniedError,
-)
+from ..access import Role
+from ..exceptions import InvalidRequestError, LeapError, ModelNotFoundError
+from ..outcome import CLIENT_CLOSED
 from ..prometheus import CONTENT_TYPE
 from ..registry import ProviderStatus
 from ._http import ClientGone, error_headers, read_body
 
 if TYPE_CHECKING:
-    from ..gateway import Gateway
+    from ..gateway import GatewayCore
 
-__all__ = ["Routes"]
+__all__ = ["Routes", "error_response"]
 
 
 def error_response(error: LeapError) -> JSONResponse:
@@ -36,25 +31,13 @@ def error_response(error: LeapError) -> JSONResponse:
 class Routes:
     """Request handlers bound to one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayCore) -> None:
         self.gateway = gateway
 
     def _refuse(self, request: Request, *, admin: bool = False) -> Response | None:
-        """None when the caller may go on; else 401 (no key, or not one of ours), 403 (one
-        of the API keys on an admin route) or 404 (admin routes without an admin key)."""
-        auth = self.gateway.auth
-        if not admin:
-            if auth.allows(request.scope):
-                return None
-            return error_response(AuthenticationError("Invalid or missing API key"))
-        checker = self.gateway.admin
-        if checker is None:
-            return error_response(NotFoundError("Not found", code="not_found"))
-        if checker.allows(request.scope):
-            return None
-        if auth.enabled and auth.allows(request.scope):
-            return error_response(PermissionDeniedError("This route needs the admin key"))
-        return error_response(AuthenticationError("Invalid or missing admin key"))
+        """None when the caller may go on; else the gateway's one access check's refusal."""
+        refused = self.gateway.access.refusal(request.scope, admin=admin)
+        return None if refused is None else error_response(refused)
 
     async def models(self, request: Request) -> Response:
         """``GET /v1/models``: every routable model and alias."""
@@ -93,10 +76,7 @@ class Routes:
         return JSONResponse(body, status_code=200 if ready else 503)
 
     def _may_see_details(self, request: Request) -> bool:
-        gateway = self.gateway
-        if not gateway.auth.enabled or gateway.auth.allows(request.scope):
-            return True
-        return gateway.admin is not None and gateway.admin.allows(request.scope)
+        return self.gateway.access.role(request.scope) >= Role.API
 
     async def metrics(self, request: Request) -> Response:
         """``GET /metrics`` in the Prometheus text format; behind the API keys when set."""
@@ -138,7 +118,7 @@ class Routes:
         except LeapError as error:
             return error_response(error)
         except ClientGone:
-            return Response(status_code=499)
+            return Response(status_code=CLIENT_CLOSED)
 
     async def run_health_checks(self, request: Request) -> Response:
         """``POST /v1/providers/health`` (admin): check every provider now."""

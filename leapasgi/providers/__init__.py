@@ -1,19 +1,24 @@
-"""Providers: the contract, the OpenAI-compatible client, presets and the mock provider."""
+"""Providers: the contract, the OpenAI-compatible client, presets, the mock provider, and
+retries for a provider used on its own."""
 
-from .base import Provider, Timeouts
+from .base import Capabilities, Provider, Timeouts, WireProtocol
 from .compatible import OpenAICompatibleProvider
 from .mock import Fault, MockProvider
 from .presets import PRESETS, Preset, get_preset
+from .retrying import Retrying
 from .settings import ProviderSettings
 
 __all__ = [
     "PRESETS",
+    "Capabilities",
     "Fault",
     "MockProvider",
     "OpenAICompatibleProvider",
     "Preset",
     "Provider",
     "ProviderSettings",
+    "Retrying",
     "Timeouts",
+    "WireProtocol",
     "get_preset",
 ]

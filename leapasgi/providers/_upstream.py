@@ -98,7 +98,9 @@ def error_from_response(
         message = f"Provider {provider!r} answered HTTP {status}"
     param = detail.get("param")
     code = detail.get("code")
-    error = error_for_status(
+    # The upstream's own verdict on retrying (as the openai SDK reads it) overrides the status.
+    should_retry = headers.get("x-should-retry")
+    return error_for_status(
         status,
         redact(message),
         provider=provider,
@@ -106,12 +108,8 @@ def error_from_response(
         param=redact(param) if isinstance(param, str) else None,
         code=redact(str(code)) if code is not None else None,
         request_id=headers.get("x-request-id"),
+        retryable=should_retry == "true" if should_retry in ("true", "false") else None,
     )
-    # The upstream's own verdict on retrying (as the openai SDK reads it) overrides the status.
-    should_retry = headers.get("x-should-retry")
-    if should_retry in ("true", "false"):
-        error.retryable = error.retry_here = should_retry == "true"
-    return error
 
 
 def _error_detail(body: bytes) -> dict[str, Any]:

@@ -1,19 +1,29 @@
-"""The provider contract every upstream client implements, and its timeouts."""
+"""The provider contract: everything the core needs from an upstream client, and its timeouts.
+
+A provider makes exactly one upstream attempt per call. Retrying the same provider and failing
+over to another belong to the dispatcher, which passes each call the request's deadline; for
+standalone use, ``Retrying`` (``leapasgi.providers.retrying``) adds retries explicitly.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from ..features import Feature
-from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model
+from ..deadline import Deadline
+from ..features import ALL_FEATURES, Feature
+from ..streaming import ChunkBatch
+from ..types import ChatCompletion, ChatCompletionRequest, Model
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TOTAL_TIMEOUT",
+    "Capabilities",
     "Provider",
     "Timeouts",
+    "WireProtocol",
 ]
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -26,8 +36,8 @@ class Timeouts:
 
     ``connect``: TCP and TLS set-up. ``first_byte``: from sending a request to its response
     headers. ``idle``: the longest silence between two reads of a response body. ``total``: the
-    whole call, every retry and its backoff included; it also stops an upstream that drips one
-    byte at a time, which no per-read timeout catches.
+    whole call; it also stops an upstream that drips one byte at a time, which no per-read
+    timeout catches. A call also stops at the request's deadline when that comes first.
     """
 
     connect: float = DEFAULT_CONNECT_TIMEOUT
@@ -41,18 +51,57 @@ class Timeouts:
         return cls(first_byte=seconds, idle=seconds, total=max(total, seconds))
 
 
+class WireProtocol(StrEnum):
+    """An API a provider speaks natively."""
+
+    CHAT_COMPLETIONS = "chat_completions"
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a provider declares about itself; the core reads nothing else about it.
+
+    ``features``: what requests it can serve (streaming, tools, ...; custom strings allowed).
+    ``protocols``: the APIs it speaks natively. ``honors_deadline``: its calls stop at the
+    deadline they are given by themselves, so the dispatcher sets no timer of its own.
+    """
+
+    features: frozenset[str] = ALL_FEATURES
+    protocols: frozenset[WireProtocol] = field(
+        default_factory=lambda: frozenset({WireProtocol.CHAT_COMPLETIONS})
+    )
+    honors_deadline: bool = False
+
+    def supports(self, feature: Feature | str) -> bool:
+        """True when requests that need ``feature`` can be sent here."""
+        return str(feature) in self.features
+
+
 @runtime_checkable
 class Provider(Protocol):
-    """An upstream that serves chat completions in the OpenAI wire format."""
+    """An upstream that serves chat completions in the OpenAI wire format.
+
+    Each call is one upstream attempt; failures raise the LeapError they stand for.
+    """
 
     name: str
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
-        """One non-streaming completion."""
+    @property
+    def capabilities(self) -> Capabilities:
+        """What it can serve and how it behaves."""
         ...
 
-    def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        """A streamed completion, as normalized chunks."""
+    async def chat(
+        self, request: ChatCompletionRequest, *, deadline: Deadline | None = None
+    ) -> ChatCompletion:
+        """One non-streaming completion, done by ``deadline``."""
+        ...
+
+    def stream(
+        self, request: ChatCompletionRequest, *, deadline: Deadline | None = None
+    ) -> AsyncGenerator[ChunkBatch, None]:
+        """A streamed completion, as the normalized chunks of each upstream read; closing the
+        generator cancels the upstream request."""
         ...
 
     async def list_models(self) -> list[Model]:
@@ -63,8 +112,9 @@ class Provider(Protocol):
         """Raise if the upstream is unreachable or refuses us; never a billed call."""
         ...
 
-    def supports(self, feature: Feature | str) -> bool:
-        """True when the provider can serve requests that need ``feature``."""
+    def secrets(self) -> Iterable[str]:
+        """Every secret it holds (keys, credentials in its URL or headers), so that output
+        leaving the gateway can be scrubbed of them."""
         ...
 
     async def aclose(self) -> None:

@@ -6,19 +6,17 @@ import asyncio
 import contextlib
 import io
 import json
-import random
 import urllib.parse
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 from pydantic import ValidationError
 
 from .. import __version__
-from .._redact import Redactor
 from ..clock import Clock, SystemClock
-from ..deadline import deadline_for
+from ..deadline import Deadline
 from ..exceptions import (
     DeadlineExceededError,
     FirstByteTimeoutError,
@@ -26,7 +24,7 @@ from ..exceptions import (
     LeapError,
     MalformedResponseError,
 )
-from ..features import Feature
+from ..redact import Redactor
 from ..sse import SSEDecoder
 from ..streaming import (
     ChunkBatch,
@@ -42,6 +40,7 @@ from ._upstream import (
     translate_client_error,
 )
 from ._watch import Expired, ReadWatch
+from .base import Capabilities
 from .settings import ProviderSettings
 
 __all__ = ["UPSTREAM_HEADERS", "OpenAICompatibleProvider"]
@@ -62,7 +61,6 @@ UPSTREAM_HEADERS = frozenset(
     }
 )
 
-_T = TypeVar("_T")
 _KEEPALIVE_SECONDS = 30.0
 _DRAIN_SECONDS = 1.0
 # aiohttp warns about bytes bodies over 1 MiB (an error under -W error); it streams a buffer.
@@ -73,30 +71,21 @@ class OpenAICompatibleProvider:
     """Chat completions, streams, model lists and free health checks against one upstream.
 
     One ``aiohttp.ClientSession`` per provider, created on first use and closed by ``aclose()``.
-    Retries (connection errors, timeouts, 408, 409, 429, 5xx) stay inside one total deadline and
-    never happen once a streamed chunk has been handed on.
+    Each call is one upstream request, bounded by the provider's clocks and the deadline it is
+    given; retrying is the caller's (the dispatcher's, or ``Retrying`` for standalone use).
     """
 
-    def __init__(
-        self,
-        settings: ProviderSettings,
-        *,
-        clock: Clock | None = None,
-        rng: Callable[[], float] | None = None,
-    ) -> None:
+    def __init__(self, settings: ProviderSettings, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.name = settings.name
         self._clock = clock or SystemClock()
-        self._rng = rng or random.random
         self._session: aiohttp.ClientSession | None = None
         base = urllib.parse.urlsplit(settings.base_url)
         self._chat_url = self._url(base, "/chat/completions")
         self._models_url = self._url(base, "/models")
         key = settings.api_key.get_secret_value() if settings.api_key else None
-        secrets = [key] if key else []
-        secrets += [v for _, v in urllib.parse.parse_qsl(base.query)]
-        secrets += settings.headers.values()  # a key sent as x-api-key, api-key...
-        self._redact = Redactor(secrets)
+        self._capabilities = Capabilities(features=settings.features, honors_deadline=True)
+        self._redact = Redactor(self.secrets())
         headers = {"User-Agent": f"leapasgi/{__version__}", **settings.headers}
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -113,9 +102,21 @@ class OpenAICompatibleProvider:
         shown = urllib.parse.urlunsplit(base._replace(query="", fragment=""))
         return f"{type(self).__name__}(name={self.name!r}, base_url={shown!r})"
 
-    def supports(self, feature: Feature | str) -> bool:
-        """True when the provider was declared to support ``feature``."""
-        return str(feature) in self.settings.features
+    @property
+    def capabilities(self) -> Capabilities:
+        """The configured features; calls stop at their deadline by themselves."""
+        return self._capabilities
+
+    def secrets(self) -> Iterator[str]:
+        """The key, and credentials in the base URL (query values, password) or headers."""
+        settings = self.settings
+        if settings.api_key is not None:
+            yield settings.api_key.get_secret_value()
+        url = urllib.parse.urlsplit(settings.base_url)
+        yield from (value for _, value in urllib.parse.parse_qsl(url.query))
+        if url.password:
+            yield url.password
+        yield from settings.headers.values()  # a key sent as x-api-key, api-key...
 
     async def __aenter__(self) -> OpenAICompatibleProvider:
         return self
@@ -154,97 +155,47 @@ class OpenAICompatibleProvider:
             self._session = session
         return session
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
-        """One non-streaming completion, retried within the policy and the total deadline."""
+    async def chat(
+        self, request: ChatCompletionRequest, *, deadline: Deadline | None = None
+    ) -> ChatCompletion:
+        """One non-streaming completion."""
         body = self._encode(request, stream=False)
-        deadline = deadline_for(self._clock, self.settings.timeouts.total)
-        return await self._retrying(lambda: self._chat_once(body, deadline), deadline)
-
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        """A streamed completion; failures before the first chunk are retried, later ones raise."""
-        batches = self.stream_batches(request)
-        try:
-            async for batch in batches:
-                for chunk in batch.chunks:
-                    yield chunk
-        finally:
-            await batches.aclose()
-
-    async def stream_batches(
-        self, request: ChatCompletionRequest
-    ) -> AsyncGenerator[ChunkBatch, None]:
-        """``stream()`` a read at a time: the chunks each upstream read completed, with the
-        upstream's own JSON of those normalization left alone (the gateway relays them as is)."""
-        body = self._encode(request, stream=True)
-        deadline = deadline_for(self._clock, self.settings.timeouts.total)
-        include_usage = request.include_usage
-        retry = 0
-        while True:
-            normalizer = ChunkNormalizer(include_usage=include_usage, provider=self.name)
-            handed_on = False
-            try:
-                async for batch in self._stream_once(body, deadline, normalizer):
-                    handed_on = True
-                    yield batch
-                return
-            except LeapError as exc:
-                exc.attempts = retry + 1
-                if handed_on:
-                    raise
-                await self._before_retry(exc, retry, deadline)
-            retry += 1
-
-    async def list_models(self) -> list[Model]:
-        """The upstream's models from ``GET /models``."""
-        deadline = deadline_for(self._clock, self.settings.timeouts.total)
-        return await self._retrying(lambda: self._models_once(deadline), deadline)
-
-    async def check_health(self) -> None:
-        """One ``GET /models`` (free, never billed); raises the error that made it fail."""
-        timeouts = self.settings.timeouts
-        deadline = self._clock.monotonic() + timeouts.connect + timeouts.first_byte
-        await self._models_once(deadline)
-
-    async def _chat_once(self, body: bytes, deadline: float) -> ChatCompletion:
-        async with await self._send("POST", self._chat_url, body, deadline) as response:
-            data = await self._read_body(response, deadline)
+        until = self._until(deadline)
+        async with await self._send("POST", self._chat_url, body, until) as response:
+            data = await self._read_body(response, until)
             request_id = response.headers.get("x-request-id")
-        completion = self._completion(data)
-        completion._request_id = request_id
-        return completion
+        return self._completion(data).with_request_id(request_id)
 
-    def _completion(self, data: bytes) -> ChatCompletion:
-        try:
-            completion = ChatCompletion.model_validate_json(data)
-        except ValidationError:
-            raise self._malformed(data) from None
-        extra = completion.model_extra
-        if not completion.choices and extra and "error" in extra:
-            raise error_from_payload(extra, provider=self.name, redact=self._redact)
-        return completion
-
-    async def _stream_once(
-        self, body: bytes, deadline: float, normalizer: ChunkNormalizer
-    ) -> AsyncIterator[ChunkBatch]:
-        push = normalizer.push
-        async with await self._send("POST", self._chat_url, body, deadline, sse=True) as response:
+    async def stream(
+        self, request: ChatCompletionRequest, *, deadline: Deadline | None = None
+    ) -> AsyncGenerator[ChunkBatch, None]:
+        """A streamed completion a read at a time: the chunks each upstream read completed,
+        with the upstream's own JSON of those normalization left alone (the gateway relays
+        them as is). The first batch carries the upstream's x-request-id."""
+        body = self._encode(request, stream=True)
+        until = self._until(deadline)
+        normalizer = ChunkNormalizer(include_usage=request.include_usage, provider=self.name)
+        async with await self._send("POST", self._chat_url, body, until, sse=True) as response:
+            request_id = response.headers.get("x-request-id")
+            push = normalizer.push
             if not response.content_type.endswith("event-stream"):
                 # Some upstreams ignore "stream": true and answer with one JSON completion.
-                whole = self._completion(await self._read_body(response, deadline))
+                whole = self._completion(await self._read_body(response, until))
                 mended = [
                     chunk
                     for chunk in chunks_from_completion(whole, include_usage=True)
                     if push(chunk) is not None
                 ]
                 if mended:
-                    yield ChunkBatch(mended)
+                    yield ChunkBatch(mended, request_id=request_id)
+                    request_id = None
             else:
                 # One flat loop: every chunk of every stream passes through here.
                 decoder = SSEDecoder()
                 read = response.content.readany
                 name = self.name
                 redact = self._redact
-                watch = self._watch(deadline)
+                watch = self._watch(until)
                 done = False
                 try:
                     while not done and (data := await watch.read(read)):
@@ -269,7 +220,8 @@ class OpenAICompatibleProvider:
                                     else text.encode()
                                 )
                         if chunks:
-                            yield ChunkBatch(chunks, wire)
+                            yield ChunkBatch(chunks, wire, request_id=request_id)
+                            request_id = None
                         if failure is not None:
                             raise failure
                 except aiohttp.ClientError as exc:
@@ -286,11 +238,32 @@ class OpenAICompatibleProvider:
                         and push(chunk) is not None
                     ]
                     if last:
-                        yield ChunkBatch(last)
+                        yield ChunkBatch(last, request_id=request_id)
+                        request_id = None
                 await _drain(response)
         tail = normalizer.finish()
         if tail is not None:
-            yield ChunkBatch([tail])
+            yield ChunkBatch([tail], request_id=request_id)
+
+    async def list_models(self) -> list[Model]:
+        """The upstream's models from ``GET /models``."""
+        return await self._models_once(self._until(None))
+
+    async def check_health(self) -> None:
+        """One ``GET /models`` (free, never billed); raises the error that made it fail."""
+        timeouts = self.settings.timeouts
+        deadline = self._clock.monotonic() + timeouts.connect + timeouts.first_byte
+        await self._models_once(deadline)
+
+    def _completion(self, data: bytes) -> ChatCompletion:
+        try:
+            completion = ChatCompletion.model_validate_json(data)
+        except ValidationError:
+            raise self._malformed(data) from None
+        extra = completion.model_extra
+        if not completion.choices and extra and "error" in extra:
+            raise error_from_payload(extra, provider=self.name, redact=self._redact)
+        return completion
 
     async def _models_once(self, deadline: float) -> list[Model]:
         async with await self._send("GET", self._models_url, None, deadline) as response:
@@ -350,6 +323,13 @@ class OpenAICompatibleProvider:
             watch.close()
         return b"".join(parts)
 
+    def _until(self, deadline: Deadline | None) -> float:
+        """The monotonic time this call must end by: its total timeout, or the request's
+        deadline when that comes first."""
+        total = self.settings.timeouts.total
+        seconds = total if deadline is None else deadline.within(total)
+        return self._clock.monotonic() + seconds
+
     def _watch(self, deadline: float) -> ReadWatch:
         remaining = max(deadline - self._clock.monotonic(), 0.0)
         return ReadWatch(idle=self.settings.timeouts.idle, remaining=remaining)
@@ -391,35 +371,6 @@ class OpenAICompatibleProvider:
             f"({len(data)} bytes)",
             provider=self.name,
         )
-
-    async def _retrying(self, attempt: Callable[[], Awaitable[_T]], deadline: float) -> _T:
-        retry = 0
-        while True:
-            try:
-                return await attempt()
-            except LeapError as exc:
-                exc.attempts = retry + 1
-                await self._before_retry(exc, retry, deadline)
-            retry += 1
-
-    async def _before_retry(self, exc: LeapError, retry: int, deadline: float) -> None:
-        """Wait before retry number ``retry``, or raise ``exc`` when it must not be retried."""
-        if not exc.retryable or isinstance(exc, DeadlineExceededError):
-            raise exc
-        policy = self.settings.retry
-        delay = policy.delay(retry, retry_after=exc.retry_after, rng=self._rng)
-        if delay is None:
-            if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
-                exc.retry_here = False
-                exc.message += (
-                    f" (Retry-After {exc.retry_after:g} s is over the {policy.max_retry_after:g} s"
-                    " cap: not retried on this provider)"
-                )
-                exc.args = (exc.message,)
-            raise exc
-        if self._clock.monotonic() + delay >= deadline:
-            raise exc
-        await self._clock.sleep(delay)
 
     def _encode(self, request: ChatCompletionRequest, *, stream: bool) -> bytes:
         updates: dict[str, Any] = {}

@@ -8,11 +8,12 @@ client raises, so the gateway and its fault tests can run entirely in process.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from ..clock import Clock, SystemClock
+from ..deadline import Deadline
 from ..exceptions import (
     ConnectRefusedError,
     FirstByteTimeoutError,
@@ -26,14 +27,14 @@ from ..exceptions import (
     error_for_status,
 )
 from ..features import ALL_FEATURES, Feature, required_features
+from ..streaming import ChunkBatch
 from ..types import (
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
     Model,
 )
 from ._mock_answers import DEFAULT_REPLY, Answer, answer_for, chunks_of, completion_of
-from .base import Timeouts
+from .base import Capabilities, Timeouts
 
 __all__ = ["DEFAULT_MODELS", "DEFAULT_REPLY", "Fault", "FaultKind", "MockProvider"]
 
@@ -116,6 +117,7 @@ class MockProvider:
         self.chunks = chunks
         self.chunk_delay = chunk_delay
         self.features: frozenset[str] = ALL_FEATURES if features is None else frozenset(features)
+        self._capabilities = Capabilities(features=self.features)
         self.timeouts = timeouts or Timeouts()
         self.clock: Clock = clock or SystemClock()
         self.requests: list[ChatCompletionRequest] = []
@@ -132,7 +134,20 @@ class MockProvider:
         """Apply ``fault`` to every request while the queue is empty; None stops it."""
         self._persistent = fault
 
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+    @property
+    def capabilities(self) -> Capabilities:
+        """The configured features. Its own timeouts, not the deadline, stop its calls."""
+        if self._capabilities.features != self.features:
+            self._capabilities = Capabilities(features=self.features)
+        return self._capabilities
+
+    def secrets(self) -> Iterator[str]:
+        """None: the mock holds no key."""
+        return iter(())
+
+    async def chat(
+        self, request: ChatCompletionRequest, *, deadline: Deadline | None = None
+    ) -> ChatCompletion:
         """One non-streaming completion."""
         fault = await self._begin(request)
         answer = self._answer(request)
@@ -140,8 +155,10 @@ class MockProvider:
             await self._interrupt(fault)
         return completion_of(answer)
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        """A streamed completion whose chunks add up to what ``chat`` returns."""
+    async def stream(
+        self, request: ChatCompletionRequest, *, deadline: Deadline | None = None
+    ) -> AsyncGenerator[ChunkBatch, None]:
+        """A streamed completion whose chunks (one per batch) add up to what ``chat`` returns."""
         fault = await self._begin(request)
         pending = fault if fault is not None and fault.kind in _MID_STREAM else None
         answer = self._answer(request)
@@ -151,7 +168,7 @@ class MockProvider:
                 pending = None
             elif sent and self.chunk_delay > 0:
                 await self.clock.sleep(self.chunk_delay)
-            yield chunk
+            yield ChunkBatch([chunk])
         if pending is not None:
             await self._interrupt(pending)
 
@@ -165,10 +182,6 @@ class MockProvider:
         error = self._refusal(self._persistent) if self._persistent is not None else None
         if error is not None:
             raise error
-
-    def supports(self, feature: Feature | str) -> bool:
-        """True when ``feature`` is in the configured feature set."""
-        return feature in self.features
 
     async def aclose(self) -> None:
         """Mark the provider closed; there is nothing to release."""

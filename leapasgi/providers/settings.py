@@ -8,10 +8,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from .._redact import public_url
 from ..exceptions import ConfigurationError
 from ..features import Feature
-from ..retry import RetryPolicy
+from ..redact import public_url
 from .base import Timeouts
 from .presets import get_preset
 from .urls import check_base_url
@@ -43,7 +42,6 @@ class ProviderSettings(BaseModel):
     api_key: SecretStr | None = None
     preset: str | None = None
     timeouts: Timeouts = Field(default_factory=Timeouts)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
     features: frozenset[str] = frozenset(Feature)
     models: tuple[str, ...] = ()
     headers: Mapping[str, str] = Field(default_factory=dict)
@@ -79,7 +77,6 @@ class ProviderSettings(BaseModel):
         base_url: str | None = None,
         models: Iterable[str] | None = None,
         timeouts: Timeouts | None = None,
-        retry: RetryPolicy | None = None,
         features: Iterable[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ProviderSettings:
@@ -99,7 +96,6 @@ class ProviderSettings(BaseModel):
             "api_key": api_key,
             "preset": known.name,
             "timeouts": timeouts or Timeouts.uniform(known.timeout),
-            "retry": retry or RetryPolicy(),
             "features": frozenset(features) if features is not None else known.features,
             "models": tuple(models or ()),
             "legacy_max_tokens": known.legacy_max_tokens,

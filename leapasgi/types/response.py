@@ -131,6 +131,11 @@ class ChatCompletion(CoreWireModel):
         """The upstream's ``x-request-id`` for this completion, when it sent one."""
         return self._request_id
 
+    def with_request_id(self, request_id: str | None) -> ChatCompletion:
+        """This completion, noting the upstream's ``x-request-id`` (never serialized)."""
+        self._request_id = request_id
+        return self
+
 
 class ChoiceDeltaFunctionCall(WireModel):
     """A fragment of a tool call's function: the name comes once, arguments in pieces."""

@@ -17,8 +17,8 @@ from typing import Any, Literal
 import openai
 import uvicorn
 
+from leapasgi import Gateway
 from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
-from leapasgi.gateway import Gateway
 from leapasgi.providers.mock import MockProvider
 from tests.fake_upstream import FakeUpstream
 

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from leapasgi import Gateway
 from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, ServerConfig
-from leapasgi.gateway import Gateway
 from leapasgi.providers.mock import Fault, MockProvider
 from tests.fake_upstream import Behavior, FakeUpstream, text_stream
 

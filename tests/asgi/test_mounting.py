@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
+from leapasgi import Gateway
 from leapasgi.asgi import LeapMiddleware
 from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig
-from leapasgi.gateway import Gateway
 
 pytestmark = pytest.mark.anyio
 

@@ -14,6 +14,7 @@ from mcp.server import MCPServer
 from mcp.types import CallToolResult, TextContent
 from starlette.types import ASGIApp
 
+from leapasgi import Gateway
 from leapasgi.clock import Clock, FakeClock
 from leapasgi.config import (
     GatewayConfig,
@@ -22,7 +23,6 @@ from leapasgi.config import (
     RoutingConfig,
     ServerConfig,
 )
-from leapasgi.gateway import Gateway
 from leapasgi.manager import ProviderManager
 from leapasgi.providers.mock import MockProvider
 from tests.asgi.live_server import Lifespan, ServerThread

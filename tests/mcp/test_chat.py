@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from typing import Any
 
 import pytest
@@ -44,8 +46,17 @@ async def error_of(gateway: Any, arguments: dict[str, Any], mode: str = "auto") 
     return message.removeprefix(PREFIX)
 
 
-async def test_chat_answers_with_provider_model_usage_and_trail(mode: str) -> None:
+async def test_chat_answers_with_provider_model_usage_and_trail(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="leapasgi.access")
     answer = structured(await call(make_gateway(), {"model": "mock-chat", "prompt": "hi"}, mode))
+    request_id = answer.pop("request_id")
+    # The mock sends no request id of its own: the gateway's, the one in its access log line.
+    assert re.fullmatch(r"req_[0-9a-f]{24}", request_id)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "leapasgi.access"]
+    assert line.startswith("chat model=mock-chat provider=mock status=200 attempts=1 ")
+    assert line.endswith(f" id={request_id}")
     assert answer == {
         "reply": "You said: hi",
         "provider": "mock",

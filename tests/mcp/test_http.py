@@ -14,7 +14,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from leapasgi.gateway import Gateway
+from leapasgi import Gateway
 from leapmcp import build_http_app, transport_security
 from tests.mcp.support import (
     ACCEPT,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from mcp.types import CallToolResult
 
+from leapasgi import Gateway
 from leapasgi.config import ProviderConfig
-from leapasgi.gateway import Gateway
 from leapmcp import build_server
 from tests.fake_upstream import Behavior, FakeUpstream, error_body, sse, text_stream
 from tests.mcp.support import connect, make_gateway, structured, text

@@ -35,8 +35,10 @@ from leapasgi.exceptions import (
 )
 from leapasgi.providers.base import Timeouts
 from leapasgi.providers.compatible import OpenAICompatibleProvider
+from leapasgi.providers.retrying import Retrying
 from leapasgi.providers.settings import ProviderSettings
 from leapasgi.retry import RetryPolicy
+from leapasgi.streaming import ChunkBatch
 from leapasgi.types import ChatCompletionChunk, ChatCompletionRequest
 from tests.fake_upstream import (
     Behavior,
@@ -59,19 +61,33 @@ def make(
     *,
     clock: Clock | None = None,
     timeouts: Timeouts = FAST,
-    retries: int = 3,
     **fields: Any,
 ) -> OpenAICompatibleProvider:
+    """The provider on its own: one upstream request per call."""
     base_url = upstream if isinstance(upstream, str) else upstream.base_url
     settings = ProviderSettings(
-        name="up",
-        base_url=base_url,
-        api_key=SecretStr(CANARY),
-        timeouts=timeouts,
-        retry=RetryPolicy(max_retries=retries),
-        **fields,
+        name="up", base_url=base_url, api_key=SecretStr(CANARY), timeouts=timeouts, **fields
     )
-    return OpenAICompatibleProvider(settings, clock=clock or FakeClock(), rng=lambda: 0.5)
+    return OpenAICompatibleProvider(settings, clock=clock or FakeClock())
+
+
+def retrying(
+    upstream: FakeUpstream | str,
+    *,
+    retries: int = 3,
+    clock: Clock | None = None,
+    timeouts: Timeouts = FAST,
+    **fields: Any,
+) -> Retrying:
+    """The provider with retries added explicitly, as standalone code would."""
+    clock = clock or FakeClock()
+    return Retrying(
+        make(upstream, clock=clock, timeouts=timeouts, **fields),
+        policy=RetryPolicy(max_retries=retries),
+        total=timeouts.total,
+        clock=clock,
+        rng=lambda: 0.5,
+    )
 
 
 def req(**fields: Any) -> ChatCompletionRequest:
@@ -81,11 +97,11 @@ def req(**fields: Any) -> ChatCompletionRequest:
 
 
 async def drain(
-    stream: AsyncIterator[ChatCompletionChunk], into: list[ChatCompletionChunk] | None = None
+    stream: AsyncIterator[ChunkBatch], into: list[ChatCompletionChunk] | None = None
 ) -> list[ChatCompletionChunk]:
     received = [] if into is None else into
-    async for c in stream:
-        received.append(c)
+    async for batch in stream:
+        received.extend(batch)
     return received
 
 
@@ -266,23 +282,37 @@ STATUS_CASES: list[tuple[int, type[LeapError], bool]] = [
 ]
 
 
-@pytest.mark.parametrize(("status", "cls", "retried"), STATUS_CASES)
-async def test_each_status_is_mapped_and_retried_only_when_it_should(
-    upstream: FakeUpstream, status: int, cls: type[LeapError], retried: bool
+@pytest.mark.parametrize(("status", "cls", "retryable"), STATUS_CASES)
+async def test_each_status_is_mapped_and_the_provider_makes_one_request(
+    upstream: FakeUpstream, status: int, cls: type[LeapError], retryable: bool
 ) -> None:
     upstream.default = Behavior(status=status, json_body=error_body(f"upstream says {status}"))
     clock = FakeClock()
     async with make(upstream, clock=clock) as provider:
         with pytest.raises(cls) as caught:
             await provider.chat(req())
+        with pytest.raises(cls):
+            await drain(provider.stream(req(stream=True)))
     error = caught.value
     assert error.upstream_status == status
     assert error.http_status == status
-    assert error.retryable is retried
+    assert error.retryable is retryable
     assert f"upstream says {status}" in error.message
-    assert len(upstream.chat_requests) == (4 if retried else 1)
-    assert error.attempts == len(upstream.chat_requests)
-    assert len(clock.sleeps) == (3 if retried else 0)
+    assert len(upstream.chat_requests) == 2  # one per call: retrying is never the provider's
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize(("status", "cls", "retryable"), STATUS_CASES)
+async def test_retrying_retries_only_what_is_retryable(
+    upstream: FakeUpstream, status: int, cls: type[LeapError], retryable: bool
+) -> None:
+    upstream.default = Behavior(status=status, json_body=error_body(f"upstream says {status}"))
+    clock = FakeClock()
+    async with retrying(upstream, clock=clock) as provider:
+        with pytest.raises(cls):
+            await provider.chat(req())
+    assert len(upstream.chat_requests) == (4 if retryable else 1)
+    assert len(clock.sleeps) == (3 if retryable else 0)
 
 
 async def test_transient_errors_are_retried_until_success(upstream: FakeUpstream) -> None:
@@ -291,7 +321,7 @@ async def test_transient_errors_are_retried_until_success(upstream: FakeUpstream
         Behavior(status=502, raw_body=b"<html>bad gateway</html>"),
     )
     clock = FakeClock()
-    async with make(upstream, clock=clock) as provider:
+    async with retrying(upstream, clock=clock) as provider:
         result = await provider.chat(req())
     assert result.choices[0].message.content == "hello"
     assert len(upstream.chat_requests) == 3
@@ -304,7 +334,7 @@ async def test_retry_after_is_honoured(upstream: FakeUpstream) -> None:
         Behavior(status=429, json_body=error_body("slow"), headers={"retry-after-ms": "1500"}),
     )
     clock = FakeClock()
-    async with make(upstream, clock=clock) as provider:
+    async with retrying(upstream, clock=clock) as provider:
         await provider.chat(req())
     assert clock.sleeps == [2.0, 1.5]
 
@@ -316,7 +346,7 @@ async def test_the_upstreams_x_should_retry_overrides_the_status(
     upstream.push(
         Behavior(status=status, json_body=error_body("no"), headers={"x-should-retry": header})
     )
-    async with make(upstream, retries=1) as provider:
+    async with retrying(upstream, retries=1) as provider:
         if attempts == 1:
             with pytest.raises(UpstreamUnavailableError):
                 await provider.chat(req())
@@ -325,18 +355,17 @@ async def test_the_upstreams_x_should_retry_overrides_the_status(
     assert len(upstream.chat_requests) == attempts
 
 
-async def test_a_retry_after_hint_over_the_cap_means_fail_over(upstream: FakeUpstream) -> None:
+async def test_a_retry_after_hint_over_the_cap_is_not_waited_for(upstream: FakeUpstream) -> None:
     upstream.push(
         Behavior(status=429, json_body=error_body("quota"), headers={"Retry-After": "9999"})
     )
     clock = FakeClock()
-    async with make(upstream, clock=clock) as provider:
+    async with retrying(upstream, clock=clock) as provider:
         with pytest.raises(RateLimitError) as caught:
             await provider.chat(req())
     assert caught.value.retry_after == 9999.0
     assert caught.value.retryable is True
-    assert caught.value.retry_here is False
-    assert "not retried on this provider" in caught.value.message
+    assert caught.value.message == "quota"  # as the upstream said it: errors are never edited
     assert len(upstream.chat_requests) == 1
     assert clock.sleeps == []
 
@@ -345,7 +374,7 @@ async def test_backoff_never_sleeps_past_the_deadline(upstream: FakeUpstream) ->
     upstream.default = Behavior(status=500, json_body=error_body("down"))
     clock = FakeClock()
     timeouts = Timeouts(connect=0.5, first_byte=0.5, idle=0.5, total=1.0)
-    async with make(upstream, clock=clock, timeouts=timeouts, retries=10) as provider:
+    async with retrying(upstream, clock=clock, timeouts=timeouts, retries=10) as provider:
         with pytest.raises(UpstreamUnavailableError):
             await provider.chat(req())
     assert sum(clock.sleeps) < 1.0
@@ -362,7 +391,7 @@ async def test_model_not_found_keeps_its_code(upstream: FakeUpstream) -> None:
 
 async def test_redirects_are_not_followed(upstream: FakeUpstream) -> None:
     upstream.push(Behavior(status=302, raw_body=b"", headers={"Location": "http://127.0.0.1:9/x"}))
-    async with make(upstream, retries=0) as provider:
+    async with make(upstream) as provider:
         with pytest.raises(LeapError):
             await provider.chat(req())
     assert len(upstream.seen) == 1
@@ -370,7 +399,7 @@ async def test_redirects_are_not_followed(upstream: FakeUpstream) -> None:
 
 async def test_a_non_json_success_is_a_clear_error(upstream: FakeUpstream) -> None:
     upstream.push(Behavior(raw_body=b"<html>hello</html>"))
-    async with make(upstream, retries=0) as provider:
+    async with make(upstream) as provider:
         with pytest.raises(MalformedResponseError):
             await provider.chat(req())
 
@@ -383,16 +412,16 @@ def closed_port() -> int:
 
 async def test_connection_refused_is_its_own_error_and_retried() -> None:
     clock = FakeClock()
-    async with make(f"http://127.0.0.1:{closed_port()}/v1", clock=clock) as provider:
+    async with retrying(f"http://127.0.0.1:{closed_port()}/v1", clock=clock) as provider:
         with pytest.raises(ConnectRefusedError) as caught:
             await provider.chat(req())
-    assert caught.value.attempts == 4
+    assert caught.value.retryable
     assert len(clock.sleeps) == 3
 
 
 async def test_a_reset_before_the_answer_is_its_own_error(upstream: FakeUpstream) -> None:
     upstream.default = Behavior(reset_now=True)
-    async with make(upstream, retries=1) as provider:
+    async with retrying(upstream, retries=1) as provider:
         with pytest.raises(ConnectResetError):
             await provider.chat(req())
     assert len(upstream.chat_requests) == 2
@@ -413,7 +442,7 @@ async def test_connect_timeout_against_a_listener_that_never_accepts() -> None:
             fillers.append(filler)
         await asyncio.sleep(0.05)
         timeouts = Timeouts(connect=0.2, first_byte=2.0, idle=2.0, total=5.0)
-        async with make(f"http://127.0.0.1:{port}/v1", timeouts=timeouts, retries=0) as provider:
+        async with make(f"http://127.0.0.1:{port}/v1", timeouts=timeouts) as provider:
             with pytest.raises(ConnectTimeoutError):
                 await provider.chat(req())
     finally:
@@ -425,7 +454,7 @@ async def test_connect_timeout_against_a_listener_that_never_accepts() -> None:
 async def test_first_byte_timeout(upstream: FakeUpstream) -> None:
     upstream.default = Behavior(hang_now=True)
     timeouts = Timeouts(connect=0.5, first_byte=0.2, idle=5.0, total=5.0)
-    async with make(upstream, timeouts=timeouts, retries=0) as provider:
+    async with make(upstream, timeouts=timeouts) as provider:
         with pytest.raises(FirstByteTimeoutError):
             await provider.chat(req())
     for _ in range(200):  # the upstream notices the closed connection soon after
@@ -460,7 +489,7 @@ async def test_an_error_as_the_first_event_is_retried_invisibly(upstream: FakeUp
         Behavior(events=sse(error_body("overloaded", type="server_error"), done=False)),
         Behavior(events=text_stream(["fine"])),
     )
-    async with make(upstream) as provider:
+    async with retrying(upstream) as provider:
         chunks = await drain(provider.stream(req(stream=True)))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "fine"
     assert len(upstream.chat_requests) == 2
@@ -508,7 +537,7 @@ async def test_a_cut_before_any_chunk_is_retried(upstream: FakeUpstream) -> None
     upstream.push(
         Behavior(events=[b": ping\n\n"], then="reset"), Behavior(events=text_stream(["ok"]))
     )
-    async with make(upstream) as provider:
+    async with retrying(upstream) as provider:
         chunks = await drain(provider.stream(req(stream=True)))
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert len(upstream.chat_requests) == 2
@@ -542,7 +571,7 @@ async def test_the_key_never_leaks_into_errors_reprs_or_logs(
     upstream.models_behavior = upstream.default
     outputs: list[str] = []
     base_url = f"{upstream.base_url}?key={CANARY}"
-    async with make(base_url, retries=0) as provider:
+    async with make(base_url) as provider:
         outputs += [repr(provider), repr(provider.settings), str(provider.settings)]
         for call in (provider.chat(req()), drain(provider.stream(req(stream=True)))):
             with pytest.raises(AuthenticationError) as caught:
@@ -572,7 +601,7 @@ async def test_a_key_echoed_in_an_error_event_or_body_is_redacted(
         upstream.default = Behavior(
             events=sse(chunk({"role": "assistant", "content": "a"}), error, done=False)
         )
-    async with make(upstream, retries=0) as provider:
+    async with make(upstream) as provider:
         call = provider.chat(req()) if where.startswith("200") else drain(provider.stream(req()))
         with pytest.raises(LeapError) as caught:
             await call
@@ -608,7 +637,7 @@ async def test_events_of_one_read_come_as_one_batch_with_the_upstream_bytes(
     events = sse(first, chunk({"content": "hi"}), chunk({}, finish="stop"))
     upstream.default = Behavior(events=[b"".join(events)])  # one write
     async with make(upstream) as provider:
-        batches = [b async for b in provider.stream_batches(req(stream=True))]
+        batches = [b async for b in provider.stream(req(stream=True))]
     assert len(batches) == 1
     (batch,) = batches
     assert [c.choices[0].delta.content for c in batch.chunks] == ["", "hi", None]
@@ -629,7 +658,7 @@ async def test_mended_and_multi_line_events_are_serialized_again(upstream: FakeU
     )
     upstream.default = Behavior(events=[b"".join(events)])
     async with make(upstream) as provider:
-        batches = [b async for b in provider.stream_batches(req(stream=True))]
+        batches = [b async for b in provider.stream(req(stream=True))]
     wire = [raw for b in batches for raw in b.wire]
     assert wire[:2] == [None, None]
     assert wire[2] is not None
@@ -673,7 +702,7 @@ async def test_requests_carry_only_the_allow_listed_headers(upstream: FakeUpstre
 async def test_a_key_sent_in_a_configured_header_is_redacted(upstream: FakeUpstream) -> None:
     header_key = "hdr-canary-0b1c2d3e4f"
     upstream.default = Behavior(status=401, json_body=error_body(f"bad key {header_key}"))
-    async with make(upstream, retries=0, headers={"x-api-key": header_key}) as provider:
+    async with make(upstream, headers={"x-api-key": header_key}) as provider:
         with pytest.raises(AuthenticationError) as caught:
             await provider.chat(req())
     assert header_key not in str(caught.value)

@@ -70,14 +70,14 @@ def streaming(text: str = "hello there", *, usage: bool = False, **fields: Any) 
 
 
 async def collect(provider: MockProvider, req: ChatCompletionRequest) -> list[ChatCompletionChunk]:
-    return [chunk async for chunk in provider.stream(req)]
+    return [chunk async for batch in provider.stream(req) for chunk in batch]
 
 
 async def drain(
     provider: MockProvider, req: ChatCompletionRequest, into: list[ChatCompletionChunk]
 ) -> None:
-    async for chunk in provider.stream(req):
-        into.append(chunk)
+    async for batch in provider.stream(req):
+        into.extend(batch)
 
 
 def accumulate(chunks: list[ChatCompletionChunk]) -> Any:
@@ -528,9 +528,11 @@ async def test_models_features_and_close() -> None:
         ("a", "mock", WALL),
         ("b", "mock", WALL),
     ]
-    assert provider.supports(Feature.STREAMING)
-    assert not provider.supports(Feature.TOOLS)
-    assert mock().supports("vision")
+    assert provider.capabilities.supports(Feature.STREAMING)
+    assert not provider.capabilities.supports(Feature.TOOLS)
+    assert mock().capabilities.supports("vision")
+    assert not provider.capabilities.honors_deadline  # its own timeouts stop it
+    assert list(provider.secrets()) == []
     assert provider.closed
 
 

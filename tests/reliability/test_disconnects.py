@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-from leapasgi.gateway import Gateway
+from leapasgi import Gateway
 from tests.asgi.live_server import AppFactory, LiveGateway
 from tests.fake_upstream import Behavior, chunk, completion, sse
 from tests.reliability.harness import Figures, reliability_gateway

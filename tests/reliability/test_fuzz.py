@@ -27,10 +27,10 @@ from pydantic import SecretStr
 from schemathesis.python import asgi as schemathesis_asgi
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from leapasgi._redact import REDACTED, Redactor
+from leapasgi import Gateway
 from leapasgi.config import GatewayConfig, HealthConfig, ServerConfig, load_config, parse_config
 from leapasgi.exceptions import ConfigurationError
-from leapasgi.gateway import Gateway
+from leapasgi.redact import REDACTED, Redactor
 from leapasgi.retry import parse_retry_after
 from leapasgi.sse import SSEDecoder, SSEEvent
 from tests.asgi.live_server import mock_config

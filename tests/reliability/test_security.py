@@ -31,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
+from leapasgi import Gateway
 from leapasgi.asgi import LeapMiddleware
 from leapasgi.config import (
     GatewayConfig,
@@ -41,7 +42,6 @@ from leapasgi.config import (
     parse_config,
 )
 from leapasgi.exceptions import ConfigurationError
-from leapasgi.gateway import Gateway
 from leapasgi.types.guard import check_request_fields
 from tests.asgi.live_server import LiveGateway, live_gateway
 from tests.fake_upstream import (
@@ -278,8 +278,8 @@ def _reprs(gateway: Gateway) -> list[str]:
         gateway.config.server,
         gateway.manager,
         gateway.manager.registry,
-        gateway.auth,
-        gateway.admin,
+        gateway.access,
+        gateway.recorder,
         *gateway.config.providers,
     ]
     for entry in gateway.manager.registry:

@@ -1,0 +1,405 @@
+"""The dispatcher: the one path every request takes through the gateway's providers.
+
+    route -> order -> slot -> attempt -> classify -> retry or fail over -> one outcome
+
+Plain calls and streams share the loop (``_run``); they differ only in what one attempt is. A
+plain attempt is the whole call. A stream's attempt ends at its first batch: the stream is then
+committed to that provider (``UpstreamStream``) and handed to its consumer, and nothing fails
+over any more. Every attempt holds a ``Lease`` on its provider, which records the provider's
+outcome exactly once; the request's own outcome (trail, usage, request id) goes into the
+``Outcome`` the front door passed in.
+
+New capabilities plug in here: another protocol is another kind of attempt, a cache lookup
+comes before the loop, queueing and hedging live in the slot and attempt steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from enum import Enum
+from typing import TypeVar
+
+from .attempts import BUSY_RETRY_AFTER, Decision, RequestAttempts
+from .balancing import Candidate, Strategy, order
+from .clock import Clock
+from .config import HealthConfig, RoutingConfig
+from .deadline import Deadline
+from .exceptions import (
+    DeadlineExceededError,
+    FirstByteTimeoutError,
+    LeapError,
+    ProviderBusyError,
+    StreamInterruptedError,
+    UpstreamUnavailableError,
+)
+from .outcome import Outcome
+from .registry import Lease, ProviderEntry, ProviderStatus, Registry
+from .retry import RetryPolicy
+from .routing import Route, RouteTable
+from .streaming import ChunkBatch
+from .trail import RoutingTrail
+from .types import ChatCompletion, ChatCompletionRequest
+
+__all__ = ["Dispatcher", "UpstreamStream", "for_route"]
+
+_T = TypeVar("_T")
+_OFF = (ProviderStatus.INACTIVE, ProviderStatus.MAINTENANCE)
+
+
+class _Slot(Enum):
+    TAKEN = "taken"
+    FULL = "full"  # skipped: another provider may serve
+    OUT_OF_TIME = "out_of_time"  # the wait for a slot used up the request's time
+
+
+def for_route(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:
+    """``request`` with the model name the route's provider knows it by."""
+    if request.model == route.model:
+        return request
+    return request.model_copy(update={"model": route.model})
+
+
+# One attempt: (entry, route, the request as the route names it, attempts, lease, started).
+_Attempt = Callable[
+    [ProviderEntry, Route, ChatCompletionRequest, RequestAttempts, Lease, float], Awaitable[_T]
+]
+
+
+class Dispatcher:
+    """Serves requests over the registry's providers: one deadline and one attempt budget per
+    request, retries with backoff and Retry-After, failover, breakers and concurrency limits."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        routes: RouteTable,
+        *,
+        routing: RoutingConfig,
+        health: HealthConfig,
+        clock: Clock,
+        rng: random.Random,
+    ) -> None:
+        self._registry = registry
+        self._routes = routes
+        self._routing = routing
+        self._health = health
+        self._clock = clock
+        self._rng = rng
+        self._cursors: dict[str, itertools.count[int]] = {}
+        self._policies: dict[int, RetryPolicy] = {}
+
+    async def complete(
+        self, request: ChatCompletionRequest, outcome: Outcome, *, prefer: str | None = None
+    ) -> ChatCompletion:
+        """One completion from the best provider that can serve it; ``prefer`` names a
+        provider to try first."""
+        outcome.model = request.model
+        completion = await self._run(request, outcome.trail, prefer, self._complete)
+        outcome.upstream_request_id = completion.request_id
+        usage = completion.usage
+        if usage is not None:
+            outcome.used(usage.prompt_tokens, usage.completion_tokens)
+        return completion
+
+    async def open_stream(
+        self, request: ChatCompletionRequest, outcome: Outcome, *, prefer: str | None = None
+    ) -> UpstreamStream:
+        """A stream committed to the first provider that sent a first batch; failures before
+        it fail over."""
+        outcome.model = request.model
+        outcome.stream = True
+        stream = await self._run(request, outcome.trail, prefer, self._open)
+        outcome.upstream_request_id = stream.first.request_id
+        return stream
+
+    async def _run(
+        self,
+        request: ChatCompletionRequest,
+        trail: RoutingTrail,
+        prefer: str | None,
+        attempt: _Attempt[_T],
+    ) -> _T:
+        """Try routes until one attempt succeeds; raises the error the request ends with."""
+        attempts = self._plan(request, trail, prefer)
+        clock = self._clock
+        while (route := await attempts.next()) is not None:
+            entry = self._registry.get(route.provider)
+            slot = await self._take_slot(entry, route, attempts)
+            if slot is not _Slot.TAKEN:
+                if slot is _Slot.OUT_OF_TIME:
+                    break
+                continue
+            lease = entry.lease(expires_at=attempts.deadline.at)
+            started = clock.monotonic()
+            try:
+                return await attempt(
+                    entry, route, for_route(route, request), attempts, lease, started
+                )
+            except LeapError as error:
+                latency = clock.monotonic() - started
+                decision = attempts.record_failure(route, entry, error, latency)
+                if decision is Decision.FINAL:
+                    lease.refused(error)
+                    raise attempts.final_error(error) from error
+                lease.failed(error, latency)
+            except BaseException:
+                lease.abandoned()
+                raise
+        raise attempts.exhausted_error()
+
+    async def _complete(
+        self,
+        entry: ProviderEntry,
+        route: Route,
+        request: ChatCompletionRequest,
+        attempts: RequestAttempts,
+        lease: Lease,
+        started: float,
+    ) -> ChatCompletion:
+        deadline = attempts.deadline
+        provider = entry.provider
+        completion = await bounded(
+            provider.chat(request, deadline=deadline),
+            entry.name,
+            None if provider.capabilities.honors_deadline else deadline,
+        )
+        latency = self._clock.monotonic() - started
+        usage = completion.usage
+        if usage is None:
+            lease.succeeded(latency)
+        else:
+            lease.succeeded(
+                latency,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
+        attempts.record_success(route, latency)
+        return completion
+
+    async def _open(
+        self,
+        entry: ProviderEntry,
+        route: Route,
+        request: ChatCompletionRequest,
+        attempts: RequestAttempts,
+        lease: Lease,
+        started: float,
+    ) -> UpstreamStream:
+        deadline = attempts.deadline
+        provider = entry.provider
+        bound = None if provider.capabilities.honors_deadline else deadline
+        batches = provider.stream(request, deadline=deadline)
+        try:
+            first = await self._first_batch(batches, entry.name, deadline, bound)
+        except BaseException:
+            await close_quietly(batches)
+            raise
+        stream = UpstreamStream(batches, first, lease, bound, clock=self._clock, started=started)
+        attempts.record_success(route, stream.ttft)
+        # From here the consumer holds the lease; if it never closes the stream, the
+        # lease is reclaimed at the deadline (ProviderEntry.reclaim).
+        entry.keep(lease)
+        return stream
+
+    async def _first_batch(
+        self,
+        batches: AsyncGenerator[ChunkBatch, None],
+        name: str,
+        deadline: Deadline,
+        bound: Deadline | None,
+    ) -> ChunkBatch:
+        limit = self._routing.first_token_timeout
+        try:
+            while True:
+                if limit and limit < deadline.remaining():
+                    try:
+                        async with asyncio.timeout(limit):
+                            batch = await bounded(anext(batches), name, None)
+                    except TimeoutError:
+                        raise FirstByteTimeoutError(
+                            f"Provider {name!r} sent no first token within {limit:g} s",
+                            provider=name,
+                        ) from None
+                else:
+                    batch = await bounded(anext(batches), name, bound)
+                if batch.chunks:
+                    return batch
+        except StopAsyncIteration:
+            raise StreamInterruptedError(
+                f"Provider {name!r} ended the stream before its first chunk", provider=name
+            ) from None
+
+    async def _take_slot(
+        self, entry: ProviderEntry, route: Route, attempts: RequestAttempts
+    ) -> _Slot:
+        """Take one of ``entry``'s slots, waiting in its line within the request's deadline;
+        a provider that stays full is noted in the trail and skipped."""
+        limit = entry.limit
+        if limit is None or limit.try_acquire():
+            return _Slot.TAKEN
+        # A stream dropped without being closed may hold a slot past its deadline.
+        if entry.reclaim(self._clock.monotonic()) and limit.try_acquire():
+            return _Slot.TAKEN
+        remaining = attempts.deadline.remaining()
+        # With a place in line, a refusal means the wait used up the request's time.
+        in_line = remaining > 0 and limit.waiting < limit.max_waiting
+        if await limit.acquire(remaining):
+            return _Slot.TAKEN
+        attempts.record_overflow(
+            route,
+            ProviderBusyError(
+                f"Provider {entry.name!r} is at its concurrency limit "
+                f"({limit.max_in_flight} in flight, {limit.max_waiting} waiting)",
+                provider=entry.name,
+                retry_after=BUSY_RETRY_AFTER,
+            ),
+        )
+        return _Slot.OUT_OF_TIME if in_line else _Slot.FULL
+
+    def _plan(
+        self, request: ChatCompletionRequest, trail: RoutingTrail, prefer: str | None
+    ) -> RequestAttempts:
+        """The request's routes, the usable ones ordered by the balancing strategy (the
+        preferred provider first), with its deadline and attempt budget."""
+        routes = self._routes.routes(request)
+        registry = self._registry
+        now = self._clock.monotonic()
+        if len(routes) == 1:
+            # One candidate: nothing to balance (the common case of a model one provider serves).
+            off = registry.get(routes[0].provider).status in _OFF
+            return self._attempts([] if off else routes, now, trail)
+        alias = self._routes.aliases.get(request.model)
+        strategy = Strategy(
+            alias.strategy if alias is not None and alias.strategy else self._routing.strategy
+        )
+        # Least-latency probes a provider without a latency sample for as long as an ejection
+        # lasts, so one that looked slow once is found again when it recovers.
+        probe_after = self._health.base_ejection if strategy is Strategy.LEAST_LATENCY else None
+        usable: dict[str, Route] = {}
+        candidates = []
+        for position, route in enumerate(routes):
+            entry = registry.get(route.provider)
+            if entry.status in _OFF:
+                continue
+            usable[route.provider] = route
+            sampled_at = entry.sampled_at
+            candidates.append(
+                Candidate(
+                    route.provider,
+                    # An alias lists its targets in preference order; that order is the priority.
+                    priority=position if alias is not None else entry.settings.priority,
+                    weight=entry.settings.weight,
+                    latency=entry.stats.ewma.value,
+                    in_flight=entry.stats.in_flight,
+                    probe=probe_after is not None
+                    and entry.stats.in_flight == 0
+                    and (sampled_at is None or now - sampled_at >= probe_after),
+                )
+            )
+        cursor = next(self._cursors.setdefault(request.model, itertools.count()))
+        ranked = order(strategy, candidates, rng=self._rng, cursor=cursor)
+        ordered = [usable[candidate.name] for candidate in ranked]
+        if prefer is not None:
+            ordered.sort(key=lambda route: route.provider != prefer)
+        return self._attempts(ordered, now, trail)
+
+    def _attempts(self, routes: list[Route], now: float, trail: RoutingTrail) -> RequestAttempts:
+        return RequestAttempts(
+            routes,
+            registry=self._registry,
+            clock=self._clock,
+            rng=self._rng,
+            policy=self._policy,
+            max_attempts=self._routing.max_attempts,
+            deadline=Deadline(now + self._routing.request_timeout, self._clock),
+            trail=trail,
+        )
+
+    def _policy(self, max_retries: int) -> RetryPolicy:
+        policy = self._policies.get(max_retries)
+        if policy is None:
+            routing = self._routing
+            policy = self._policies[max_retries] = RetryPolicy(
+                max_retries=max_retries,
+                initial_delay=routing.retry_initial_delay,
+                max_delay=routing.retry_max_delay,
+                max_retry_after=routing.max_retry_after,
+            )
+        return policy
+
+
+class UpstreamStream:
+    """A stream committed to one provider once its first batch came: the rest of its batches
+    and the lease its outcome is recorded on. ``next()`` raises StopAsyncIteration at the end."""
+
+    __slots__ = ("_batches", "_bound", "_clock", "_started", "first", "lease", "ttft")
+
+    def __init__(
+        self,
+        batches: AsyncGenerator[ChunkBatch, None],
+        first: ChunkBatch,
+        lease: Lease,
+        bound: Deadline | None,
+        *,
+        clock: Clock,
+        started: float,
+    ) -> None:
+        self._batches = batches
+        self._bound = bound
+        self._clock = clock
+        self._started = started
+        self.first = first
+        self.lease = lease
+        # Seconds from the attempt's start to its first batch.
+        self.ttft = clock.monotonic() - started
+
+    def elapsed(self) -> float:
+        """Seconds since the attempt started."""
+        return self._clock.monotonic() - self._started
+
+    async def next(self) -> ChunkBatch:
+        """The next batch with chunks in it."""
+        batches, bound = self._batches, self._bound
+        while True:
+            if bound is None:
+                batch = await anext(batches)  # the provider stops at the deadline itself
+            else:
+                batch = await bounded(anext(batches), self.lease.entry.name, bound)
+            if batch.chunks:
+                return batch
+
+    async def close(self) -> None:
+        """Close the upstream request."""
+        await close_quietly(self._batches)
+
+
+async def bounded(call: Awaitable[_T], provider: str, deadline: Deadline | None) -> _T:
+    """Await ``call``, within ``deadline`` when given; foreign errors become LeapErrors."""
+    try:
+        if deadline is None:
+            return await call
+        async with asyncio.timeout(deadline.remaining()):
+            return await call
+    except TimeoutError:
+        raise DeadlineExceededError(
+            f"Provider {provider!r} did not finish before the request's deadline",
+            provider=provider,
+            retryable=False,
+        ) from None
+    except (LeapError, StopAsyncIteration, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        raise UpstreamUnavailableError(
+            f"Provider {provider!r} failed unexpectedly ({type(exc).__name__})",
+            provider=provider,
+        ) from exc
+
+
+async def close_quietly(batches: AsyncGenerator[ChunkBatch, None]) -> None:
+    """Close an upstream stream; an error it raises while closing is of no interest now."""
+    with contextlib.suppress(LeapError):
+        await batches.aclose()

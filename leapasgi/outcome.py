@@ -1,0 +1,159 @@
+"""The outcome of one request: the one record its metrics, access log line and headers all
+come from, whichever front door it came through.
+
+A front door opens it (``with recorder.outcome(...) as outcome:``), the dispatcher fills it in
+(trail, usage, time to first token, the upstream's request id), the front door notes how the
+answer ended (sent, failed, client gone), and leaving the ``with`` block records it, once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from random import getrandbits
+from types import TracebackType
+from typing import Protocol
+
+from .exceptions import LeapError
+from .trail import RoutingTrail
+
+__all__ = ["CLIENT_CLOSED", "Outcome", "OutcomeSink", "valid_request_id"]
+
+# Status recorded for a request whose client went away before the answer (nginx's convention).
+CLIENT_CLOSED = 499
+# An upstream's x-request-id is passed on only when it is a plain token: it reaches response
+# headers and log lines, so nothing that could split or forge either.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def valid_request_id(value: str | None) -> str | None:
+    """``value`` if it is safe to pass on as a request id, else None."""
+    if value is not None and _REQUEST_ID.fullmatch(value):
+        return value
+    return None
+
+
+class OutcomeSink(Protocol):
+    """Where finished outcomes go (metrics and the access log)."""
+
+    def record(self, outcome: Outcome) -> None: ...
+
+
+class Outcome:
+    """What happened to one request. Use it as a context manager: leaving records it once.
+    An exception on the way out that nothing noted yet ends it too: a LeapError as that
+    error, a cancellation as the client being gone, anything else as a 500.
+
+    ``request_id`` is fixed the first time it is read: the upstream's valid ``x-request-id``
+    when one arrived by then, else the gateway's own; headers, the access log line, the trail
+    and MCP results all show that one id.
+    """
+
+    __slots__ = (
+        "_id",
+        "_sink",
+        "completion_tokens",
+        "error",
+        "first_token_at",
+        "gone",
+        "model",
+        "operation",
+        "prompt_tokens",
+        "sent",
+        "started",
+        "stream",
+        "trail",
+        "upstream_request_id",
+    )
+
+    def __init__(
+        self, operation: str = "chat", *, sink: OutcomeSink | None = None, started: float = 0.0
+    ) -> None:
+        self.operation = operation
+        self.started = started or time.perf_counter()
+        self.trail = RoutingTrail()
+        self.model: str | None = None
+        self.stream = False
+        # perf_counter time of the first streamed chunk handed on.
+        self.first_token_at: float | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.upstream_request_id: str | None = None
+        # How it ended: the error answered, the client gone, or the answer sent whole.
+        self.error: LeapError | None = None
+        self.gone = False
+        self.sent = False
+        self._id: str | None = None
+        self._sink = sink
+
+    @property
+    def request_id(self) -> str:
+        """The id of this request, fixed on first read."""
+        rid = self._id
+        if rid is None:
+            rid = valid_request_id(self.upstream_request_id) or f"req_{getrandbits(96):024x}"
+            self._id = self.trail.request_id = rid
+        return rid
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the request ended with: 499 when the client left first, the
+        error's status, 200 once answered; 0 while it is still going."""
+        if self.gone:
+            return CLIENT_CLOSED
+        if self.error is not None:
+            return self.error.http_status
+        return 200 if self.sent else 0
+
+    @property
+    def provider(self) -> str | None:
+        """The provider that served the request, else the one its error came from."""
+        served = self.trail.served_by
+        if served is not None:
+            return served.provider
+        return self.error.provider if self.error is not None else None
+
+    def failed(self, error: LeapError) -> None:
+        """The request ended with ``error`` (its trail, when the dispatcher gave it one, is
+        the request's)."""
+        self.error = error
+        if error.trail is not None and error.trail is not self.trail:
+            self.trail = error.trail
+        if self.upstream_request_id is None:
+            self.upstream_request_id = error.request_id
+
+    def used(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Token usage the upstream reported."""
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+
+    def elapsed(self) -> float:
+        """Seconds since the request arrived."""
+        return time.perf_counter() - self.started
+
+    def overhead(self) -> float:
+        """Seconds spent in the gateway itself so far, upstream time excluded."""
+        return max(0.0, self.elapsed() - self.trail.upstream_seconds)
+
+    def __enter__(self) -> Outcome:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and not self.sent and self.error is None and not self.gone:
+            if isinstance(exc, LeapError):
+                self.failed(exc)
+            elif isinstance(exc, Exception):
+                self.failed(LeapError("The gateway failed unexpectedly", code="internal_error"))
+            else:
+                self.gone = True
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.record(self)
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.operation}, status={self.status}, model={self.model!r})"

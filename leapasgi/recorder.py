@@ -1,0 +1,87 @@
+"""Where finished requests are counted: the Prometheus metrics and the access log line, both
+from the request's one ``Outcome``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from ._logging import AccessLog
+from .outcome import Outcome
+from .prometheus import GatewayMetrics
+
+__all__ = ["OutcomeRecorder"]
+
+_NO_PROVIDER = "none"
+
+
+class OutcomeRecorder:
+    """Records each outcome once: metrics and one access log line (no prompt, no key).
+
+    ``routable`` says whether a model name is one the gateway routes; only those become metric
+    labels, so a client sending made-up names cannot grow /metrics without bound (the access
+    log still names them).
+    """
+
+    __slots__ = ("_log", "_routable", "metrics")
+
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        *,
+        routable: Callable[[str], bool],
+        log: AccessLog | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self._routable = routable
+        self._log = log or AccessLog(logging.getLogger("leapasgi.access"))
+
+    def outcome(self, operation: str = "chat") -> Outcome:
+        """A new outcome that is recorded here when its ``with`` block ends."""
+        return Outcome(operation, sink=self)
+
+    def record(self, outcome: Outcome) -> None:
+        """Count ``outcome`` in the metrics and write its access log line."""
+        latency = outcome.elapsed()
+        status = outcome.status
+        error = outcome.error
+        provider = outcome.provider or _NO_PROVIDER
+        model = outcome.model or ""
+        upstream = outcome.trail.upstream_seconds
+        first = outcome.first_token_at
+        ttft = None if first is None or error is not None else first - outcome.started
+        if error is not None:
+            self.metrics.record_error(provider=provider, kind=type(error).__name__)
+            overhead = latency
+        elif outcome.gone:
+            provider, overhead = _NO_PROVIDER, 0.0
+        else:
+            overhead = max(0.0, (latency if ttft is None else ttft) - upstream)
+        label = model if model and (status == 200 or self._routable(model)) else ""
+        self.metrics.record(
+            provider=provider,
+            model=label,
+            status=status,
+            latency=latency,
+            overhead=overhead,
+            ttft=ttft,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            stream=outcome.stream,
+        )
+        kind = f" error={type(error).__name__}" if error is not None else ""
+        self._log.info(
+            "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s",
+            outcome.operation,
+            model or "-",
+            provider,
+            status,
+            kind,
+            outcome.trail.tries,
+            latency * 1000,
+            outcome.request_id,
+        )
+
+    def flush(self) -> None:
+        """Write the access lines still waiting (at shutdown)."""
+        self._log.flush()
