@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any, TextIO
 
-__all__ = ["AccessLog", "BatchingHandler", "configure_server_logging"]
+__all__ = ["AccessLog", "BatchingHandler", "ServerFormatter", "configure_server_logging"]
 
 FORMAT = "%(asctime)s %(name)s %(message)s"
 # Longest a formatted line waits before it is written.
@@ -88,6 +88,13 @@ class BatchingHandler(logging.Handler):
         return f"<BatchingHandler {logging.getLevelName(self.level)}>"
 
 
+class ServerFormatter(logging.Formatter):
+    """The server's line format (FORMAT, default date format), as AccessLog writes it too."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+
+
 def configure_server_logging(stream: TextIO, *, level: int = logging.INFO) -> BatchingHandler:
     """Log to ``stream`` through a BatchingHandler (once per process). Records skip what the
     lines never print (the caller's source line, thread and process names), which would cost
@@ -97,10 +104,10 @@ def configure_server_logging(stream: TextIO, *, level: int = logging.INFO) -> Ba
         if isinstance(existing, BatchingHandler):
             return existing
     handler = BatchingHandler(stream)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(ServerFormatter())
     root.addHandler(handler)
     root.setLevel(level)
-    logging._srcfile = None
+    logging._srcfile = None  # noqa: SLF001 (the logging HOWTO's documented switch)
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
@@ -160,8 +167,7 @@ class AccessLog:
                     return None
                 if handler.filters or handler.level > logging.INFO:
                     return None
-                formatter = handler.formatter
-                if formatter is None or formatter._fmt != FORMAT or formatter.datefmt:
+                if type(handler.formatter) is not ServerFormatter:
                     return None
                 found = handler
             if not logger.propagate:

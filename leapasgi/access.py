@@ -96,7 +96,10 @@ class AccessPolicy:
         """None when the caller may go on; else the error to answer with: 401 without a
         valid key, 403 for an API key on an admin route, 404 for an admin route when no admin
         key is configured."""
-        if admin and not self._admin:
+        if not admin:
+            if not self._api:
+                return None  # no API keys: open to every caller
+        elif not self._admin:
             return NotFoundError("Not found", code="not_found")
         role = self.role(scope)
         if role is Role.ADMIN or (role is Role.API and not admin):

@@ -102,7 +102,8 @@ class Dispatcher:
         outcome.upstream_request_id = completion.request_id
         usage = completion.usage
         if usage is not None:
-            outcome.used(usage.prompt_tokens, usage.completion_tokens)
+            outcome.prompt_tokens = usage.prompt_tokens
+            outcome.completion_tokens = usage.completion_tokens
         return completion
 
     async def open_stream(
@@ -128,11 +129,12 @@ class Dispatcher:
         clock = self._clock
         while (route := await attempts.next()) is not None:
             entry = self._registry.get(route.provider)
-            slot = await self._take_slot(entry, route, attempts)
-            if slot is not _Slot.TAKEN:
-                if slot is _Slot.OUT_OF_TIME:
-                    break
-                continue
+            if entry.limit is not None:
+                slot = await self._take_slot(entry, route, attempts)
+                if slot is not _Slot.TAKEN:
+                    if slot is _Slot.OUT_OF_TIME:
+                        break
+                    continue
             lease = entry.lease(expires_at=attempts.deadline.at)
             started = clock.monotonic()
             try:
@@ -161,12 +163,11 @@ class Dispatcher:
         started: float,
     ) -> ChatCompletion:
         deadline = attempts.deadline
-        provider = entry.provider
-        completion = await bounded(
-            provider.chat(request, deadline=deadline),
-            entry.name,
-            None if provider.capabilities.honors_deadline else deadline,
-        )
+        call = entry.provider.chat(request, deadline=deadline)
+        if entry.capabilities.honors_deadline:
+            completion = await call  # it stops at the deadline by itself
+        else:
+            completion = await bounded(call, route.provider, deadline)
         latency = self._clock.monotonic() - started
         usage = completion.usage
         if usage is None:
@@ -190,11 +191,10 @@ class Dispatcher:
         started: float,
     ) -> UpstreamStream:
         deadline = attempts.deadline
-        provider = entry.provider
-        bound = None if provider.capabilities.honors_deadline else deadline
-        batches = provider.stream(request, deadline=deadline)
+        bound = None if entry.capabilities.honors_deadline else deadline
+        batches = entry.provider.stream(request, deadline=deadline)
         try:
-            first = await self._first_batch(batches, entry.name, deadline, bound)
+            first = await self._first_batch(batches, route.provider, deadline, bound)
         except BaseException:
             await close_quietly(batches)
             raise
@@ -239,7 +239,8 @@ class Dispatcher:
         """Take one of ``entry``'s slots, waiting in its line within the request's deadline;
         a provider that stays full is noted in the trail and skipped."""
         limit = entry.limit
-        if limit is None or limit.try_acquire():
+        assert limit is not None
+        if limit.try_acquire():
             return _Slot.TAKEN
         # A stream dropped without being closed may hold a slot past its deadline.
         if entry.reclaim(self._clock.monotonic()) and limit.try_acquire():

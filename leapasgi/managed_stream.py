@@ -110,7 +110,9 @@ class ManagedStream:
         for chunk in batch.chunks:
             usage = chunk.usage
             if usage is not None:
-                self.outcome.used(usage.prompt_tokens, usage.completion_tokens)
+                outcome = self.outcome
+                outcome.prompt_tokens = usage.prompt_tokens
+                outcome.completion_tokens = usage.completion_tokens
 
     async def _ended(self, upstream: UpstreamStream) -> None:
         """The stream ended cleanly: close the upstream request, record its success."""

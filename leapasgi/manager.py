@@ -224,6 +224,11 @@ class ProviderManager:
     ) -> None:
         await self.aclose()
 
+    @property
+    def started(self) -> bool:
+        """True from ``start()`` (models discovered, health checks running) to ``aclose()``."""
+        return self._started
+
     async def start(self) -> None:
         """Discover model lists and start the health-check worker; safe to call twice."""
         if self._started:
@@ -315,7 +320,8 @@ class ProviderManager:
         """One completion from the best provider that can serve it; ``prefer`` names a
         provider to try first. ``outcome``, when given, records how the request went; errors
         carry the routing trail either way."""
-        await self.start()
+        if not self._started:
+            await self.start()
         return await self.dispatcher.complete(request, outcome or Outcome(), prefer=prefer)
 
     async def chat_with_trail(
@@ -338,7 +344,8 @@ class ProviderManager:
         outcome = outcome or Outcome()
 
         async def open_stream() -> UpstreamStream:
-            await self.start()
+            if not self._started:
+                await self.start()
             return await self.dispatcher.open_stream(request, outcome, prefer=prefer)
 
         return ManagedStream(open_stream, outcome)

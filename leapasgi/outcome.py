@@ -17,20 +17,13 @@ from typing import Protocol
 from .exceptions import LeapError
 from .trail import RoutingTrail
 
-__all__ = ["CLIENT_CLOSED", "Outcome", "OutcomeSink", "valid_request_id"]
+__all__ = ["CLIENT_CLOSED", "Outcome", "OutcomeSink"]
 
 # Status recorded for a request whose client went away before the answer (nginx's convention).
 CLIENT_CLOSED = 499
 # An upstream's x-request-id is passed on only when it is a plain token: it reaches response
 # headers and log lines, so nothing that could split or forge either.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-
-
-def valid_request_id(value: str | None) -> str | None:
-    """``value`` if it is safe to pass on as a request id, else None."""
-    if value is not None and _REQUEST_ID.fullmatch(value):
-        return value
-    return None
 
 
 class OutcomeSink(Protocol):
@@ -91,7 +84,11 @@ class Outcome:
         """The id of this request, fixed on first read."""
         rid = self._id
         if rid is None:
-            rid = valid_request_id(self.upstream_request_id) or f"req_{getrandbits(96):024x}"
+            upstream = self.upstream_request_id
+            if upstream is not None and _REQUEST_ID.fullmatch(upstream):
+                rid = upstream
+            else:
+                rid = f"req_{getrandbits(96):024x}"
             self._id = self.trail.request_id = rid
         return rid
 
@@ -122,18 +119,10 @@ class Outcome:
         if self.upstream_request_id is None:
             self.upstream_request_id = error.request_id
 
-    def used(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """Token usage the upstream reported."""
-        self.prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
-
-    def elapsed(self) -> float:
-        """Seconds since the request arrived."""
-        return time.perf_counter() - self.started
-
     def overhead(self) -> float:
         """Seconds spent in the gateway itself so far, upstream time excluded."""
-        return max(0.0, self.elapsed() - self.trail.upstream_seconds)
+        spent = time.perf_counter() - self.started
+        return max(0.0, spent - self.trail.upstream_seconds)
 
     def __enter__(self) -> Outcome:
         return self

@@ -4,6 +4,7 @@ from the request's one ``Outcome``."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from ._logging import AccessLog
@@ -42,12 +43,17 @@ class OutcomeRecorder:
 
     def record(self, outcome: Outcome) -> None:
         """Count ``outcome`` in the metrics and write its access log line."""
-        latency = outcome.elapsed()
+        latency = time.perf_counter() - outcome.started
         status = outcome.status
         error = outcome.error
-        provider = outcome.provider or _NO_PROVIDER
+        trail = outcome.trail
+        served = trail.served_by
+        if served is not None:
+            provider = served.provider
+        else:
+            provider = (error.provider if error is not None else None) or _NO_PROVIDER
         model = outcome.model or ""
-        upstream = outcome.trail.upstream_seconds
+        upstream = trail.upstream_seconds
         first = outcome.first_token_at
         ttft = None if first is None or error is not None else first - outcome.started
         if error is not None:
@@ -77,7 +83,7 @@ class OutcomeRecorder:
             provider,
             status,
             kind,
-            outcome.trail.tries,
+            trail.tries,
             latency * 1000,
             outcome.request_id,
         )

@@ -93,6 +93,7 @@ class ProviderEntry:
         "_kept",
         "_on_idle",
         "breaker",
+        "capabilities",
         "discovered_models",
         "held_for_rate_limit",
         "limit",
@@ -108,6 +109,8 @@ class ProviderEntry:
     ) -> None:
         self.provider = provider
         self.settings = settings
+        # What the provider declared about itself when it was registered.
+        self.capabilities = provider.capabilities
         self.breaker = CircuitBreaker(policy, clock=clock)
         self.stats = ProviderStats()
         self.discovered_models: tuple[str, ...] | None = None
@@ -494,7 +497,7 @@ def _snapshot(entry: ProviderEntry, now: float, wall: float) -> ProviderSnapshot
         ejected_until=wall_time(breaker.open_until)
         if breaker.state is not BreakerState.CLOSED
         else None,
-        features=tuple(f.value for f in Feature if entry.provider.capabilities.supports(f)),
+        features=tuple(f.value for f in Feature if entry.capabilities.supports(f)),
         models=entry.models,
         priority=entry.settings.priority,
         weight=entry.settings.weight,

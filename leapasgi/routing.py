@@ -97,7 +97,7 @@ class RouteTable:
         return [Route(entry.name, target) for entry in registry if target in entry.models]
 
     def _supports(self, name: str, needed: frozenset[str]) -> bool:
-        capabilities = self._registry.get(name).provider.capabilities
+        capabilities = self._registry.get(name).capabilities
         return all(capabilities.supports(feature) for feature in needed)
 
     def models(self) -> dict[str, list[str]]:

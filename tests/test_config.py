@@ -332,7 +332,9 @@ connect_timeout = 0.5
 idle_timeout = 2
 total_timeout = 9
 """
-    timeouts = parse_config(text).providers[0]._timeouts()
+    provider = parse_config(text).providers[0].build()
+    assert isinstance(provider, OpenAICompatibleProvider)
+    timeouts = provider.settings.timeouts
     assert (timeouts.connect, timeouts.first_byte, timeouts.idle, timeouts.total) == (
         0.5,
         20,

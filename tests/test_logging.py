@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from leapasgi._logging import FORMAT, AccessLog, BatchingHandler
+from leapasgi._logging import AccessLog, BatchingHandler, ServerFormatter
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_the_access_log_writes_the_line_logging_would_have_written() -> None:
     slow = BatchingHandler(slow_out, interval=3600)
     slow.addFilter(lambda record: True)  # any filter sends lines through logging itself
     for handler in (fast, slow):
-        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.setFormatter(ServerFormatter())
     fast_logger = _isolated("leapasgi.access", fast)
 
     def no_records(*args: object, **kwargs: object) -> logging.LogRecord:
@@ -106,7 +106,7 @@ def test_any_other_handler_gets_ordinary_records() -> None:
 
     out = io.StringIO()
     batching = BatchingHandler(out, interval=3600)
-    batching.setFormatter(logging.Formatter(FORMAT))
+    batching.setFormatter(ServerFormatter())
     try:
         log = AccessLog(_isolated("leapasgi.access", batching, Keep()))
         log.info("chat model=%s", "m1")
@@ -131,7 +131,7 @@ def test_a_disabled_access_log_formats_nothing() -> None:
 def test_the_access_log_flushes_its_pending_lines() -> None:
     out = io.StringIO()
     handler = BatchingHandler(out, interval=3600)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(ServerFormatter())
     try:
         log = AccessLog(_isolated("leapasgi.access", handler))
         log.info("chat model=%s", "m1")

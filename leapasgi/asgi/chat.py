@@ -41,14 +41,14 @@ class ChatEndpoint:
     once, when the ``with`` block around it ends, whichever way it ended."""
 
     def __init__(self, gateway: GatewayCore) -> None:
-        self._gateway = gateway
+        self._recorder = gateway.recorder
         self._manager = gateway.manager
         self._access = gateway.access
         self._max_body = gateway.config.server.max_body_bytes
         self._keepalive = gateway.config.server.keepalive_interval
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with self._gateway.outcome() as outcome:
+        with Outcome(sink=self._recorder) as outcome:
             try:
                 await self._serve(scope, receive, send, outcome)
             except Exception:

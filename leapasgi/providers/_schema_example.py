@@ -7,7 +7,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["example_for_schema"]
 
@@ -104,7 +104,7 @@ class _Builder:
                 raise _NoExample
             return schema["enum"][variant % len(schema["enum"])]
         for kind in _types(schema):
-            builder = _BUILDERS.get(kind)
+            builder = self._KINDS.get(kind)
             if builder is None:
                 continue
             try:
@@ -222,16 +222,17 @@ class _Builder:
     def _null(self, schema: Mapping[str, Any], variant: int) -> None:
         return None
 
+    _KINDS: ClassVar[Mapping[str, Callable[[_Builder, Mapping[str, Any], int], Any]]] = {
+        "object": _object,
+        "array": _array,
+        "string": _string,
+        "integer": _integer,
+        "number": _number,
+        "boolean": _boolean,
+        "null": _null,
+    }
 
-_BUILDERS: Mapping[str, Callable[[_Builder, Mapping[str, Any], int], Any]] = {
-    "object": _Builder._object,
-    "array": _Builder._array,
-    "string": _Builder._string,
-    "integer": _Builder._integer,
-    "number": _Builder._number,
-    "boolean": _Builder._boolean,
-    "null": _Builder._null,
-}
+
 
 
 def _without(schema: Mapping[str, Any], key: str) -> dict[str, Any]:

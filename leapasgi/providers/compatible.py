@@ -63,8 +63,8 @@ UPSTREAM_HEADERS = frozenset(
 
 _KEEPALIVE_SECONDS = 30.0
 _DRAIN_SECONDS = 1.0
-# aiohttp warns about bytes bodies over 1 MiB (an error under -W error); it streams a buffer.
-_LARGE_BODY = 1 << 20
+# Request bodies over this are sent from a buffer: aiohttp warns about bytes bodies over 1 MiB.
+LARGE_BODY = 1 << 20
 
 
 class OpenAICompatibleProvider:
@@ -283,7 +283,7 @@ class OpenAICompatibleProvider:
         headers = self._sse_headers if sse else (self._json_headers if body else self._get_headers)
         session = self._client()
         limit, stage = self._budget(self.settings.timeouts.first_byte, deadline)
-        data = io.BytesIO(body) if body is not None and len(body) > _LARGE_BODY else body
+        data = io.BytesIO(body) if body is not None and len(body) > LARGE_BODY else body
         try:
             async with asyncio.timeout(limit):
                 response = await session.request(

@@ -1,7 +1,9 @@
 """The gateway served by uvicorn on 127.0.0.1 in a background thread, for blocking SDK clients.
 
 The sync ``openai`` client blocks its thread, so uvicorn and the fake upstreams run in a thread
-of their own with its own event loop; tests talk to them over real loopback sockets only.
+of their own with its own event loop; tests talk to them over real loopback sockets only. The
+loop is asyncio's or uvloop's (``LOOPS``): ``leapasgi serve`` runs on uvloop, whose timers fire
+up to a millisecond early, so live tests run on both.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 
 import openai
 import uvicorn
+import uvloop
 
 from leapasgi import Gateway
 from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
@@ -23,7 +26,9 @@ from leapasgi.providers.mock import MockProvider
 from tests.fake_upstream import FakeUpstream
 
 __all__ = [
+    "LOOPS",
     "LiveGateway",
+    "Loop",
     "Providers",
     "ReportingServer",
     "ServerThread",
@@ -41,6 +46,8 @@ CLIENT_TIMEOUT = 10.0
 # Builds the served app inside the server's event loop, entering contexts on the stack.
 AppBuilder = Callable[[contextlib.AsyncExitStack], Awaitable[Any]]
 Lifespan = Literal["on", "off"]
+Loop = Literal["asyncio", "uvloop"]
+LOOPS: tuple[Loop, ...] = ("asyncio", "uvloop")
 # Builds the app uvicorn serves around the gateway (a host app that mounts it, say).
 AppFactory = Callable[[Gateway], Any]
 Providers = Callable[[Sequence[FakeUpstream]], list[ProviderConfig]]
@@ -114,18 +121,23 @@ class ServerThread(threading.Thread):
     stop; ``build`` may enter async contexts (fake upstreams) on the stack it is given, which
     stay open while the server runs."""
 
-    def __init__(self, build: AppBuilder, *, lifespan: Lifespan = "on") -> None:
+    def __init__(
+        self, build: AppBuilder, *, lifespan: Lifespan = "on", loop: Loop = "asyncio"
+    ) -> None:
         super().__init__(name="leapasgi-test-server", daemon=True)
         self._build = build
         self._lifespan = lifespan
+        self._loop = loop
         self._ready = threading.Event()
         self._server: ReportingServer | None = None
         self.port = 0
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        factory = uvloop.new_event_loop if self._loop == "uvloop" else None
         try:
-            asyncio.run(self._main())
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(self._main())
         except BaseException as exc:  # handed to the test thread, which raises it
             self.error = exc
         finally:
@@ -177,11 +189,13 @@ def live_gateway(
     *,
     upstreams: Sequence[FakeUpstream] = (),
     app: AppFactory | None = None,
+    loop: Loop = "asyncio",
     **options: Any,
 ) -> Iterator[LiveGateway]:
     """Serve a gateway on loopback; ``providers`` builds its providers once the upstreams are
     up, ``options`` are the other GatewayConfig fields (health checks are off by default).
-    ``app`` builds a host app around the gateway to serve instead of ``gateway.app``."""
+    ``app`` builds a host app around the gateway to serve instead of ``gateway.app``;
+    ``loop`` picks the event loop it runs on."""
     options.setdefault("health", HealthConfig(interval=0))
 
     built: list[Gateway] = []
@@ -194,7 +208,7 @@ def live_gateway(
         built.append(gateway)
         return app(gateway) if app else gateway.app
 
-    thread = ServerThread(build)
+    thread = ServerThread(build, loop=loop)
     thread.start()
     try:
         thread.wait_ready()

@@ -53,12 +53,12 @@ async def test_mounted_in_starlette_it_starts_on_first_use() -> None:
         routes=[Route("/", home), Mount("/llm", app=gateway.app)],
         middleware=[Middleware(Tagging)],
     )
-    assert not gateway.manager._started
+    assert not gateway.manager.started
     async with client(app) as c:
         answer = await c.post("/llm/v1/chat/completions", json=BODY)
         stream = await c.post("/llm/v1/chat/completions", json={**BODY, "stream": True})
         page = await c.get("/")
-    assert gateway.manager._started
+    assert gateway.manager.started
     assert answer.json()["choices"][0]["message"]["content"] == "You said: hi"
     assert answer.headers["x-host"] == "yes"
     assert stream.text.endswith("data: [DONE]\n\n")
@@ -82,14 +82,14 @@ async def test_mounted_in_fastapi_with_the_gateway_in_the_host_lifespan() -> Non
 
     app.mount("/llm", gateway.app)
     async with lifespan(app), client(app) as c:
-        assert gateway.manager._worker is not None
+        assert gateway.manager.started
         answer = await c.post("/llm/v1/chat/completions", json=BODY)
         models = await c.get("/llm/v1/models")
         ping_ = await c.get("/ping")
     assert answer.status_code == 200
     assert [m["id"] for m in models.json()["data"]] == ["mock-chat"]
     assert ping_.json() == {"pong": "yes"}
-    assert gateway.manager._worker is None
+    assert not gateway.manager.started
 
 
 async def test_the_middleware_serves_gateway_routes_and_passes_the_rest() -> None:

@@ -13,7 +13,7 @@ import pydantic
 import pytest
 
 from leapasgi.types import ToolMessage
-from tests.asgi.live_server import LiveGateway, live_gateway, upstream_config
+from tests.asgi.live_server import LOOPS, LiveGateway, live_gateway, upstream_config
 from tests.fake_upstream import Behavior, FakeUpstream, chunk, completion, sse
 
 Serve = Callable[..., LiveGateway]
@@ -51,18 +51,23 @@ WEATHER_TOOL: Any = {
 }
 
 
-@pytest.fixture(scope="module")
-def live() -> Iterator[LiveGateway]:
-    """One gateway with the mock provider, shared by the tests that only read from it."""
-    with live_gateway() as gateway:
+@pytest.fixture(scope="module", params=LOOPS)
+def live(request: pytest.FixtureRequest) -> Iterator[LiveGateway]:
+    """One gateway with the mock provider, shared by the tests that only read from it; on
+    asyncio's loop and on uvloop's, as ``leapasgi serve`` runs."""
+    with live_gateway(loop=request.param) as gateway:
         yield gateway
 
 
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    """Start gateways with their own providers and upstreams; all stop after the test."""
+@pytest.fixture(params=LOOPS)
+def serve(request: pytest.FixtureRequest) -> Iterator[Serve]:
+    """Start gateways with their own providers and upstreams, on each event loop; all stop
+    after the test."""
+    loop = request.param
     with contextlib.ExitStack() as stack:
-        yield lambda *args, **options: stack.enter_context(live_gateway(*args, **options))
+        yield lambda *args, **options: stack.enter_context(
+            live_gateway(*args, loop=loop, **options)
+        )
 
 
 def one_upstream(upstreams: Sequence[FakeUpstream]) -> list[Any]:
@@ -129,7 +134,7 @@ def test_chat_completion_from_an_upstream(serve: Serve) -> None:
     assert raw.headers["x-leap-provider"] == "up"
     assert raw.headers["x-leap-attempts"] == "1"
     assert raw.headers["content-type"] == "application/json"
-    assert answer._request_id == "req_123"
+    assert answer._request_id == "req_123"  # noqa: SLF001 (the SDK's documented attribute)
     assert answer.object == "chat.completion"
     assert answer.model == "m1"
     [choice] = answer.choices

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from pydantic import SecretStr
 from leapasgi.config import ServerConfig
 from leapasgi.providers.mock import Fault
 from tests.asgi.live_server import (
+    LOOPS,
     LiveGateway,
     fast_routing,
     live_gateway,
@@ -27,11 +29,15 @@ Serve = Callable[..., LiveGateway]
 HI: Any = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    """Start gateways with their own providers and upstreams; all stop after the test."""
+@pytest.fixture(params=LOOPS)
+def serve(request: pytest.FixtureRequest) -> Iterator[Serve]:
+    """Start gateways on each event loop (asyncio's, and uvloop's as ``leapasgi serve``
+    runs); all stop after the test."""
+    loop = request.param
     with contextlib.ExitStack() as stack:
-        yield lambda *args, **options: stack.enter_context(live_gateway(*args, **options))
+        yield lambda *args, **options: stack.enter_context(
+            live_gateway(*args, loop=loop, **options)
+        )
 
 
 def two_upstreams(upstreams: Sequence[FakeUpstream]) -> list[Any]:
@@ -169,6 +175,34 @@ def test_every_upstream_failing(serve: Serve, stream: bool) -> None:
     assert error.response.headers["x-should-retry"] == "false"
     assert_openai_error_body(error.response)
     assert [len(f.chat_requests) for f in fakes] == [1, 1]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_retry_after_hold_is_waited_out_and_every_attempt_happens(
+    serve: Serve, stream: bool
+) -> None:
+    # Each 429 holds the provider for 30 ms; every request waits its holds out and makes its
+    # three tries (max_retries 2). uvloop's timers fire up to a millisecond early, which once
+    # dropped the held provider: 503 no_provider_available with 0 attempts, or fewer tries.
+    limited = Behavior(
+        status=429,
+        json_body=error_body("slow down", type="rate_limit_error"),
+        headers={"retry-after-ms": "30"},
+    )
+    fake = FakeUpstream(default=limited)
+    live = serve(
+        lambda up: [upstream_config("up", up[0], max_retries=2)],
+        upstreams=[fake],
+        routing=fast_routing(),
+    )
+    seen: Counter[tuple[int, str]] = Counter()
+    with live.client() as client:
+        for _ in range(12):
+            with pytest.raises(openai.RateLimitError) as caught:
+                client.chat.completions.create(model="m1", messages=HI, stream=stream)
+            seen[caught.value.status_code, caught.value.response.headers["x-leap-attempts"]] += 1
+    assert seen == {(429, "3"): 12}
+    assert len(fake.chat_requests) == 36
 
 
 def test_failover_is_invisible_to_the_sdk(serve: Serve) -> None:

@@ -25,7 +25,7 @@ from leapasgi.config import (
 )
 from leapasgi.manager import ProviderManager
 from leapasgi.providers.mock import MockProvider
-from tests.asgi.live_server import Lifespan, ServerThread
+from tests.asgi.live_server import Lifespan, Loop, ServerThread
 
 __all__ = [
     "ACCEPT",
@@ -138,13 +138,16 @@ async def http_session(
 
 
 @contextlib.contextmanager
-def served(make_app: Callable[[], ASGIApp], *, lifespan: Lifespan = "on") -> Iterator[str]:
-    """Serve the app on 127.0.0.1 in a thread; yields its base URL (``http://127.0.0.1:N``)."""
+def served(
+    make_app: Callable[[], ASGIApp], *, lifespan: Lifespan = "on", loop: Loop = "uvloop"
+) -> Iterator[str]:
+    """Serve the app on 127.0.0.1 in a thread, on uvloop as ``leapmcp --http`` runs; yields
+    its base URL (``http://127.0.0.1:N``)."""
 
     async def build(stack: contextlib.AsyncExitStack) -> ASGIApp:
         return make_app()
 
-    thread = ServerThread(build, lifespan=lifespan)
+    thread = ServerThread(build, lifespan=lifespan, loop=loop)
     thread.start()
     try:
         thread.wait_ready()

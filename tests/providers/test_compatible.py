@@ -718,8 +718,8 @@ async def test_a_large_body_is_streamed_from_a_buffer_and_arrives_whole(
 
     # aiohttp warns about bytes bodies over its limit (an error in this suite); the fake
     # upstream takes at most that much, so the buffer path is tried on a smaller body.
-    assert aiohttp.payload.TOO_LARGE_BYTES_BODY == compatible._LARGE_BODY
-    monkeypatch.setattr(compatible, "_LARGE_BODY", 1024)
+    assert aiohttp.payload.TOO_LARGE_BYTES_BODY == compatible.LARGE_BODY
+    monkeypatch.setattr(compatible, "LARGE_BODY", 1024)
     big = "x" * 4096
     async with make(upstream) as provider:
         await provider.chat(req(messages=[{"role": "user", "content": big}]))
