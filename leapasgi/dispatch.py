@@ -98,8 +98,14 @@ class Dispatcher:
         """One completion from the best provider that can serve it; ``prefer`` names a
         provider to try first."""
         outcome.model = request.model
-        completion = await self._run(request, outcome.trail, prefer, self._complete)
+        try:
+            completion = await self._run(request, outcome.trail, prefer, self._complete)
+        except LeapError as error:
+            outcome.failed(error)
+            outcome.settle()
+            raise
         outcome.upstream_request_id = completion.request_id
+        outcome.settle()
         usage = completion.usage
         if usage is not None:
             outcome.prompt_tokens = usage.prompt_tokens
@@ -113,8 +119,14 @@ class Dispatcher:
         it fail over."""
         outcome.model = request.model
         outcome.stream = True
-        stream = await self._run(request, outcome.trail, prefer, self._open)
+        try:
+            stream = await self._run(request, outcome.trail, prefer, self._open)
+        except LeapError as error:
+            outcome.failed(error)
+            outcome.settle()
+            raise
         outcome.upstream_request_id = stream.first.request_id
+        outcome.settle()
         return stream
 
     async def _run(

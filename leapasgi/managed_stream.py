@@ -93,12 +93,8 @@ class ManagedStream:
     async def _first(self) -> ChunkBatch:
         try:
             upstream = await self._open()
-        except LeapError as error:
-            self._done = True  # a stream that failed to open stays ended
-            self.outcome.failed(error)
-            raise
         except BaseException:
-            self._done = True
+            self._done = True  # a stream that failed to open stays ended
             raise
         self._upstream = upstream
         self.outcome.first_token_at = time.perf_counter()

@@ -92,6 +92,11 @@ class Outcome:
             self._id = self.trail.request_id = rid
         return rid
 
+    def settle(self) -> None:
+        """Fix the request id now; the trail carries it from here on."""
+        if self._id is None:
+            self.request_id  # noqa: B018 (fixes the id)
+
     @property
     def status(self) -> int:
         """The HTTP status the request ended with: 499 when the client left first, the

@@ -233,8 +233,6 @@ class _Builder:
     }
 
 
-
-
 def _without(schema: Mapping[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in schema.items() if k != key}
 

@@ -138,6 +138,7 @@ async def test_gateway_auth_in_constant_time_and_no_upstream_call(upstream: Fake
         ok = await client.post(CHAT, json=body, headers={"Authorization": "Bearer client-key"})
         models = await client.get("/v1/models")
     assert missing.status_code == wrong.status_code == 401
+    assert missing.headers["www-authenticate"] == wrong.headers["www-authenticate"] == "Bearer"
     assert error_of(wrong)["code"] == "invalid_api_key"
     assert "nope" not in wrong.text
     assert ok.status_code == 200

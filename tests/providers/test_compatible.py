@@ -15,6 +15,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from pydantic import SecretStr
 
 from leapasgi.clock import Clock, FakeClock, SystemClock
+from leapasgi.deadline import Deadline
 from leapasgi.exceptions import (
     AuthenticationError,
     ConnectRefusedError,
@@ -724,3 +725,50 @@ async def test_a_large_body_is_streamed_from_a_buffer_and_arrives_whole(
     async with make(upstream) as provider:
         await provider.chat(req(messages=[{"role": "user", "content": big}]))
     assert big in upstream.chat_requests[0].body.decode()
+
+
+async def test_a_call_stops_at_the_deadline_it_is_given(upstream: FakeUpstream) -> None:
+    # The provider's own total is 5 s; the request's deadline, 0.3 s from now, comes first.
+    upstream.push(Behavior(json_body=completion("x" * 200), drip=0.05))
+    clock = SystemClock()
+    async with make(upstream, clock=clock) as provider:
+        with pytest.raises(DeadlineExceededError):
+            await provider.chat(req(), deadline=Deadline.after(0.3, clock))
+    assert len(upstream.chat_requests) == 1
+
+
+async def test_declared_capabilities_and_secrets(upstream: FakeUpstream) -> None:
+    url = upstream.base_url.replace("http://", "http://user:pw-secret@") + "?key=q-secret"
+    provider = make(url, headers={"x-api-key": "h-secret"}, features=frozenset({"streaming"}))
+    capabilities = provider.capabilities
+    assert capabilities.honors_deadline
+    assert capabilities.supports("streaming")
+    assert not capabilities.supports("tools")
+    assert set(provider.secrets()) == {CANARY, "q-secret", "pw-secret", "h-secret"}
+    await provider.aclose()
+
+
+async def test_retrying_never_retries_a_stream_once_a_batch_was_handed_on(
+    upstream: FakeUpstream,
+) -> None:
+    events = sse(
+        chunk({"role": "assistant", "content": "par"}),
+        error_body("model crashed", type="server_error"),
+        done=False,
+    )
+    upstream.push(Behavior(events=events), Behavior(events=text_stream(["never"])))
+    received: list[ChatCompletionChunk] = []
+    async with retrying(upstream) as provider:
+        with pytest.raises(UpstreamStreamError):
+            await drain(provider.stream(req(stream=True)), received)
+    assert len(received) == 1
+    assert len(upstream.chat_requests) == 1
+
+
+async def test_retrying_stays_inside_the_deadline_it_is_given(upstream: FakeUpstream) -> None:
+    upstream.default = Behavior(status=503, json_body=error_body("busy"))
+    clock = FakeClock()
+    async with retrying(upstream, clock=clock, retries=50) as provider:
+        with pytest.raises(UpstreamUnavailableError):
+            await provider.chat(req(), deadline=Deadline.after(2.0, clock))
+    assert sum(clock.sleeps) < 2.0

@@ -61,7 +61,8 @@ def reliability_gateway(
     app: AppFactory | None = None,
     **options: Any,
 ) -> Iterator[LiveGateway]:
-    """U1-U3 (fresh fakes unless given) behind a gateway served by uvicorn on 127.0.0.1.
+    """U1-U3 (fresh fakes unless given) behind a gateway served by uvicorn on 127.0.0.1, on
+    uvloop, as ``leapasgi serve`` runs.
 
     ``provider_options`` maps "u1".."u3" to extra ProviderConfig fields; ``routing`` and
     ``health`` override RoutingConfig / HealthConfig fields; ``app`` wraps the gateway in a
@@ -92,6 +93,7 @@ def reliability_gateway(
         routing=RoutingConfig(**routing_options),
         health=HealthConfig(**health_options),
         app=app,
+        loop="uvloop",
         **options,
     ) as live:
         yield live

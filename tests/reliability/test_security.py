@@ -493,6 +493,8 @@ class _Tally:
             self.refused += 1
         else:
             self.wrong.append(f"{what}: {response.status_code}")
+        if response.status_code == 401 and response.headers.get("www-authenticate") != "Bearer":
+            self.wrong.append(f"{what}: a 401 without WWW-Authenticate: Bearer")
         if _openai_shaped(response):
             self.shaped += 1
         else:
