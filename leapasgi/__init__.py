@@ -128,6 +128,7 @@ if TYPE_CHECKING:
     )
     from .streaming import (
         ChunkBatch,
+        batches_of,
         chunks_of,
     )
     from .trail import (
@@ -225,6 +226,7 @@ __all__ = [
     "Usage",
     "WireProtocol",
     "__version__",
+    "batches_of",
     "chunks_of",
     "collect",
     "get_preset",
@@ -315,6 +317,7 @@ _EXPORTS: dict[str, str] = {
     "UpstreamUnavailableError": ".exceptions",
     "Usage": ".types",
     "WireProtocol": ".providers",
+    "batches_of": ".streaming",
     "chunks_of": ".streaming",
     "collect": ".accumulate",
     "get_preset": ".providers",

@@ -12,6 +12,7 @@ import leapmcp
 
 MODULES = [
     "leapasgi",
+    "leapasgi.asgi",
     "leapasgi.exceptions",
     "leapasgi.providers",
     "leapasgi.types",

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import openai
@@ -13,7 +14,9 @@ from leapasgi.exceptions import (
 from leapasgi.streaming import (
     ChunkBatch,
     ChunkNormalizer,
+    batches_of,
     chunks_from_completion,
+    chunks_of,
 )
 from leapasgi.types import ChatCompletion, ChatCompletionChunk
 
@@ -291,3 +294,24 @@ def test_a_batch_sends_the_upstream_bytes_of_unmended_chunks() -> None:
     batch = ChunkBatch([openai_chunk({"content": "a"}), mended], [upstream, None])
     assert batch.sse() == b"data: " + upstream + b"\n\ndata: " + mended.to_wire_json() + b"\n\n"
     assert ChunkBatch([mended]).sse() == b"data: " + mended.to_wire_json() + b"\n\n"
+
+
+@pytest.mark.anyio
+async def test_chunks_become_batches_of_one_and_back() -> None:
+    made = [ChatCompletionChunk.model_validate(raw({"content": str(i)})) for i in range(3)]
+    closed: list[str] = []
+
+    async def chunks() -> AsyncGenerator[ChatCompletionChunk, None]:
+        try:
+            for chunk in made:
+                yield chunk
+        finally:
+            closed.append("chunks")
+
+    batches = [batch async for batch in batches_of(chunks())]
+    assert [len(batch) for batch in batches] == [1, 1, 1]
+    assert [c async for c in chunks_of(batches_of(chunks()))] == made
+    stopped = chunks_of(batches_of(chunks()))
+    assert await anext(stopped) is made[0]
+    await stopped.aclose()  # closing the outer stream closes the inner ones
+    assert closed == ["chunks", "chunks", "chunks"]
