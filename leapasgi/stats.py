@@ -1,4 +1,5 @@
-"""Live per-provider measurements: counters, latency quantiles and a peak-sensitive EWMA.
+"""Routing statistics: live per-provider counters, latency quantiles and the peak-sensitive
+EWMA that least-latency balancing reads.
 
 Pure code: no I/O, no clock reads. Every time value comes in as an argument, so the manager
 decides which clock is used and tests control it exactly.

@@ -1,4 +1,5 @@
-"""From upstream SSE events to chunks the official openai SDK accepts.
+"""Streamed chunks: in batches as upstream reads deliver them, and mended into what the
+official openai SDK accepts.
 
 Providers bend the streaming rules (Ollama repeats ``role`` and tool-call ids on every delta,
 Together puts usage on the finish chunk, some omit ``object``); ``ChunkNormalizer`` mends each
