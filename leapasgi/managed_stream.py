@@ -87,8 +87,10 @@ class ManagedStream:
         upstream, self._upstream = self._upstream, None
         self._done = True
         if upstream is not None:
-            await upstream.close()
-            upstream.lease.abandoned()
+            try:
+                await upstream.close()
+            finally:
+                upstream.lease.abandoned()
 
     async def _first(self) -> ChunkBatch:
         try:
@@ -111,10 +113,9 @@ class ManagedStream:
                 outcome.completion_tokens = usage.completion_tokens
 
     async def _ended(self, upstream: UpstreamStream) -> None:
-        """The stream ended cleanly: close the upstream request, record its success."""
+        """The stream ended cleanly: record its success, close the upstream request."""
         self._upstream = None
         self._done = True
-        await upstream.close()
         outcome = self.outcome
         upstream.lease.succeeded(
             upstream.elapsed(),
@@ -122,14 +123,15 @@ class ManagedStream:
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
         )
+        await upstream.close()
 
     async def _broke(self, upstream: UpstreamStream, error: LeapError) -> LeapError:
-        """The stream broke after it began: close the upstream request, record the failure;
+        """The stream broke after it began: record the failure, close the upstream request;
         returns the error the stream ends with (the upstream's, with the request's trail)."""
         self._upstream = None
         self._done = True
-        await upstream.close()
         upstream.lease.failed(error, upstream.elapsed())
+        await upstream.close()
         outcome = self.outcome
         attempt = outcome.trail.attempts[-1]
         attempt.outcome, attempt.message = type(error).__name__, error.message
