@@ -83,36 +83,33 @@ class RequestAttempts:
         while trail.tries < self._max_attempts:
             while self._fresh:
                 route = self._fresh.popleft()
-                if route.provider not in registry:
-                    continue
-                entry = registry.get(route.provider)
-                if entry.breaker.allow():
+                if route.provider in registry and self._admit(route):
                     return route
-                held_until = entry.breaker.held_until
-                if held_until is not None:
-                    self._hold(route, entry, held_until)
-                    continue
-                self._ejected.append(route)
-                trail.attempts.append(Attempt(route.provider, route.model, "ejected", skipped=True))
             if self._later:
                 when, _, route = heapq.heappop(self._later)
                 await sleep_until(self._clock, when)
-                if route.provider not in registry:
-                    continue
-                entry = registry.get(route.provider)
-                if entry.breaker.allow():
+                # Held again meanwhile (another request's 429) or ejected: noted, and on.
+                if route.provider in registry and self._admit(route):
                     return route
-                # Held again (another request's 429) or ejected meanwhile: note it and go on.
-                held_until = entry.breaker.held_until
-                if held_until is not None:
-                    self._hold(route, entry, held_until)
-                else:
-                    trail.attempts.append(
-                        Attempt(route.provider, route.model, "ejected", skipped=True)
-                    )
                 continue
             return self._panic()
         return None
+
+    def _admit(self, route: Route) -> bool:
+        """True when ``route``'s provider takes a request now; else its Retry-After hold is
+        waited for (or noted), or its ejection noted."""
+        entry = self._registry.get(route.provider)
+        breaker = entry.breaker
+        if breaker.allow():
+            return True
+        held_until = breaker.held_until
+        if held_until is not None:
+            self._hold(route, entry, held_until)
+        else:
+            self._ejected.append(route)
+            ejected = Attempt(route.provider, route.model, "ejected", skipped=True)
+            self.trail.attempts.append(ejected)
+        return False
 
     def _panic(self) -> Route | None:
         """Every candidate is ejected and none was tried: the one ejected longest ago, rather

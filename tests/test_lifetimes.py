@@ -25,6 +25,7 @@ from leapasgi import (
     StreamInterruptedError,
 )
 from leapasgi.config import HealthConfig, RoutingConfig
+from tests.turns import until
 
 pytestmark = pytest.mark.anyio
 
@@ -60,15 +61,6 @@ def manager(clock: FakeClock | None = None) -> ProviderManager:
 
 
 SETTINGS = RouteSettings(models=("m",))
-
-
-async def until(condition: Any) -> None:
-    """Let other tasks run until ``condition()`` holds (a bounded number of loop turns)."""
-    for _ in range(100):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from leapasgi.providers.base import Capabilities
 from leapasgi.providers.mock import Fault, MockProvider
 from leapasgi.registry import ProviderStatus, RouteSettings
 from leapasgi.types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from tests.turns import until
 
 pytestmark = pytest.mark.anyio
 
@@ -82,15 +83,6 @@ def manager(
             ),
         )
     return m
-
-
-async def until(condition: Any) -> None:
-    """Let other tasks run until ``condition()`` holds (a bounded number of loop turns)."""
-    for _ in range(100):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 async def test_slots_run_out_at_the_limit_and_come_back_on_release() -> None:

@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
@@ -496,17 +496,18 @@ async def test_an_error_as_the_first_event_is_retried_invisibly(upstream: FakeUp
     assert len(upstream.chat_requests) == 2
 
 
+@pytest.mark.parametrize("wrap", [make, retrying], ids=["alone", "Retrying"])
 async def test_an_error_after_the_first_chunk_is_raised_not_retried(
-    upstream: FakeUpstream,
+    upstream: FakeUpstream, wrap: Callable[[FakeUpstream], Any]
 ) -> None:
     events = sse(
         chunk({"role": "assistant", "content": "par"}),
         error_body("model crashed", type="server_error"),
         done=False,
     )
-    upstream.push(Behavior(events=events))
+    upstream.push(Behavior(events=events), Behavior(events=text_stream(["never"])))
     received: list[ChatCompletionChunk] = []
-    async with make(upstream) as provider:
+    async with wrap(upstream) as provider:
         with pytest.raises(UpstreamStreamError) as caught:
             await drain(provider.stream(req(stream=True)), received)
     assert caught.value.message == "model crashed"
@@ -746,23 +747,6 @@ async def test_declared_capabilities_and_secrets(upstream: FakeUpstream) -> None
     assert not capabilities.supports("tools")
     assert set(provider.secrets()) == {CANARY, "q-secret", "pw-secret", "h-secret"}
     await provider.aclose()
-
-
-async def test_retrying_never_retries_a_stream_once_a_batch_was_handed_on(
-    upstream: FakeUpstream,
-) -> None:
-    events = sse(
-        chunk({"role": "assistant", "content": "par"}),
-        error_body("model crashed", type="server_error"),
-        done=False,
-    )
-    upstream.push(Behavior(events=events), Behavior(events=text_stream(["never"])))
-    received: list[ChatCompletionChunk] = []
-    async with retrying(upstream) as provider:
-        with pytest.raises(UpstreamStreamError):
-            await drain(provider.stream(req(stream=True)), received)
-    assert len(received) == 1
-    assert len(upstream.chat_requests) == 1
 
 
 async def test_retrying_stays_inside_the_deadline_it_is_given(upstream: FakeUpstream) -> None:
