@@ -40,7 +40,12 @@ from .providers.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Prov
 from .providers.compatible import OpenAICompatibleProvider
 from .providers.mock import MockProvider
 from .providers.presets import PRESETS, Preset, get_preset
-from .providers.settings import DEFAULT_MAX_CONNECTIONS, ProviderSettings, check_headers
+from .providers.settings import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ProviderSettings,
+    check_headers,
+)
 from .providers.urls import check_base_url
 from .redact import public_url
 from .retry import DEFAULT_MAX_RETRIES, INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
@@ -142,6 +147,8 @@ class ProviderConfig(_Config):
     weight: float = Field(default=1.0, gt=0)
     priority: int = 0
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
+    # The most an answer may be, decompressed (a JSON body or a whole stream); over it: 502.
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
     # Requests to this provider at once (unset: no limit) and how many more may wait for a
     # slot, up to the request's deadline; beyond that a request fails over at once.
     max_in_flight: int | None = Field(default=None, ge=1)
@@ -252,6 +259,7 @@ class ProviderConfig(_Config):
                 models=tuple(self.models),
                 headers=self.headers,
                 max_connections=self.max_connections,
+                max_response_bytes=self.max_response_bytes,
                 legacy_max_tokens=preset.legacy_max_tokens if preset else False,
             )
         except ValidationError as exc:

@@ -21,7 +21,8 @@ request ends with is a copy made by ``for_request``, carrying its routing trail.
     ├── NoProviderAvailableError         503 nothing can serve the request now (carries retry_after)
     │   └── ProviderBusyError            503 a provider is at its concurrency limit (local overflow)
     ├── UpstreamUnavailableError         500/502/503/504 (retryable)
-    │   └── MalformedResponseError       502 the upstream answered with something unreadable
+    │   ├── MalformedResponseError       502 the upstream answered with something unreadable
+    │   └── ResponseTooLargeError        502 the upstream's answer outgrew max_response_bytes
     ├── UpstreamConnectionError          502 no HTTP exchange happened (retryable)
     │   ├── ConnectRefusedError
     │   ├── ConnectResetError
@@ -70,6 +71,7 @@ __all__ = [
     "ProviderBusyError",
     "RateLimitError",
     "RequestTooLargeError",
+    "ResponseTooLargeError",
     "StreamError",
     "StreamInterruptedError",
     "UnprocessableEntityError",
@@ -294,6 +296,16 @@ class MalformedResponseError(UpstreamUnavailableError):
     """Raised when the upstream's answer is not the JSON the wire format requires."""
 
     default_code = "malformed_response"
+
+    @property
+    def http_status(self) -> int:
+        return 502
+
+
+class ResponseTooLargeError(UpstreamUnavailableError):
+    """Raised when an upstream's answer, decompressed, is larger than the provider allows."""
+
+    default_code = "response_too_large"
 
     @property
     def http_status(self) -> int:

@@ -3,6 +3,9 @@
 The decoder follows the WHATWG event-stream rules that matter for LLM streams: ``\\n``, ``\\r\\n``
 and ``\\r`` line ends (also when split across reads), comment lines, ``event:``, ``id:`` and
 ``retry:`` fields, multi-line ``data:``, and events split across or packed into network reads.
+It works in time linear in its input, however long a line stays unfinished, and refuses an
+event larger than its bound (``EventTooLarge``), so one upstream cannot hold the loop or the
+memory with an endless line.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from typing import Any
 
 __all__ = [
     "DONE",
+    "MAX_EVENT_BYTES",
     "PING",
+    "EventTooLarge",
     "SSEDecoder",
     "SSEEvent",
     "encode_data",
@@ -22,6 +27,13 @@ __all__ = [
 
 DONE = b"data: [DONE]\n\n"
 PING = b": ping\n\n"
+# The largest event (its unfinished line, or its data lines together) a decoder holds. A chat
+# chunk is a few hundred bytes; providers that send a whole answer in one event stay far below.
+MAX_EVENT_BYTES = 4 * 1024 * 1024
+
+
+class EventTooLarge(Exception):
+    """Raised by ``SSEDecoder.feed`` when one event grows past the decoder's bound."""
 
 
 @dataclass(slots=True)
@@ -37,35 +49,60 @@ class SSEEvent:
 class SSEDecoder:
     """Turns a byte stream into events; feed it reads as they come, then ``close()`` it."""
 
-    __slots__ = ("_buffer", "_data", "_event", "_id", "_retry", "_skip_lf")
+    __slots__ = (
+        "_data",
+        "_data_size",
+        "_event",
+        "_id",
+        "_limit",
+        "_partial",
+        "_partial_size",
+        "_retry",
+        "_skip_lf",
+    )
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, *, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._limit = max_event_bytes
+        # The unfinished last line, in the pieces it arrived in: joined once, when it ends.
+        self._partial: list[bytes] = []
+        self._partial_size = 0
         self._skip_lf = False
         self._data: list[str] = []
+        self._data_size = 0
         self._event: str | None = None
         self._id: str | None = None
         self._retry: int | None = None
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        """The events completed by ``chunk``."""
+        """The events completed by ``chunk``; EventTooLarge past the bound."""
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._skip_lf = False
-        buffer = self._buffer + chunk if self._buffer else chunk
-        lines = buffer.splitlines(keepends=True)
-        if not lines:
+        if not chunk:
             return []
+        if b"\n" not in chunk and b"\r" not in chunk:
+            # No line ends: only the unfinished line grows (no copy of what came before).
+            self._partial.append(chunk)
+            self._partial_size += len(chunk)
+            if self._partial_size > self._limit:
+                raise EventTooLarge(f"an SSE line grew past {self._limit} bytes")
+            return []
+        if self._partial:
+            self._partial.append(chunk)
+            chunk = b"".join(self._partial)
+            self._partial.clear()
+            self._partial_size = 0
+        lines = chunk.splitlines(keepends=True)
         last = lines[-1]
-        if last.endswith(b"\n"):
-            self._buffer = b""
-        elif last.endswith(b"\r"):
+        if last.endswith(b"\r"):
             # A lone CR ends a line, but the LF that may follow can arrive in the next read.
-            self._buffer = b""
             self._skip_lf = True
-        else:
-            self._buffer = last
+        elif not last.endswith(b"\n"):
             lines.pop()
+            self._partial.append(last)
+            self._partial_size = len(last)
+            if self._partial_size > self._limit:
+                raise EventTooLarge(f"an SSE line grew past {self._limit} bytes")
         events: list[SSEEvent] = []
         for raw in lines:
             event = self._line(raw.rstrip(b"\r\n"))
@@ -75,7 +112,8 @@ class SSEDecoder:
 
     def close(self) -> list[SSEEvent]:
         """Events left at the end of the stream; an unterminated last line is dropped as cut."""
-        self._buffer = b""
+        self._partial.clear()
+        self._partial_size = 0
         event = self._dispatch()
         return [event] if event is not None else []
 
@@ -89,6 +127,9 @@ class SSEDecoder:
             value = value[1:]
         text = value.decode("utf-8", errors="replace")
         if name == b"data":
+            self._data_size += len(value) + 1
+            if self._data_size > self._limit:
+                raise EventTooLarge(f"an SSE event grew past {self._limit} bytes")
             self._data.append(text)
         elif name == b"event":
             self._event = text
@@ -103,6 +144,7 @@ class SSEDecoder:
         data = "\n".join(self._data)
         event = SSEEvent(data, self._event, self._id, self._retry) if data else None
         self._data = []
+        self._data_size = 0
         self._event = None
         return event
 

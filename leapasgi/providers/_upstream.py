@@ -37,10 +37,13 @@ __all__ = [
     "error_from_response",
     "parse_event",
     "translate_client_error",
+    "upstream_request_id",
 ]
 
 # Upstream error bodies are read only this far: enough for any message, bounded for memory.
 MAX_ERROR_BODY = 64 * 1024
+# Characters of an upstream's plain-text (non-JSON) error kept in the message, after scrubbing.
+MAX_ERROR_TEXT = 500
 
 
 def translate_client_error(
@@ -91,11 +94,14 @@ def error_from_response(
     now: float,
     redact: Callable[[str], str],
 ) -> LeapError:
-    """The error an upstream 4xx/5xx response stands for, with its message scrubbed of secrets."""
+    """The error an upstream 4xx/5xx response stands for, with its message scrubbed of secrets
+    (the whole text first, then cut: a cut could leave most of a key unscrubbed)."""
     detail = _error_detail(body)
     message = detail.get("message")
     if not isinstance(message, str) or not message:
         message = f"Provider {provider!r} answered HTTP {status}"
+    elif detail.get("plain"):
+        message = redact(message)[:MAX_ERROR_TEXT].strip()
     param = detail.get("param")
     code = detail.get("code")
     # The upstream's own verdict on retrying (as the openai SDK reads it) overrides the status.
@@ -107,17 +113,24 @@ def error_from_response(
         retry_after=parse_retry_after(headers, now=now),
         param=redact(param) if isinstance(param, str) else None,
         code=redact(str(code)) if code is not None else None,
-        request_id=headers.get("x-request-id"),
+        request_id=upstream_request_id(headers, redact),
         retryable=should_retry == "true" if should_retry in ("true", "false") else None,
     )
+
+
+def upstream_request_id(headers: Mapping[str, str], redact: Callable[[str], str]) -> str | None:
+    """The upstream's ``x-request-id``, scrubbed (an upstream may echo the key it was sent);
+    the gateway checks its shape before passing it on."""
+    value = headers.get("x-request-id")
+    return redact(value) if value else None
 
 
 def _error_detail(body: bytes) -> dict[str, Any]:
     try:
         payload = json.loads(body[:MAX_ERROR_BODY])
     except ValueError:
-        text = body[:500].decode("utf-8", errors="replace").strip()
-        return {"message": text} if text else {}
+        text = body[:MAX_ERROR_BODY].decode("utf-8", errors="replace").strip()
+        return {"message": text, "plain": True} if text else {}
     if isinstance(payload, dict):
         inner = payload.get("error", payload)
         if isinstance(inner, dict):

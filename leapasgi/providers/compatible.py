@@ -23,9 +23,12 @@ from ..exceptions import (
     IdleTimeoutError,
     LeapError,
     MalformedResponseError,
+    MalformedStreamError,
+    ResponseTooLargeError,
+    StreamInterruptedError,
 )
 from ..redact import Redactor
-from ..sse import SSEDecoder
+from ..sse import EventTooLarge, SSEDecoder
 from ..streaming import (
     ChunkBatch,
     ChunkNormalizer,
@@ -38,6 +41,7 @@ from ._upstream import (
     error_from_response,
     parse_event,
     translate_client_error,
+    upstream_request_id,
 )
 from ._watch import Expired, ReadWatch
 from .base import Capabilities
@@ -163,7 +167,7 @@ class OpenAICompatibleProvider:
         until = self._until(deadline)
         async with await self._send("POST", self._chat_url, body, until) as response:
             data = await self._read_body(response, until)
-            request_id = response.headers.get("x-request-id")
+            request_id = upstream_request_id(response.headers, self._redact)
         return self._completion(data).with_request_id(request_id)
 
     async def stream(
@@ -176,7 +180,7 @@ class OpenAICompatibleProvider:
         until = self._until(deadline)
         normalizer = ChunkNormalizer(include_usage=request.include_usage, provider=self.name)
         async with await self._send("POST", self._chat_url, body, until, sse=True) as response:
-            request_id = response.headers.get("x-request-id")
+            request_id = upstream_request_id(response.headers, self._redact)
             push = normalizer.push
             if not response.content_type.endswith("event-stream"):
                 # Some upstreams ignore "stream": true and answer with one JSON completion.
@@ -196,9 +200,13 @@ class OpenAICompatibleProvider:
                 name = self.name
                 redact = self._redact
                 watch = self._watch(until)
+                budget = self.settings.max_response_bytes
                 done = False
                 try:
                     while not done and (data := await watch.read(read)):
+                        budget -= len(data)
+                        if budget < 0:
+                            raise self._too_large()
                         chunks: list[ChatCompletionChunk] = []
                         wire: list[bytes | None] = []
                         failure: LeapError | None = None
@@ -228,18 +236,31 @@ class OpenAICompatibleProvider:
                     raise translate_client_error(exc, provider=name, in_body=True) from exc
                 except Expired as expired:
                     raise self._timeout(expired.kind, "the next part of the response") from None
+                except EventTooLarge as exc:
+                    raise MalformedStreamError(
+                        f"Provider {name!r} sent a stream event that is too large ({exc})",
+                        provider=name,
+                    ) from None
                 finally:
                     watch.close()
                 if not done:
-                    last = [
-                        chunk
-                        for event in decoder.close()
-                        if (chunk := parse_event(event, provider=name, redact=redact)) is not None
-                        and push(chunk) is not None
-                    ]
+                    last: list[ChatCompletionChunk] = []
+                    for event in decoder.close():
+                        chunk = parse_event(event, provider=name, redact=redact)
+                        if chunk is None:
+                            done = True
+                            break
+                        if push(chunk) is not None:
+                            last.append(chunk)
                     if last:
                         yield ChunkBatch(last, request_id=request_id)
                         request_id = None
+                    if not done:
+                        # Whatever came before, a stream cut before [DONE] may lack its end
+                        # (the usage chunk, say): never passed off as a clean end.
+                        raise StreamInterruptedError(
+                            f"Provider {name!r} ended the stream without [DONE]", provider=name
+                        )
                 await _drain(response)
         tail = normalizer.finish()
         if tail is not None:
@@ -260,9 +281,13 @@ class OpenAICompatibleProvider:
             completion = ChatCompletion.model_validate_json(data)
         except ValidationError:
             raise self._malformed(data) from None
-        extra = completion.model_extra
-        if not completion.choices and extra and "error" in extra:
-            raise error_from_payload(extra, provider=self.name, redact=self._redact)
+        if not completion.choices:
+            extra = completion.model_extra
+            if extra and "error" in extra:
+                raise error_from_payload(extra, provider=self.name, redact=self._redact)
+            raise MalformedResponseError(
+                f"Provider {self.name!r} answered with no choices", provider=self.name
+            )
         return completion
 
     async def _models_once(self, deadline: float) -> list[Model]:
@@ -309,8 +334,11 @@ class OpenAICompatibleProvider:
     async def _read_body(
         self, response: aiohttp.ClientResponse, deadline: float, *, limit: int | None = None
     ) -> bytes:
+        """The whole body, decompressed, up to ``max_response_bytes`` (ResponseTooLargeError
+        past it); with ``limit``, its first ``limit`` bytes and no more (error bodies)."""
         parts: list[bytes] = []
         size = 0
+        most = self.settings.max_response_bytes
         read = response.content.readany
         watch = self._watch(deadline)
         try:
@@ -319,9 +347,18 @@ class OpenAICompatibleProvider:
                 size += len(data)
                 if limit is not None and size >= limit:
                     break
+                if size > most:
+                    raise self._too_large()
         finally:
             watch.close()
         return b"".join(parts)
+
+    def _too_large(self) -> LeapError:
+        return ResponseTooLargeError(
+            f"Provider {self.name!r} sent an answer larger than "
+            f"{self.settings.max_response_bytes} bytes",
+            provider=self.name,
+        )
 
     def _until(self, deadline: Deadline | None) -> float:
         """The monotonic time this call must end by: its total timeout, or the request's

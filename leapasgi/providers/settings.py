@@ -15,9 +15,16 @@ from .base import Timeouts
 from .presets import get_preset
 from .urls import check_base_url
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "ProviderSettings", "check_headers"]
+__all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "ProviderSettings",
+    "check_headers",
+]
 
 DEFAULT_MAX_CONNECTIONS = 100
+# The most an upstream answer may be, decompressed: a whole JSON body, or a whole stream.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 _FORBIDDEN_HEADERS = frozenset({"authorization", "host", "content-length", "cookie"})
 _H = TypeVar("_H", bound=Mapping[str, str])
 
@@ -46,6 +53,7 @@ class ProviderSettings(BaseModel):
     models: tuple[str, ...] = ()
     headers: Mapping[str, str] = Field(default_factory=dict)
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
+    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
     legacy_max_tokens: bool = False
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:

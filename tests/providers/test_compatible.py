@@ -233,11 +233,20 @@ async def test_usage_on_the_finish_chunk_moves_to_its_own_last_chunk(
     assert chunks[-1].usage.total_tokens == 5
 
 
-async def test_missing_done_after_a_finished_stream_is_tolerated(upstream: FakeUpstream) -> None:
+@pytest.mark.parametrize("usage", [False, True])
+async def test_a_stream_without_done_is_interrupted_even_after_its_finish(
+    upstream: FakeUpstream, usage: bool
+) -> None:
+    # Cut after the finish chunk: the usage chunk (when asked for) and [DONE] never came.
     upstream.push(Behavior(events=text_stream(["a", "b"], done=False)))
+    received: list[ChatCompletionChunk] = []
+    options = {"stream_options": {"include_usage": True}} if usage else {}
     async with make(upstream) as provider:
-        chunks = await drain(provider.stream(req(stream=True)))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "ab"
+        with pytest.raises(StreamInterruptedError, match=r"without \[DONE\]"):
+            await drain(provider.stream(req(stream=True, **options)), received)
+    # What came is handed on first; the error ends the stream instead of a clean end.
+    assert "".join(c.choices[0].delta.content or "" for c in received) == "ab"
+    assert received[-1].choices[0].finish_reason == "stop"
 
 
 async def test_legacy_max_tokens_services_get_max_tokens(upstream: FakeUpstream) -> None:

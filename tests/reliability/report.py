@@ -112,6 +112,33 @@ ROWS: dict[str, tuple[str, str]] = {
         "every request ends within its deadline + 1 s as a success or one well-formed error; "
         "0 duplicated or interleaved chunks; attempt counters equal what upstreams saw",
     ),
+    "29": (
+        "an upstream echoes its key where the old 500-byte cut fell on it, and in x-request-id",
+        "the whole text is scrubbed before any cut; relayed headers are checked and scrubbed: "
+        "0 characters of the key reach the client",
+    ),
+    "34": (
+        "decompression bomb (0.2 MB gzip -> 200 MB); a stream past its provider's cap",
+        "every upstream body is bounded after decompression: 502 (or failover), memory "
+        "bounded; a stream past the cap ends with one in-band error",
+    ),
+    "35": (
+        "an SSE line without a newline (20 MB, 0.2 MB gzipped)",
+        "decoded in linear time, one event bounded: an error for that stream only; other "
+        "requests are not held up",
+    ),
+    "36": (
+        "non-UTF-8 bytes in an upstream's X-Request-Id",
+        "the answer is never lost: a completed answer is 200, a 429 keeps its Retry-After",
+    ),
+    "37": (
+        "a stream cut after its finish chunk, before the usage chunk and [DONE]",
+        "an interruption (one in-band error), never a clean end",
+    ),
+    "38": (
+        "a 200 with choices [] (JSON and streaming)",
+        "treated as the upstream's failure: the next provider serves",
+    ),
 }
 
 
