@@ -12,6 +12,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from ._logging import (
+        ContentGuard,
+        guard_handlers,
+    )
     from .access import (
         AccessPolicy,
         Role,
@@ -164,6 +168,7 @@ __all__ = [
     "ConnectRefusedError",
     "ConnectResetError",
     "ConnectTimeoutError",
+    "ContentGuard",
     "Deadline",
     "DeadlineExceededError",
     "FakeClock",
@@ -230,6 +235,7 @@ __all__ = [
     "chunks_of",
     "collect",
     "get_preset",
+    "guard_handlers",
     "load_config",
     "parse_chat_request",
     "parse_config",
@@ -255,6 +261,7 @@ _EXPORTS: dict[str, str] = {
     "ConnectRefusedError": ".exceptions",
     "ConnectResetError": ".exceptions",
     "ConnectTimeoutError": ".exceptions",
+    "ContentGuard": "._logging",
     "Deadline": ".deadline",
     "DeadlineExceededError": ".exceptions",
     "FakeClock": ".clock",
@@ -321,6 +328,7 @@ _EXPORTS: dict[str, str] = {
     "chunks_of": ".streaming",
     "collect": ".accumulate",
     "get_preset": ".providers",
+    "guard_handlers": "._logging",
     "load_config": ".config",
     "parse_chat_request": ".types",
     "parse_config": ".config",

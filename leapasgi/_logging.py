@@ -7,11 +7,63 @@ import threading
 import time
 from typing import Any, TextIO
 
-__all__ = ["AccessLog", "BatchingHandler", "ServerFormatter", "configure_server_logging"]
+__all__ = [
+    "MAX_FIELD",
+    "AccessLog",
+    "BatchingHandler",
+    "ContentGuard",
+    "ServerFormatter",
+    "configure_server_logging",
+    "guard_handlers",
+    "printable",
+]
 
 FORMAT = "%(asctime)s %(name)s %(message)s"
 # Longest a formatted line waits before it is written.
 FLUSH_INTERVAL = 0.2
+# Characters of one client- or upstream-given value (a model name, a path) kept in a log line.
+MAX_FIELD = 200
+# Characters of any one log message kept (a library's message may quote an upstream's words).
+MAX_MESSAGE = 2000
+# Loggers whose debug output is ours: it never carries prompts, completions or keys.
+_OWN_LOGGERS = ("leapasgi", "leapmcp")
+# Control characters, and the line breaks Unicode adds, as escapes: none can end a log line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, 0x85)} | {
+    0x2028: "\\u2028",
+    0x2029: "\\u2029",
+}
+
+
+def printable(value: str, limit: int = MAX_FIELD) -> str:
+    """``value`` as one safe piece of a log line: control characters escaped, at most
+    ``limit`` characters (then an ellipsis and the full length)."""
+    if not value.isprintable():
+        value = value.translate(_ESCAPES)
+    if len(value) > limit:
+        value = f"{value[:limit]}...({len(value)} chars)"
+    return value
+
+
+class ContentGuard(logging.Filter):
+    """Keeps content out of the process's log, at every level: records below INFO from other
+    libraries are dropped (their debug output can carry prompts and completions; the mcp
+    SDK logs every message it sends), and every message becomes one escaped, capped line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.INFO and not record.name.startswith(_OWN_LOGGERS):
+            return False
+        message = record.getMessage()
+        safe = printable(message, MAX_MESSAGE)
+        if safe is not message:
+            record.msg, record.args = safe, None
+        return True
+
+
+def guard_handlers(logger: logging.Logger | None = None) -> None:
+    """Put a ContentGuard on every handler of ``logger`` (the root logger by default)."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not any(isinstance(f, ContentGuard) for f in handler.filters):
+            handler.addFilter(ContentGuard())
 
 
 class BatchingHandler(logging.Handler):
@@ -105,6 +157,7 @@ def configure_server_logging(stream: TextIO, *, level: int = logging.INFO) -> Ba
             return existing
     handler = BatchingHandler(stream)
     handler.setFormatter(ServerFormatter())
+    handler.addFilter(ContentGuard())
     root.addHandler(handler)
     root.setLevel(level)
     logging._srcfile = None  # noqa: SLF001 (the logging HOWTO's documented switch)
@@ -165,7 +218,9 @@ class AccessLog:
             for handler in logger.handlers:
                 if found is not None or not isinstance(handler, BatchingHandler):
                     return None
-                if handler.filters or handler.level > logging.INFO:
+                if handler.level > logging.INFO or any(
+                    type(f) is not ContentGuard for f in handler.filters
+                ):
                     return None
                 if type(handler.formatter) is not ServerFormatter:
                     return None

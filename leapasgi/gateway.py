@@ -53,7 +53,7 @@ class GatewayCore:
         server = self.config.server
         self.access = AccessPolicy(server.api_keys, server.admin_key)
         self.metrics = GatewayMetrics()
-        self.recorder = OutcomeRecorder(self.metrics, routable=self.manager.routes.knows)
+        self.recorder = OutcomeRecorder(self.metrics, listed=self.manager.routes.listed)
         self._services: list[Service] = []
 
     @classmethod

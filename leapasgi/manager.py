@@ -17,6 +17,7 @@ from types import TracebackType
 
 from pydantic import SecretStr
 
+from ._logging import printable
 from .clock import Clock, SystemClock
 from .config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
 from .dispatch import Dispatcher, UpstreamStream
@@ -267,7 +268,8 @@ class ProviderManager:
             async with asyncio.timeout(self.health.timeout):
                 models = await entry.provider.list_models()
         except (LeapError, TimeoutError) as exc:
-            logger.warning("model discovery failed for %s: %s", entry.name, _reason(exc))
+            reason = printable(_reason(exc))  # the upstream's words: never a forged line
+            logger.warning("model discovery failed for %s: %s", entry.name, reason)
             return
         entry.discovered_models = tuple(model.id for model in models)
         self.registry.touch()

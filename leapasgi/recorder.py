@@ -7,34 +7,37 @@ import logging
 import time
 from collections.abc import Callable
 
-from ._logging import AccessLog
+from ._logging import AccessLog, printable
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
 
-__all__ = ["OutcomeRecorder"]
+__all__ = ["MAX_LABEL", "OutcomeRecorder"]
 
 _NO_PROVIDER = "none"
+# The longest model name used as a metric label.
+MAX_LABEL = 128
 
 
 class OutcomeRecorder:
     """Records each outcome once: metrics and one access log line (no prompt, no key).
 
-    ``routable`` says whether a model name is one the gateway routes; only those become metric
-    labels, so a client sending made-up names cannot grow /metrics without bound (the access
-    log still names them).
+    ``listed`` says whether a model name is one the gateway lists (configured, discovered, an
+    alias); only those, and none longer than MAX_LABEL, become metric labels, so no client
+    (``u1/<anything>``) and no upstream (a model list of huge names) can grow /metrics
+    without bound. The access log still names every model, escaped and capped.
     """
 
-    __slots__ = ("_log", "_routable", "metrics")
+    __slots__ = ("_listed", "_log", "metrics")
 
     def __init__(
         self,
         metrics: GatewayMetrics,
         *,
-        routable: Callable[[str], bool],
+        listed: Callable[[str], bool],
         log: AccessLog | None = None,
     ) -> None:
         self.metrics = metrics
-        self._routable = routable
+        self._listed = listed
         self._log = log or AccessLog(logging.getLogger("leapasgi.access"))
 
     def outcome(self, operation: str = "chat") -> Outcome:
@@ -63,7 +66,7 @@ class OutcomeRecorder:
             provider, overhead = _NO_PROVIDER, 0.0
         else:
             overhead = max(0.0, (latency if ttft is None else ttft) - upstream)
-        label = model if model and (status == 200 or self._routable(model)) else ""
+        label = model if model and len(model) <= MAX_LABEL and self._listed(model) else ""
         self.metrics.record(
             provider=provider,
             model=label,
@@ -79,7 +82,7 @@ class OutcomeRecorder:
         self._log.info(
             "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s",
             outcome.operation,
-            model or "-",
+            printable(model) if model else "-",
             provider,
             status,
             kind,

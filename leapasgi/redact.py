@@ -6,11 +6,23 @@ import base64
 import urllib.parse
 from collections.abc import Iterable
 
-__all__ = ["REDACTED", "Redactor", "public_url"]
+__all__ = ["REDACTED", "Redactor", "credential_name", "public_url"]
 
 REDACTED = "[redacted]"
 # Secrets shorter than this are not scrubbed: replacing "a" everywhere would wreck every text.
 _MIN_SECRET_LENGTH = 6
+# Parts of a header or query parameter name that say its value is a credential.
+_CREDENTIAL_WORDS = (
+    "auth",
+    "cookie",
+    "credential",
+    "key",
+    "passw",
+    "secret",
+    "session",
+    "sig",
+    "token",
+)
 
 
 def _variants(secret: str) -> set[str]:
@@ -54,3 +66,10 @@ def public_url(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=host, query="", fragment="").geturl()
+
+
+def credential_name(name: str) -> bool:
+    """True when a header or query parameter called ``name`` carries a credential (``key``,
+    ``x-api-key``, ``access_token``, ``sig``...); ``api-version`` or ``project`` do not."""
+    lowered = name.lower()
+    return any(word in lowered for word in _CREDENTIAL_WORDS)

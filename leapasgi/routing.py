@@ -44,6 +44,10 @@ class RouteTable:
         # Resolved routes per model name, valid while the registry's version is unchanged.
         self._cache: dict[str, list[Route]] = {}
         self._cache_version = -1
+        # The names the gateway lists (aliases, configured or discovered models, and
+        # provider/model for those), rebuilt when the registry changes.
+        self._listed: frozenset[str] = frozenset()
+        self._listed_version = -1
 
     def routes(self, request: ChatCompletionRequest) -> list[Route]:
         """Routes for ``request``, in preference order; 404 for an unknown model, 400 when no
@@ -69,6 +73,19 @@ class RouteTable:
     def knows(self, model: str) -> bool:
         """True when ``model`` (a name, an alias or ``provider/model``) has a route."""
         return bool(self._resolved(model))
+
+    def listed(self, model: str) -> bool:
+        """True when ``model`` is a name the gateway lists: an alias, a configured or
+        discovered model, or ``provider/model`` for one of that provider's models. Unlike
+        ``knows``, never ``provider/<anything>``: only these become metric labels."""
+        if self._listed_version != self._registry.version:
+            names = set(self.aliases)
+            for entry in self._registry:
+                names.update(entry.models)
+                names.update(f"{entry.name}/{m}" for m in entry.models)
+            self._listed = frozenset(names)
+            self._listed_version = self._registry.version
+        return model in self._listed
 
     def _resolved(self, model: str) -> list[Route]:
         if self._cache_version != self._registry.version:

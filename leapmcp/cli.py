@@ -11,7 +11,15 @@ import logging
 import sys
 from pathlib import Path
 
-from leapasgi import ConfigurationError, Gateway, GatewayConfig, LeapError, __version__, load_config
+from leapasgi import (
+    ConfigurationError,
+    Gateway,
+    GatewayConfig,
+    LeapError,
+    __version__,
+    guard_handlers,
+    load_config,
+)
 
 from .endpoint import build_http_app, transport_security
 from .tools import build_server
@@ -68,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    # At every level, no library's debug output (the mcp SDK logs each message) reaches it.
+    guard_handlers()
     try:
         config = load_config(args.config)
         admin_tools = args.admin_tools or config.server.mcp_admin_tools

@@ -120,9 +120,10 @@ class GatewayTools:
             raise self._error(error) from None
         return self._scrub.model(chat_result(completion, outcome))
 
-    async def list_providers(self) -> ProvidersResult:
+    async def list_providers(self, *, ctx: Context) -> ProvidersResult:
         """Every provider: status, health, circuit breaker, features, models, latency
-        percentiles, error counts and recent status changes."""
+        percentiles, error counts and recent status changes. Over HTTP, needs the admin key."""
+        self._admin_only(ctx, "Listing the providers")
         await self._gateway.manager.start()
         snapshots = self._gateway.manager.registry.snapshots()
         return self._scrub.model(ProvidersResult(providers=[_provider(s) for s in snapshots]))
@@ -152,7 +153,9 @@ class GatewayTools:
         ctx: Context,
     ) -> HealthCheckResult:
         """Run health checks now, in parallel (all providers but inactive ones, or one), and
-        return each result. Checks use free endpoints, never a billed completion."""
+        return each result. Checks use free endpoints, never a billed completion. Over HTTP,
+        needs the admin key."""
+        self._admin_only(ctx, "Running health checks")
         registry = self._gateway.manager.registry
         if provider is not None:
             self._known_provider(provider)
@@ -168,9 +171,10 @@ class GatewayTools:
         result = HealthCheckResult(results=infos, healthy=healthy, unhealthy=len(infos) - healthy)
         return self._scrub.model(result)
 
-    async def provider_stats(self) -> StatsResult:
+    async def provider_stats(self, *, ctx: Context) -> StatsResult:
         """Totals over every provider: how many are active and healthy, requests, successes,
-        errors, success rate and requests in flight."""
+        errors, success rate and requests in flight. Over HTTP, needs the admin key."""
+        self._admin_only(ctx, "Reading provider totals")
         stats = self._gateway.manager.registry.stats()
         return StatsResult(
             providers=stats.total,
@@ -196,12 +200,7 @@ class GatewayTools:
     ) -> ProviderInfo:
         """Admin: switch a provider on (active), off (inactive) or to maintenance (finish the
         requests in flight, take no new ones). Returns the provider as it now is."""
-        request = ctx.request_context.request
-        scope = getattr(request, "scope", None)
-        # Over stdio the caller is the local user who started the server; over HTTP the admin
-        # key is required, as for the gateway's own admin routes.
-        if scope is not None and self._gateway.access.role(scope) is not Role.ADMIN:
-            raise ToolError("Changing a provider's status over HTTP needs the gateway's admin key")
+        self._admin_only(ctx, "Changing a provider's status")
         self._known_provider(provider)
         registry = self._gateway.manager.registry
         try:
@@ -224,6 +223,14 @@ class GatewayTools:
             for task in tasks:
                 task.cancel()
         return [done[name] for name in names if name in done]
+
+    def _admin_only(self, ctx: Context, what: str) -> None:
+        """ToolError unless the caller may do admin things: over stdio, the local user who
+        started the server may; over HTTP, only the admin key, as on the gateway's own admin
+        routes (an API key may chat and list models, not inspect or steer the providers)."""
+        scope = getattr(ctx.request_context.request, "scope", None)
+        if scope is not None and self._gateway.access.role(scope) is not Role.ADMIN:
+            raise ToolError(f"{what} over HTTP needs the gateway's admin key")
 
     def _known_provider(self, name: str) -> None:
         registry = self._gateway.manager.registry

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .._logging import printable
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from .chat import ChatEndpoint
 from .openapi import OPENAPI_PATH, OpenAPIEndpoint
@@ -81,6 +82,9 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
     )
+    # Starlette would redirect /v1/models/ to /v1/models at an address it reads from the
+    # client's Host header; an unknown path is a 404 instead, whoever sent it.
+    starlette.router.redirect_slashes = False
     return GatewayApp(chat, starlette)
 
 
@@ -110,5 +114,5 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s", request.url.path)
+    logger.exception("unhandled error on %s", printable(request.url.path))
     return error_response(LeapError("The gateway failed unexpectedly", code="internal_error"))

@@ -24,10 +24,14 @@ class LeapMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
+            # Under a root_path (``--root-path``, a mount), the path includes it (ASGI spec).
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root) :]
             prefix = self.prefix
             if path == prefix or path.startswith(prefix + "/"):
                 inner = dict(scope)
-                inner["path"] = "/v1" + path[len(prefix) :]
+                inner["path"] = root + "/v1" + path[len(prefix) :]
                 await self.gateway.app(inner, receive, send)
                 return
         await self.app(scope, receive, send)

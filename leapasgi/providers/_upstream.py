@@ -30,6 +30,7 @@ from ..exceptions import (
 from ..retry import parse_retry_after
 from ..sse import SSEEvent
 from ..types import ChatCompletionChunk
+from .urls import ForbiddenAddressError
 
 __all__ = [
     "MAX_ERROR_BODY",
@@ -51,6 +52,14 @@ def translate_client_error(
 ) -> LeapError:
     """The leapasgi error for an aiohttp failure; ``in_body`` when the response had begun."""
     where = f"provider {provider!r}"
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(
+        exc.os_error, ForbiddenAddressError
+    ):
+        return UpstreamConnectionError(
+            f"The host of {where} resolves only to link-local or cloud metadata addresses; refused",
+            provider=provider,
+            retry_here=False,
+        )
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return ConnectTimeoutError(f"Connecting to {where} timed out", provider=provider)
     if isinstance(exc, aiohttp.ClientConnectorDNSError):

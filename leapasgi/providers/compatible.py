@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from pydantic import ValidationError
 
 from .. import __version__
@@ -27,7 +28,7 @@ from ..exceptions import (
     ResponseTooLargeError,
     StreamInterruptedError,
 )
-from ..redact import Redactor
+from ..redact import Redactor, credential_name, public_url
 from ..sse import EventTooLarge, SSEDecoder
 from ..streaming import (
     ChunkBatch,
@@ -46,6 +47,7 @@ from ._upstream import (
 from ._watch import Expired, ReadWatch
 from .base import Capabilities
 from .settings import ProviderSettings
+from .urls import GuardedResolver
 
 __all__ = ["UPSTREAM_HEADERS", "OpenAICompatibleProvider"]
 
@@ -79,10 +81,17 @@ class OpenAICompatibleProvider:
     given; retrying is the caller's (the dispatcher's, or ``Retrying`` for standalone use).
     """
 
-    def __init__(self, settings: ProviderSettings, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        clock: Clock | None = None,
+        resolver: AbstractResolver | None = None,
+    ) -> None:
         self.settings = settings
         self.name = settings.name
         self._clock = clock or SystemClock()
+        self._resolver = resolver
         self._session: aiohttp.ClientSession | None = None
         base = urllib.parse.urlsplit(settings.base_url)
         self._chat_url = self._url(base, "/chat/completions")
@@ -102,8 +111,7 @@ class OpenAICompatibleProvider:
         return urllib.parse.urlunsplit(base._replace(path=base.path.rstrip("/") + path))
 
     def __repr__(self) -> str:
-        base = urllib.parse.urlsplit(self.settings.base_url)
-        shown = urllib.parse.urlunsplit(base._replace(query="", fragment=""))
+        shown = public_url(self.settings.base_url)
         return f"{type(self).__name__}(name={self.name!r}, base_url={shown!r})"
 
     @property
@@ -112,15 +120,22 @@ class OpenAICompatibleProvider:
         return self._capabilities
 
     def secrets(self) -> Iterator[str]:
-        """The key, and credentials in the base URL (query values, password) or headers."""
+        """The key, the base URL's user info, and the query values and configured headers
+        whose names say they hold a credential (``?key=``, ``x-api-key``...). Other values
+        (``api-version=2024-06-01``) are not secrets: scrubbing them would garble answers."""
         settings = self.settings
         if settings.api_key is not None:
             yield settings.api_key.get_secret_value()
         url = urllib.parse.urlsplit(settings.base_url)
-        yield from (value for _, value in urllib.parse.parse_qsl(url.query))
         if url.password:
             yield url.password
-        yield from settings.headers.values()  # a key sent as x-api-key, api-key...
+            yield f"{url.username}:{url.password}"  # as Basic auth sends it
+        for name, value in urllib.parse.parse_qsl(url.query):
+            if credential_name(name):
+                yield value
+        for name, value in settings.headers.items():
+            if credential_name(name):
+                yield value
 
     async def __aenter__(self) -> OpenAICompatibleProvider:
         return self
@@ -145,6 +160,8 @@ class OpenAICompatibleProvider:
             connector = aiohttp.TCPConnector(
                 limit=self.settings.max_connections,
                 keepalive_timeout=_KEEPALIVE_SECONDS,
+                # The address connected to is checked, not only the URL's spelling.
+                resolver=GuardedResolver(self._resolver),
             )
             timeout = aiohttp.ClientTimeout(
                 total=None, connect=None, sock_connect=self.settings.timeouts.connect

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..exceptions import ConfigurationError
 from ..features import Feature
@@ -74,6 +75,13 @@ class ProviderSettings(BaseModel):
     @classmethod
     def _safe_headers(cls, value: Mapping[str, str]) -> Mapping[str, str]:
         return check_headers(value)
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> Self:
+        # aiohttp sends URL user info as Basic auth and refuses it beside an Authorization.
+        if self.api_key is not None and "@" in urllib.parse.urlsplit(self.base_url).netloc:
+            raise ValueError("give either api_key or user info in base_url, not both")
+        return self
 
     @classmethod
     def from_preset(

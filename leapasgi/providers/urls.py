@@ -1,6 +1,8 @@
 """Where a provider may send requests: http(s) URLs, never link-local or cloud metadata hosts.
 
-Checked wherever a provider's base URL is set, from a config file or in code, so that no
+Checked twice: on the spelling wherever a provider's base URL is set (a config file or code),
+and on the address actually connected to (``GuardedResolver``), since a name such as
+``169.254.169.254.nip.io`` resolves to a metadata address whatever it looks like. No
 configuration can turn the gateway into a way of reading a cloud instance's credentials.
 """
 
@@ -11,7 +13,10 @@ import re
 import socket
 import urllib.parse
 
-__all__ = ["check_base_url"]
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+__all__ = ["ForbiddenAddressError", "GuardedResolver", "check_base_url", "forbidden_address"]
 
 _HTTP_URL = re.compile(r"^https?://[^/\s?#]+")
 # Never an upstream: cloud metadata services hand out credentials to whoever asks. Loopback and
@@ -56,12 +61,48 @@ def check_base_url(value: str) -> str:
     address = _ip_address(host)
     if host in _METADATA_HOSTS or address in _METADATA_ADDRESSES:
         raise ValueError("base_url points at a cloud metadata service; refused")
-    if address is not None and (address.is_link_local or address.is_multicast):
+    if address is not None and forbidden_address(address):
         raise ValueError(
             "base_url points at a link-local or multicast address; refused (cloud metadata "
             "services live in 169.254.0.0/16 and fe80::/10)"
         )
     return value
+
+
+def forbidden_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """True for an address no upstream may have: link-local, multicast, cloud metadata."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_link_local or address.is_multicast or address in _METADATA_ADDRESSES
+
+
+class ForbiddenAddressError(OSError):
+    """Raised by ``GuardedResolver`` for a name that resolves only to forbidden addresses."""
+
+
+class GuardedResolver(AbstractResolver):
+    """A resolver that drops the addresses no upstream may have, so the refusal holds for the
+    address actually connected to, not only for the spelling of the URL. Loopback and LAN
+    addresses pass (Ollama, vLLM)."""
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """The addresses ``host`` resolves to, minus the forbidden ones."""
+        results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if not forbidden_address(ipaddress.ip_address(r["host"]))]
+        if not allowed:
+            raise ForbiddenAddressError(
+                "the host resolves only to link-local, multicast or cloud metadata addresses"
+            )
+        return allowed
+
+    async def close(self) -> None:
+        """Close the resolver it wraps."""
+        await self._inner.close()
 
 
 def _ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 from mcp import MCPError
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
@@ -50,7 +51,7 @@ async def post_initialize(url: str, *, key: str | None = None, **headers: str) -
 
 @pytest.mark.parametrize("mode", ["auto", "legacy"])
 async def test_the_sdk_http_client_uses_every_tool(mode: str) -> None:
-    gateway = make_gateway(mock_config(chunks=12))
+    gateway = make_gateway(mock_config(chunks=12), admin_key=SecretStr(ADMIN))
     reports: list[float] = []
     both = anyio.Event()
 
@@ -60,7 +61,7 @@ async def test_the_sdk_http_client_uses_every_tool(mode: str) -> None:
             both.set()
 
     with served(lambda: build_http_app(gateway, admin_tools=False)) as base:
-        async with http_session(f"{base}/mcp", mode=mode) as client:
+        async with http_session(f"{base}/mcp", key=ADMIN, mode=mode) as client:
             names = {tool.name for tool in (await client.list_tools()).tools}
             answer = structured(await client.call_tool("chat", CHAT, progress_callback=on_progress))
             models = structured(await client.call_tool("list_models", {}))
@@ -222,3 +223,24 @@ async def test_the_gateway_restarts_with_a_fresh_mcp_server() -> None:
 
 def mock_requests(gateway: Gateway) -> int:
     return gateway.manager.registry.get("mock").stats.requests
+
+
+@pytest.mark.parametrize("tool", ["list_providers", "health_check", "provider_stats"])
+async def test_over_http_an_api_key_may_chat_but_not_inspect_the_providers(tool: str) -> None:
+    # The same rule as the HTTP admin routes: an API key gets 403 on GET /v1/providers and
+    # POST /v1/providers/health, and these tools (which read the same, or spend upstream
+    # calls) the same refusal; the admin key may.
+    keys = {"api_keys": [SecretStr("api-key-123")], "admin_key": SecretStr(ADMIN)}
+    gateway = make_gateway(**keys)
+    with served(lambda: build_http_app(gateway)) as base:
+        async with http_session(f"{base}/mcp", key="api-key-123") as client:
+            refused = await client.call_tool(tool, {})
+            chat = await client.call_tool("chat", {"model": "mock-chat", "prompt": "hi"})
+            models = await client.call_tool("list_models", {})
+        async with http_session(f"{base}/mcp", key=ADMIN) as client:
+            allowed = await client.call_tool(tool, {})
+    assert refused.is_error
+    assert "needs the gateway's admin key" in text(refused)
+    assert not chat.is_error
+    assert not models.is_error
+    assert not allowed.is_error

@@ -748,14 +748,27 @@ async def test_a_call_stops_at_the_deadline_it_is_given(upstream: FakeUpstream) 
 
 
 async def test_declared_capabilities_and_secrets(upstream: FakeUpstream) -> None:
-    url = upstream.base_url.replace("http://", "http://user:pw-secret@") + "?key=q-secret"
-    provider = make(url, headers={"x-api-key": "h-secret"}, features=frozenset({"streaming"}))
+    url = upstream.base_url.replace("http://", "http://user:pw-secret@")
+    url += "?key=q-secret&api-version=2024-06-01"
+    headers = {"x-api-key": "h-secret", "OpenAI-Organization": "org-plain-123"}
+    settings = ProviderSettings(
+        name="up", base_url=url, headers=headers, features=frozenset({"streaming"})
+    )
+    provider = OpenAICompatibleProvider(settings)
     capabilities = provider.capabilities
     assert capabilities.honors_deadline
     assert capabilities.supports("streaming")
     assert not capabilities.supports("tools")
-    assert set(provider.secrets()) == {CANARY, "q-secret", "pw-secret", "h-secret"}
+    # Credentials only: a scrubbed "2024-06-01" or organization id would garble answers.
+    assert set(provider.secrets()) == {"pw-secret", "user:pw-secret", "q-secret", "h-secret"}
+    assert "pw-secret" not in repr(provider)
+    assert "user" not in repr(provider)
     await provider.aclose()
+
+
+def test_a_key_and_user_info_in_the_url_are_one_credential_too_many() -> None:
+    with pytest.raises(ValueError, match="either api_key or user info"):
+        ProviderSettings(name="up", base_url="http://u:p@127.0.0.1:9/v1", api_key="sk-1")
 
 
 async def test_retrying_stays_inside_the_deadline_it_is_given(upstream: FakeUpstream) -> None:

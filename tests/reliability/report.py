@@ -117,6 +117,23 @@ ROWS: dict[str, tuple[str, str]] = {
         "the whole text is scrubbed before any cut; relayed headers are checked and scrubbed: "
         "0 characters of the key reach the client",
     ),
+    "30": (
+        "a password in a provider's base_url (http://user:pass@host/v1), echoed by the upstream",
+        "user info is a secret like a key: 0 occurrences, raw or as Basic base64, in answers, "
+        "admin output or reprs",
+    ),
+    "31": (
+        "leapmcp at --log-level debug, over stdio and Streamable HTTP",
+        "0 prompts or completions in the log at any level, from any logger",
+    ),
+    "32": (
+        "model names with a newline, escape codes, 200 KB, a Unicode line separator",
+        "no access log line can be forged: control characters escaped, fields capped",
+    ),
+    "33": (
+        "an MCP reply quoting a provider's api-version, organization and project values",
+        "only real secrets are scrubbed: the reply comes back unchanged",
+    ),
     "34": (
         "decompression bomb (0.2 MB gzip -> 200 MB); a stream past its provider's cap",
         "every upstream body is bounded after decompression: 502 (or failover), memory "
@@ -138,6 +155,28 @@ ROWS: dict[str, tuple[str, str]] = {
     "38": (
         "a 200 with choices [] (JSON and streaming)",
         "treated as the upstream's failure: the next provider serves",
+    ),
+    "39": (
+        "a base URL whose name resolves to a link-local or metadata address",
+        "refused on the address actually connected to, not only the spelling; loopback and "
+        "LAN names still work",
+    ),
+    "40": (
+        "100 requests with 10 KB made-up model names under u1/",
+        "only listed models become labels (capped length): /metrics does not grow",
+    ),
+    "41": (
+        "an API key over /mcp and over HTTP: provider listing, totals, health checks",
+        "one rule for both: the admin key may, an API key may not (403 over HTTP, a tool "
+        "error over MCP); both may chat and list models",
+    ),
+    "42": (
+        "LeapMiddleware under a root_path",
+        "the gateway's requests reach the gateway, never the host app",
+    ),
+    "43": (
+        "a path with a trailing slash and a foreign Host header",
+        "no redirect built from the Host header: a plain 404",
     ),
 }
 

@@ -261,14 +261,14 @@ class _Client:
         self.texts.append(f"{response.status_code} {dict(response.headers)} {response.text}")
         return response
 
-    def mcp(self, tool: str, arguments: dict[str, Any]) -> httpx.Response:
+    def mcp(self, tool: str, arguments: dict[str, Any], *, key: str = API_KEY) -> httpx.Response:
         call = {
             "jsonrpc": "2.0",
             "id": 1,
             "method": "tools/call",
             "params": {"name": tool, "arguments": arguments},
         }
-        return self.call("POST", "/mcp", json=call, headers={"accept": ACCEPT})
+        return self.call("POST", "/mcp", key=key, json=call, headers={"accept": ACCEPT})
 
 
 def _reprs(gateway: Gateway) -> list[str]:
@@ -326,15 +326,15 @@ def test_row17_canary_keys_appear_nowhere(figures: Figures) -> None:
         admin_texts = client.texts[admin_before:]
         mcp_before = len(client.texts)
         fakes[0].default = _echoes(KEY_U1)[-1][0]
-        for tool, arguments in [
-            ("list_providers", {}),
-            ("health_check", {}),
-            ("provider_stats", {}),
-            ("list_models", {}),
-            ("chat", {"model": "u1/m1", "prompt": "hi"}),
-            ("chat", {"model": "u4/m1", "prompt": "hi"}),
+        for tool, arguments, key in [
+            ("list_providers", {}, ADMIN_KEY),
+            ("health_check", {}, ADMIN_KEY),
+            ("provider_stats", {}, ADMIN_KEY),
+            ("list_models", {}, API_KEY),
+            ("chat", {"model": "u1/m1", "prompt": "hi"}, API_KEY),
+            ("chat", {"model": "u4/m1", "prompt": "hi"}, API_KEY),
         ]:
-            assert client.mcp(tool, arguments).status_code == 200
+            assert client.mcp(tool, arguments, key=key).status_code == 200
         mcp_texts = client.texts[mcp_before:]
         metrics = client.call("GET", "/metrics").text
         reprs = _reprs(live.gateway)
