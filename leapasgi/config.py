@@ -384,8 +384,14 @@ class ServerConfig(_Config):
     mcp: bool = False
     # Offer MCP clients set_provider_status; over HTTP a call must present admin_key.
     mcp_admin_tools: bool = False
-    # Host and Origin headers /mcp accepts besides loopback ones (DNS-rebinding protection):
-    # "gw.example.com", "gw.example.com:*" (any port), "https://app.example.com".
+    # Host names every route answers to besides loopback ones ("gw.example.com" any port,
+    # "gw.example.com:8443", "*" any): checked when reached on loopback or when set.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Browser origins allowed to call, with CORS ("https://app.example.com", "...:*", "*");
+    # a page's own site and loopback pages need no entry. Default: no cross-origin access.
+    allowed_origins: list[str] = Field(default_factory=list)
+    # More Host and Origin headers accepted, for /mcp (which always checks both, as the MCP
+    # spec asks) and every other route alike.
     mcp_allowed_hosts: list[str] = Field(default_factory=list)
     mcp_allowed_origins: list[str] = Field(default_factory=list)
 

@@ -11,6 +11,7 @@ request ends with is a copy made by ``for_request``, carrying its routing trail.
     ├── InvalidRequestError              400 the request is malformed or asks for the impossible
     │   ├── RequestTooLargeError         413
     │   ├── UnprocessableEntityError     422
+    │   ├── MisdirectedRequestError      421 the Host is not one the gateway answers to
     │   └── UnsupportedFeatureError      400 no provider of the model has a feature it needs
     ├── AuthenticationError              401 the API key was refused
     ├── PermissionDeniedError            403
@@ -63,6 +64,7 @@ __all__ = [
     "LeapTimeoutError",
     "MalformedResponseError",
     "MalformedStreamError",
+    "MisdirectedRequestError",
     "ModelNotFoundError",
     "NameResolutionError",
     "NoProviderAvailableError",
@@ -196,6 +198,14 @@ class UnprocessableEntityError(InvalidRequestError):
     """Raised when the upstream understood the request but cannot process it (422)."""
 
     status_code = 422
+
+
+class MisdirectedRequestError(InvalidRequestError):
+    """Raised when a request's Host header names a site the gateway does not answer to (421):
+    a page reaching it through a name of its own (DNS rebinding)."""
+
+    status_code = 421
+    default_code = "invalid_host"
 
 
 class UnsupportedFeatureError(InvalidRequestError):

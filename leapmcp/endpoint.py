@@ -89,7 +89,8 @@ class McpEndpoint:
         """The endpoint the gateway's ``[server]`` settings describe (``mcp_*``)."""
         server = gateway.config.server
         security = transport_security(
-            allowed_hosts=server.mcp_allowed_hosts, allowed_origins=server.mcp_allowed_origins
+            allowed_hosts=[*server.allowed_hosts, *server.mcp_allowed_hosts],
+            allowed_origins=[*server.allowed_origins, *server.mcp_allowed_origins],
         )
         return cls(gateway, admin_tools=server.mcp_admin_tools, security=security)
 

@@ -19,6 +19,7 @@ from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from .chat import ChatEndpoint
 from .openapi import OPENAPI_PATH, OpenAPIEndpoint
 from .routes import Routes, error_response
+from .sites import CorsSend, SiteGuard, preflight_headers
 
 if TYPE_CHECKING:
     from ..gateway import GatewayCore
@@ -33,15 +34,31 @@ MCP_PATH = "/mcp"
 
 
 class GatewayApp:
-    """The gateway's ASGI app: chat completions go straight to their endpoint (the hot path
-    skips Starlette's routing and middleware); every other route is a Starlette app."""
+    """The gateway's ASGI app: every request passes the Host and Origin checks first; chat
+    completions then go straight to their endpoint (the hot path skips Starlette's routing and
+    middleware); every other route is a Starlette app."""
 
-    def __init__(self, chat: ChatEndpoint, routes: Starlette) -> None:
+    def __init__(self, chat: ChatEndpoint, routes: Starlette, sites: SiteGuard) -> None:
         self.chat = chat
         self.routes = routes
+        self.sites = sites
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] != "http":
+            await self.routes(scope, receive, send)
+            return
+        refused, cors_origin = self.sites.check(scope)
+        if refused is not None:
+            await error_response(refused)(scope, receive, send)
+            return
+        if cors_origin is not None:
+            if scope["method"] == "OPTIONS" and any(
+                name == b"access-control-request-method" for name, _ in scope["headers"]
+            ):
+                await _preflight(cors_origin, scope, send)
+                return
+            send = CorsSend(send, cors_origin)
+        if scope["method"] == "POST":
             path: str = scope["path"]
             root: str = scope.get("root_path", "")
             if root and path.startswith(root):
@@ -50,6 +67,12 @@ class GatewayApp:
                 await self.chat(scope, receive, send)
                 return
         await self.routes(scope, receive, send)
+
+
+async def _preflight(origin: bytes, scope: Scope, send: Send) -> None:
+    headers = [(b"content-length", b"0"), *preflight_headers(origin, scope)]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def build_app(gateway: GatewayCore) -> GatewayApp:
@@ -85,7 +108,12 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
     # Starlette would redirect /v1/models/ to /v1/models at an address it reads from the
     # client's Host header; an unknown path is a 404 instead, whoever sent it.
     starlette.router.redirect_slashes = False
-    return GatewayApp(chat, starlette)
+    server = gateway.config.server
+    sites = SiteGuard(
+        allowed_hosts=[*server.allowed_hosts, *server.mcp_allowed_hosts],
+        allowed_origins=[*server.allowed_origins, *server.mcp_allowed_origins],
+    )
+    return GatewayApp(chat, starlette, sites)
 
 
 def _mcp_endpoint(gateway: GatewayCore) -> ASGIApp:

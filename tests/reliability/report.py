@@ -112,6 +112,13 @@ ROWS: dict[str, tuple[str, str]] = {
         "every request ends within its deadline + 1 s as a success or one well-formed error; "
         "0 duplicated or interleaved chunks; attempt counters equal what upstreams saw",
     ),
+    "28": (
+        "a keyless gateway on loopback: text/plain POST from a foreign Origin, a foreign Host "
+        "(DNS rebinding); a deployment's allowed origin",
+        "foreign origins 403 and foreign Hosts 421 on every route, 0 upstream calls; the "
+        "page's own site, loopback pages and non-browser clients pass; CORS (preflight and "
+        "Access-Control-* on answers and streams) only for configured origins",
+    ),
     "29": (
         "an upstream echoes its key where the old 500-byte cut fell on it, and in x-request-id",
         "the whole text is scrubbed before any cut; relayed headers are checked and scrubbed: "

@@ -54,7 +54,13 @@ class _RoomyUpstream(FakeUpstream):
 
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveGateway]:
-    server = ServerConfig(api_keys=[SecretStr(API_KEY)], max_body_bytes=LIMIT)
+    # The client's own Host header is one a deployment serves, so it gets past the Host
+    # check: what is tested is that it never reaches an upstream.
+    server = ServerConfig(
+        api_keys=[SecretStr(API_KEY)],
+        max_body_bytes=LIMIT,
+        allowed_hosts=["client-host.example"],
+    )
     upstreams = [_RoomyUpstream() for _ in range(3)]
     with reliability_gateway(upstreams=upstreams, server=server) as gateway:
         for fake in gateway.upstreams:
