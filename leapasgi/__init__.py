@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     )
     from .config import (
         AliasConfig,
+        ConnectionLimits,
         GatewayConfig,
         HealthConfig,
         ProviderConfig,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
         LeapTimeoutError,
         MalformedResponseError,
         MalformedStreamError,
+        MisdirectedRequestError,
         ModelNotFoundError,
         NameResolutionError,
         NoProviderAvailableError,
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
         ProviderBusyError,
         RateLimitError,
         RequestTooLargeError,
+        ResponseTooLargeError,
         StreamError,
         StreamInterruptedError,
         UnprocessableEntityError,
@@ -127,6 +130,10 @@ if TYPE_CHECKING:
     from .retry import (
         RetryPolicy,
     )
+    from .server import (
+        GuardedHttpToolsProtocol,
+        run_server,
+    )
     from .stats import (
         Quantiles,
     )
@@ -168,6 +175,7 @@ __all__ = [
     "ConnectRefusedError",
     "ConnectResetError",
     "ConnectTimeoutError",
+    "ConnectionLimits",
     "ContentGuard",
     "Deadline",
     "DeadlineExceededError",
@@ -178,6 +186,7 @@ __all__ = [
     "Gateway",
     "GatewayConfig",
     "GatewayCore",
+    "GuardedHttpToolsProtocol",
     "HealthConfig",
     "HealthResult",
     "IdleTimeoutError",
@@ -188,6 +197,7 @@ __all__ = [
     "MalformedResponseError",
     "MalformedStreamError",
     "ManagedStream",
+    "MisdirectedRequestError",
     "MockProvider",
     "Model",
     "ModelList",
@@ -211,6 +221,7 @@ __all__ = [
     "Redactor",
     "Registry",
     "RequestTooLargeError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "Retrying",
     "Role",
@@ -240,6 +251,7 @@ __all__ = [
     "parse_chat_request",
     "parse_config",
     "required_features",
+    "run_server",
     "sleep_until",
 ]
 
@@ -261,6 +273,7 @@ _EXPORTS: dict[str, str] = {
     "ConnectRefusedError": ".exceptions",
     "ConnectResetError": ".exceptions",
     "ConnectTimeoutError": ".exceptions",
+    "ConnectionLimits": ".config",
     "ContentGuard": "._logging",
     "Deadline": ".deadline",
     "DeadlineExceededError": ".exceptions",
@@ -271,6 +284,7 @@ _EXPORTS: dict[str, str] = {
     "Gateway": ".asgi",
     "GatewayConfig": ".config",
     "GatewayCore": ".gateway",
+    "GuardedHttpToolsProtocol": ".server",
     "HealthConfig": ".config",
     "HealthResult": ".manager",
     "IdleTimeoutError": ".exceptions",
@@ -281,6 +295,7 @@ _EXPORTS: dict[str, str] = {
     "MalformedResponseError": ".exceptions",
     "MalformedStreamError": ".exceptions",
     "ManagedStream": ".managed_stream",
+    "MisdirectedRequestError": ".exceptions",
     "MockProvider": ".providers",
     "Model": ".types",
     "ModelList": ".types",
@@ -305,6 +320,7 @@ _EXPORTS: dict[str, str] = {
     "Redactor": ".redact",
     "Registry": ".registry",
     "RequestTooLargeError": ".exceptions",
+    "ResponseTooLargeError": ".exceptions",
     "RetryPolicy": ".retry",
     "Retrying": ".providers",
     "Role": ".access",
@@ -333,6 +349,7 @@ _EXPORTS: dict[str, str] = {
     "parse_chat_request": ".types",
     "parse_config": ".config",
     "required_features": ".features",
+    "run_server": ".server",
     "sleep_until": ".clock",
 }
 

@@ -60,15 +60,15 @@ def app_from_env() -> object:
 
 
 def _serve(path: Path, host: str | None, port: int | None, workers: int) -> int:
-    import uvicorn
-
     from .config import load_config
+    from .server import run_server
 
     config = load_config(path)  # fail fast, with the file and key, before binding anything
     os.environ[CONFIG_ENV] = str(path.resolve())
     configure_server_logging(sys.stderr)
-    uvicorn.run(
+    run_server(
         "leapasgi.cli:app_from_env",
+        limits=config.server.connection_limits(),
         factory=True,
         host=host or config.server.host,
         port=port if port is not None else config.server.port,

@@ -13,7 +13,9 @@ fails the load with its key path. Secrets are ``SecretStr`` and no error echoes 
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -54,18 +56,23 @@ __all__ = [
     "DEFAULT_BASE_EJECTION",
     "DEFAULT_FAILURE_THRESHOLD",
     "DEFAULT_FIRST_TOKEN_TIMEOUT",
+    "DEFAULT_HEAD_TIMEOUT",
     "DEFAULT_HEALTH_INTERVAL",
     "DEFAULT_HEALTH_TIMEOUT",
     "DEFAULT_HOST",
     "DEFAULT_KEEPALIVE_INTERVAL",
+    "DEFAULT_KEEP_ALIVE_TIMEOUT",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_EJECTION",
+    "DEFAULT_MAX_HEADERS",
+    "DEFAULT_MAX_HEAD_BYTES",
     "DEFAULT_PORT",
     "DEFAULT_REQUEST_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "STRATEGIES",
     "AliasConfig",
+    "ConnectionLimits",
     "GatewayConfig",
     "HealthConfig",
     "ProviderConfig",
@@ -367,6 +374,39 @@ class HealthConfig(_Config):
         return self
 
 
+# nginx reads at most 4 x 8 KiB of headers, Node 16 KiB; cookies and long tokens fit in this.
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_MAX_HEADERS = 100
+# nginx's client_header_timeout is 60 s; a real client sends its head in one go.
+DEFAULT_HEAD_TIMEOUT = 10.0
+# uvicorn's default.
+DEFAULT_KEEP_ALIVE_TIMEOUT = 5.0
+# Descriptors kept for everything but client connections: upstream connections, files, logs.
+_RESERVED_FDS = 0.25
+_MAX_CONNECTIONS_CAP = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What one client connection may take; ``max_connections`` None: three quarters of the
+    process's open-file limit (at most 10,000)."""
+
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES
+    max_headers: int = DEFAULT_MAX_HEADERS
+    head_timeout: float = DEFAULT_HEAD_TIMEOUT
+    keep_alive_timeout: float = DEFAULT_KEEP_ALIVE_TIMEOUT
+    max_connections: int | None = None
+
+    def connection_cap(self) -> int:
+        """``max_connections``, or the one the open-file limit allows."""
+        if self.max_connections is not None:
+            return self.max_connections
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return _MAX_CONNECTIONS_CAP
+        return max(16, min(_MAX_CONNECTIONS_CAP, int(soft * (1 - _RESERVED_FDS))))
+
+
 class ServerConfig(_Config):
     """The HTTP side: where to listen, who may call, and request limits."""
 
@@ -377,6 +417,14 @@ class ServerConfig(_Config):
     # The key for /v1/providers admin routes; without one they are not served.
     admin_key: SecretStr | None = None
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    # Connection limits when served by leapasgi serve / leapmcp --http: the request head's
+    # size and header count (431 past them), seconds to send it (408), idle keep-alive
+    # seconds, and connections at once (default: 3/4 of the open-file limit).
+    max_head_bytes: int = Field(default=DEFAULT_MAX_HEAD_BYTES, ge=1024)
+    max_headers: int = Field(default=DEFAULT_MAX_HEADERS, ge=8)
+    head_timeout: float = Field(default=DEFAULT_HEAD_TIMEOUT, gt=0)
+    keep_alive_timeout: float = Field(default=DEFAULT_KEEP_ALIVE_TIMEOUT, gt=0)
+    max_connections: int | None = Field(default=None, ge=2)
     # Seconds between SSE keep-alive comments; also how long a stream may wait for its first
     # chunk before the response starts (after that an upstream error arrives in-band).
     keepalive_interval: float = Field(default=DEFAULT_KEEPALIVE_INTERVAL, gt=0)
@@ -406,6 +454,16 @@ class ServerConfig(_Config):
     @classmethod
     def _empty_admin_key_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    def connection_limits(self) -> ConnectionLimits:
+        """The limits the server applies to each client connection."""
+        return ConnectionLimits(
+            max_head_bytes=self.max_head_bytes,
+            max_headers=self.max_headers,
+            head_timeout=self.head_timeout,
+            keep_alive_timeout=self.keep_alive_timeout,
+            max_connections=self.max_connections,
+        )
 
     @model_validator(mode="after")
     def _mcp_admin_needs_key(self) -> Self:

@@ -19,6 +19,7 @@ from leapasgi import (
     __version__,
     guard_handlers,
     load_config,
+    run_server,
 )
 
 from .endpoint import build_http_app, transport_security
@@ -104,22 +105,22 @@ def _serve_stdio(config: GatewayConfig, *, admin_tools: bool) -> int:
 
 
 def _serve_http(config: GatewayConfig, args: argparse.Namespace, *, admin_tools: bool) -> int:
-    import uvicorn
-
     if admin_tools and config.server.admin_key is None:
         raise ConfigurationError(
             "Admin tools over HTTP need server.admin_key in the config: callers must present it"
         )
-    hosts = [*config.server.mcp_allowed_hosts, *args.allow_host]
+    hosts = [*config.server.allowed_hosts, *config.server.mcp_allowed_hosts, *args.allow_host]
     if args.host not in _ANY_ADDRESS:
         # Clients that reach a named bind address send it as the Host header.
         hosts.append(f"[{args.host}]:*" if ":" in args.host else f"{args.host}:*")
-    origins = [*config.server.mcp_allowed_origins, *args.allow_origin]
+    server = config.server
+    origins = [*server.allowed_origins, *server.mcp_allowed_origins, *args.allow_origin]
     security = transport_security(allowed_hosts=hosts, allowed_origins=origins)
     gateway = Gateway.from_config(config)
     app = build_http_app(gateway, admin_tools=admin_tools, security=security)
-    uvicorn.run(
+    run_server(
         app,
+        limits=config.server.connection_limits(),
         host=args.host,
         port=args.port,
         log_level=args.log_level,

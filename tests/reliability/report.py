@@ -112,6 +112,17 @@ ROWS: dict[str, tuple[str, str]] = {
         "every request ends within its deadline + 1 s as a success or one well-formed error; "
         "0 duplicated or interleaved chunks; attempt counters equal what upstreams saw",
     ),
+    "26": (
+        "request heads that never end (8 KB header lines, one endless line, 500 headers) on "
+        "leapasgi serve and leapmcp --http",
+        "a 431 (or a close) and bounded memory on every way the gateway is served",
+    ),
+    "27": (
+        "256 half-sent request heads with the open-file limit at 256; an idle keep-alive "
+        "connection",
+        "health probes still served; a head not complete in time is closed; idle keep-alive "
+        "connections are closed",
+    ),
     "28": (
         "a keyless gateway on loopback: text/plain POST from a foreign Origin, a foreign Host "
         "(DNS rebinding); a deployment's allowed origin",
