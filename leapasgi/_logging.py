@@ -218,8 +218,9 @@ class AccessLog:
             for handler in logger.handlers:
                 if found is not None or not isinstance(handler, BatchingHandler):
                     return None
-                if handler.level > logging.INFO or any(
-                    type(f) is not ContentGuard for f in handler.filters
+                filters = handler.filters
+                if handler.level > logging.INFO or (
+                    filters and (len(filters) > 1 or type(filters[0]) is not ContentGuard)
                 ):
                     return None
                 if type(handler.formatter) is not ServerFormatter:

@@ -34,6 +34,8 @@ _METHODS = b"GET, POST, PUT, OPTIONS"
 # Headers a browser page may read from an answer.
 _EXPOSED = b"x-request-id, x-leap-provider, x-leap-attempts, x-leap-overhead-ms, retry-after"
 _MAX_AGE = b"600"
+# Accepted Host values remembered (a deployment has a few; a client cannot grow it past this).
+_GOOD_HOSTS = 64
 
 
 def _split(hostport: str) -> tuple[str, str]:
@@ -48,7 +50,7 @@ def _split(hostport: str) -> tuple[str, str]:
 class SiteGuard:
     """The Host and Origin checks of one gateway, and its CORS origins."""
 
-    __slots__ = ("_any_host", "_any_origin", "_hosts", "_origins", "_require_host")
+    __slots__ = ("_any_host", "_any_origin", "_good_hosts", "_hosts", "_origins", "_require_host")
 
     def __init__(
         self, *, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()
@@ -61,6 +63,8 @@ class SiteGuard:
         self._hosts = {_split(h) for h in hosts if h != "*"}
         self._any_origin = "*" in origins
         self._origins = {o for o in origins if o != "*"}
+        # Host header values already accepted (a few per deployment): one lookup per request.
+        self._good_hosts: set[bytes] = set()
 
     @property
     def cors(self) -> bool:
@@ -75,8 +79,11 @@ class SiteGuard:
                 host = value
             elif name == b"origin":
                 origin = value
-        text_host = host.decode("latin-1").lower() if host is not None else ""
-        if (self._require_host or _loopback_server(scope)) and not self._host_ok(text_host):
+        if (
+            host not in self._good_hosts
+            and (self._require_host or _loopback_server(scope))
+            and not self._accept_host(host)
+        ):
             return MisdirectedRequestError(
                 "This gateway does not answer to that Host name (configure it in "
                 "server.allowed_hosts)",
@@ -84,6 +91,7 @@ class SiteGuard:
             ), None
         if origin is None:
             return None, None
+        text_host = host.decode("latin-1").lower() if host is not None else ""
         text_origin = origin.decode("latin-1").lower()
         if self._configured_origin(text_origin):
             return None, origin
@@ -94,6 +102,13 @@ class SiteGuard:
             "Requests from this origin are not allowed (configure it in server.allowed_origins)",
             code="origin_not_allowed",
         ), None
+
+    def _accept_host(self, host: bytes | None) -> bool:
+        if host is None or not self._host_ok(host.decode("latin-1").lower()):
+            return False
+        if len(self._good_hosts) < _GOOD_HOSTS:
+            self._good_hosts.add(host)
+        return True
 
     def _host_ok(self, hostport: str) -> bool:
         if self._any_host:
