@@ -4,11 +4,23 @@ rebinding), and CORS for the origins a deployment allows."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import html
+import http.server
+import mimetypes
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from leapasgi.config import ServerConfig
+from tests.asgi.live_server import live_gateway
 from tests.fake_upstream import Behavior, text_stream
 from tests.reliability.harness import Figures, reliability_gateway
 
@@ -17,6 +29,78 @@ BODY: dict[str, Any] = {"model": "m1", "messages": [{"role": "user", "content": 
 APP = "https://app.example"
 # What the openai JS SDK asks for in its preflight.
 SDK_HEADERS = "authorization,content-type,x-stainless-os,x-stainless-lang,x-stainless-retry-count"
+
+
+BROWSER = Path(__file__).resolve().parents[1] / "browser"
+# The page's site: a name of its own, which Chromium maps to 127.0.0.1 (no DNS).
+PAGE_HOST = "app.example"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    f"--host-resolver-rules=MAP {PAGE_HOST} 127.0.0.1",
+    "--virtual-time-budget=20000",
+]
+
+
+@contextlib.contextmanager
+def _page_site() -> Iterator[int]:
+    """tests/browser served on 127.0.0.1 (the page and the openai JS SDK); yields the port."""
+    if not (BROWSER / "node_modules" / "openai").is_dir():
+        raise AssertionError("the openai JS SDK is missing: run tests/provision.sh")
+    mimetypes.add_type("text/javascript", ".mjs")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    handler = functools.partial(Quiet, directory=str(BROWSER))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as site:
+        thread = threading.Thread(target=site.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield site.server_address[1]
+        finally:
+            site.shutdown()
+
+
+def _run_page(page_port: int, gateway_port: int, profile: Path) -> str:
+    """What the page reports after using the gateway from headless Chromium."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise AssertionError("chromium is missing: run tests/provision.sh")
+    url = f"http://{PAGE_HOST}:{page_port}/page.html?gateway=http://127.0.0.1:{gateway_port}/v1"
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+    found = re.search(r'<pre id="result">(.*?)</pre>', done.stdout, re.S)
+    assert found is not None, done.stderr[-2000:]
+    return html.unescape(found.group(1))
+
+
+def test_row28_the_openai_js_sdk_in_chromium(tmp_path: Path, figures: Figures) -> None:
+    with _page_site() as page_port:
+        origin = f"http://{PAGE_HOST}:{page_port}"
+        outcomes: dict[str, str] = {}
+        for name, allowed in (("not allowed", []), ("allowed", [origin])):
+            server = ServerConfig(allowed_origins=allowed)
+            with live_gateway(server=server, loop="uvloop") as live:
+                outcomes[name] = _run_page(page_port, live.port, tmp_path / name)
+                served = len(live.mock().requests)
+            outcomes[name] += f" ({served} requests reached the provider)"
+    figures.record(
+        "28",
+        "the openai JS SDK on another site, in headless Chromium: not allowed; allowed",
+        "; ".join(f"{name}: {text}" for name, text in outcomes.items()),
+        passed=outcomes["allowed"].startswith("OK|You said: hi|You said: hi")
+        and outcomes["not allowed"].startswith("ERROR|"),
+    )
+    assert outcomes["not allowed"].startswith("ERROR|APIConnectionError")  # refused, blocked
+    assert outcomes["not allowed"].endswith("(0 requests reached the provider)")
+    assert outcomes["allowed"] == "OK|You said: hi|You said: hi (2 requests reached the provider)"
 
 
 def _calls(live: Any) -> int:
