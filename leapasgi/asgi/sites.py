@@ -66,11 +66,6 @@ class SiteGuard:
         # Host header values already accepted (a few per deployment): one lookup per request.
         self._good_hosts: set[bytes] = set()
 
-    @property
-    def cors(self) -> bool:
-        """True when some origins are allowed cross-origin access."""
-        return self._any_origin or bool(self._origins)
-
     def check(self, scope: Scope) -> tuple[LeapError | None, bytes | None]:
         """(the refusal, if any; the Origin to answer with CORS headers, if any)."""
         host = origin = None
