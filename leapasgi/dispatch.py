@@ -21,7 +21,7 @@ import itertools
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from enum import Enum
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from .attempts import BUSY_RETRY_AFTER, Decision, RequestAttempts
 from .balancing import Candidate, Strategy, order
@@ -36,6 +36,7 @@ from .exceptions import (
     StreamInterruptedError,
     UpstreamUnavailableError,
 )
+from .native import EventBatch, NativeReply, ProtocolRequest
 from .outcome import Outcome
 from .registry import Lease, ProviderEntry, ProviderStatus, Registry
 from .retry import RetryPolicy
@@ -44,9 +45,13 @@ from .streaming import ChunkBatch
 from .trail import RoutingTrail
 from .types import ChatCompletion, ChatCompletionRequest
 
-__all__ = ["Dispatcher", "UpstreamStream", "for_route"]
+__all__ = ["Batch", "Dispatcher", "UpstreamStream", "for_route"]
 
 _T = TypeVar("_T")
+_R = TypeVar("_R")
+# A stream's batches: chat chunks, or the events of a protocol spoken natively.
+Batch = ChunkBatch | EventBatch
+_B = TypeVar("_B", bound=Batch)
 _OFF = (ProviderStatus.INACTIVE, ProviderStatus.MAINTENANCE)
 
 
@@ -63,10 +68,8 @@ def for_route(route: Route, request: ChatCompletionRequest) -> ChatCompletionReq
     return request.model_copy(update={"model": route.model})
 
 
-# One attempt: (entry, route, the request as the route names it, attempts, lease, started).
-_Attempt = Callable[
-    [ProviderEntry, Route, ChatCompletionRequest, RequestAttempts, Lease, float], Awaitable[_T]
-]
+# One attempt: (entry, route, the request, attempts, lease, started).
+_Attempt = Callable[[ProviderEntry, Route, _R, RequestAttempts, Lease, float], Awaitable[_T]]
 
 
 class Dispatcher:
@@ -99,7 +102,14 @@ class Dispatcher:
         provider to try first."""
         outcome.model = request.model
         try:
-            completion = await self._run(request, outcome.trail, prefer, self._complete)
+            completion = await self._run(
+                request,
+                request.model,
+                self._routes.routes(request),
+                outcome.trail,
+                prefer,
+                self._complete,
+            )
         except LeapError as error:
             outcome.failed(error)
             outcome.settle()
@@ -114,13 +124,20 @@ class Dispatcher:
 
     async def open_stream(
         self, request: ChatCompletionRequest, outcome: Outcome, *, prefer: str | None = None
-    ) -> UpstreamStream:
+    ) -> UpstreamStream[ChunkBatch]:
         """A stream committed to the first provider that sent a first batch; failures before
         it fail over."""
         outcome.model = request.model
         outcome.stream = True
         try:
-            stream = await self._run(request, outcome.trail, prefer, self._open)
+            stream = await self._run(
+                request,
+                request.model,
+                self._routes.routes(request),
+                outcome.trail,
+                prefer,
+                self._open,
+            )
         except LeapError as error:
             outcome.failed(error)
             outcome.settle()
@@ -129,15 +146,75 @@ class Dispatcher:
         outcome.settle()
         return stream
 
+    async def exchange(
+        self, request: ProtocolRequest, outcome: Outcome, *, prefer: str | None = None
+    ) -> NativeReply | ChatCompletion:
+        """One whole answer to a request in another protocol: the upstream's own answer from a
+        provider that speaks it, else a chat completion to translate back."""
+        outcome.model = request.model
+        try:
+            answer: NativeReply | ChatCompletion = await self._run(
+                request,
+                request.model,
+                self._protocol_routes(request),
+                outcome.trail,
+                prefer,
+                self._exchange,
+            )
+        except LeapError as error:
+            outcome.failed(error)
+            outcome.settle()
+            raise
+        outcome.upstream_request_id = answer.request_id
+        outcome.settle()
+        if isinstance(answer, NativeReply):
+            if answer.usage is not None:
+                outcome.prompt_tokens, outcome.completion_tokens = answer.usage
+        elif answer.usage is not None:
+            outcome.prompt_tokens = answer.usage.prompt_tokens
+            outcome.completion_tokens = answer.usage.completion_tokens
+        return answer
+
+    async def open_exchange(
+        self, request: ProtocolRequest, outcome: Outcome, *, prefer: str | None = None
+    ) -> UpstreamStream[Batch]:
+        """A stream in another protocol, committed at its first content: native events from a
+        provider that speaks it, else chat chunks to translate."""
+        outcome.model = request.model
+        outcome.stream = True
+        try:
+            stream: UpstreamStream[Batch] = await self._run(
+                request,
+                request.model,
+                self._protocol_routes(request),
+                outcome.trail,
+                prefer,
+                self._open_exchange,
+            )
+        except LeapError as error:
+            outcome.failed(error)
+            outcome.settle()
+            raise
+        outcome.upstream_request_id = stream.first.request_id
+        outcome.settle()
+        return stream
+
+    def _protocol_routes(self, request: ProtocolRequest) -> list[Route]:
+        if request.chat is None:
+            return self._routes.native_routes(request.model, request.native.protocol)
+        return self._routes.routes(request.chat)
+
     async def _run(
         self,
-        request: ChatCompletionRequest,
+        request: _R,
+        model: str,
+        routes: list[Route],
         trail: RoutingTrail,
         prefer: str | None,
-        attempt: _Attempt[_T],
+        attempt: _Attempt[_R, _T],
     ) -> _T:
         """Try routes until one attempt succeeds; raises the error the request ends with."""
-        attempts = self._plan(request, trail, prefer)
+        attempts = self._plan(routes, model, trail, prefer)
         clock = self._clock
         while (route := await attempts.next()) is not None:
             entry = self._registry.get(route.provider)
@@ -150,9 +227,7 @@ class Dispatcher:
             lease = entry.lease(expires_at=attempts.deadline.at)
             started = clock.monotonic()
             try:
-                return await attempt(
-                    entry, route, for_route(route, request), attempts, lease, started
-                )
+                return await attempt(entry, route, request, attempts, lease, started)
             except LeapError as error:
                 latency = clock.monotonic() - started
                 decision = attempts.record_failure(route, entry, error, latency)
@@ -175,7 +250,7 @@ class Dispatcher:
         started: float,
     ) -> ChatCompletion:
         deadline = attempts.deadline
-        call = entry.provider.chat(request, deadline=deadline)
+        call = entry.provider.chat(for_route(route, request), deadline=deadline)
         if entry.capabilities.honors_deadline:
             completion = await call  # it stops at the deadline by itself
         else:
@@ -201,10 +276,71 @@ class Dispatcher:
         attempts: RequestAttempts,
         lease: Lease,
         started: float,
-    ) -> UpstreamStream:
+    ) -> UpstreamStream[ChunkBatch]:
+        batches = entry.provider.stream(for_route(route, request), deadline=attempts.deadline)
+        return await self._commit(entry, route, batches, attempts, lease, started)
+
+    async def _exchange(
+        self,
+        entry: ProviderEntry,
+        route: Route,
+        request: ProtocolRequest,
+        attempts: RequestAttempts,
+        lease: Lease,
+        started: float,
+    ) -> NativeReply | ChatCompletion:
+        deadline = attempts.deadline
+        answer: NativeReply | ChatCompletion
+        native = entry.native
+        if native is not None and request.native.protocol in entry.capabilities.protocols:
+            reply = native.send(request.native.for_model(route.model), deadline=deadline)
+            answer = await (
+                reply
+                if entry.capabilities.honors_deadline
+                else bounded(reply, route.provider, deadline)
+            )
+            usage = answer.usage
+            latency = self._clock.monotonic() - started
+            if usage is None:
+                lease.succeeded(latency)
+            else:
+                lease.succeeded(latency, prompt_tokens=usage[0], completion_tokens=usage[1])
+            attempts.record_success(route, latency)
+            return answer
+        chat = _chat_form(request, attempts.trail, route)
+        return await self._complete(entry, route, chat, attempts, lease, started)
+
+    async def _open_exchange(
+        self,
+        entry: ProviderEntry,
+        route: Route,
+        request: ProtocolRequest,
+        attempts: RequestAttempts,
+        lease: Lease,
+        started: float,
+    ) -> UpstreamStream[Batch]:
+        deadline = attempts.deadline
+        native = entry.native
+        batches: AsyncGenerator[Batch, None]
+        if native is not None and request.native.protocol in entry.capabilities.protocols:
+            batches = native.open(request.native.for_model(route.model), deadline=deadline)
+        else:
+            chat = _chat_form(request, attempts.trail, route)
+            batches = entry.provider.stream(for_route(route, chat), deadline=deadline)
+        return await self._commit(entry, route, batches, attempts, lease, started)
+
+    async def _commit(
+        self,
+        entry: ProviderEntry,
+        route: Route,
+        batches: AsyncGenerator[_B, None],
+        attempts: RequestAttempts,
+        lease: Lease,
+        started: float,
+    ) -> UpstreamStream[_B]:
+        """The stream's first batch, then the stream committed to this provider."""
         deadline = attempts.deadline
         bound = None if entry.capabilities.honors_deadline else deadline
-        batches = entry.provider.stream(request, deadline=deadline)
         try:
             first = await self._first_batch(batches, route.provider, deadline, bound)
         except BaseException:
@@ -219,11 +355,11 @@ class Dispatcher:
 
     async def _first_batch(
         self,
-        batches: AsyncGenerator[ChunkBatch, None],
+        batches: AsyncGenerator[_B, None],
         name: str,
         deadline: Deadline,
         bound: Deadline | None,
-    ) -> ChunkBatch:
+    ) -> _B:
         limit = self._routing.first_token_timeout
         try:
             while True:
@@ -274,18 +410,17 @@ class Dispatcher:
         return _Slot.OUT_OF_TIME if in_line else _Slot.FULL
 
     def _plan(
-        self, request: ChatCompletionRequest, trail: RoutingTrail, prefer: str | None
+        self, routes: list[Route], model: str, trail: RoutingTrail, prefer: str | None
     ) -> RequestAttempts:
         """The request's routes, the usable ones ordered by the balancing strategy (the
         preferred provider first), with its deadline and attempt budget."""
-        routes = self._routes.routes(request)
         registry = self._registry
         now = self._clock.monotonic()
         if len(routes) == 1:
             # One candidate: nothing to balance (the common case of a model one provider serves).
             off = registry.get(routes[0].provider).status in _OFF
             return self._attempts([] if off else routes, now, trail)
-        alias = self._routes.aliases.get(request.model)
+        alias = self._routes.aliases.get(model)
         strategy = Strategy(
             alias.strategy if alias is not None and alias.strategy else self._routing.strategy
         )
@@ -313,7 +448,7 @@ class Dispatcher:
                     and (sampled_at is None or now - sampled_at >= probe_after),
                 )
             )
-        cursor = next(self._cursors.setdefault(request.model, itertools.count()))
+        cursor = next(self._cursors.setdefault(model, itertools.count()))
         ranked = order(strategy, candidates, rng=self._rng, cursor=cursor)
         ordered = [usable[candidate.name] for candidate in ranked]
         if prefer is not None:
@@ -345,7 +480,21 @@ class Dispatcher:
         return policy
 
 
-class UpstreamStream:
+def _chat_form(
+    request: ProtocolRequest, trail: RoutingTrail, route: Route
+) -> ChatCompletionRequest:
+    """The chat form of a request the provider does not speak; what it dropped goes in the
+    trail, once."""
+    chat = request.chat
+    if chat is None:  # routing only offers native providers such requests
+        raise AssertionError(f"no chat form for {request.native.protocol}")
+    if request.notes and not trail.notes:
+        trail.notes.extend(request.notes)
+    trail.translated.add(route.provider)
+    return chat
+
+
+class UpstreamStream(Generic[_B]):
     """A stream committed to one provider once its first batch came: the rest of its batches
     and the lease its outcome is recorded on. ``next()`` raises StopAsyncIteration at the end."""
 
@@ -353,8 +502,8 @@ class UpstreamStream:
 
     def __init__(
         self,
-        batches: AsyncGenerator[ChunkBatch, None],
-        first: ChunkBatch,
+        batches: AsyncGenerator[_B, None],
+        first: _B,
         lease: Lease,
         bound: Deadline | None,
         *,
@@ -374,7 +523,7 @@ class UpstreamStream:
         """Seconds since the attempt started."""
         return self._clock.monotonic() - self._started
 
-    async def next(self) -> ChunkBatch:
+    async def next(self) -> _B:
         """The next batch with chunks in it."""
         batches, bound = self._batches, self._bound
         while True:
@@ -412,7 +561,7 @@ async def bounded(call: Awaitable[_T], provider: str, deadline: Deadline | None)
         ) from exc
 
 
-async def close_quietly(batches: AsyncGenerator[ChunkBatch, None]) -> None:
+async def close_quietly(batches: AsyncGenerator[Batch, None]) -> None:
     """Close an upstream stream; an error it raises while closing is of no interest now."""
     with contextlib.suppress(LeapError):
         await batches.aclose()

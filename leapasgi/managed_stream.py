@@ -7,9 +7,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
-from .dispatch import UpstreamStream
+from .dispatch import Batch, UpstreamStream
 from .exceptions import LeapError
+from .native import EventBatch
 from .outcome import Outcome
 from .streaming import ChunkBatch
 from .trail import RoutingTrail
@@ -17,8 +19,10 @@ from .types import ChatCompletionChunk
 
 __all__ = ["ManagedStream"]
 
+_B = TypeVar("_B", bound=Batch)
 
-class ManagedStream:
+
+class ManagedStream(Generic[_B]):
     """A streamed completion with its routing trail; iterate it (chunk by chunk, or a batch at
     a time with ``next_batch()``), and ``aclose()`` it (or use ``async with``) when stopping
     early, which cancels the upstream request at once.
@@ -29,10 +33,10 @@ class ManagedStream:
 
     __slots__ = ("_done", "_open", "_pending", "_upstream", "outcome")
 
-    def __init__(self, open: Callable[[], Awaitable[UpstreamStream]], outcome: Outcome) -> None:
+    def __init__(self, open: Callable[[], Awaitable[UpstreamStream[_B]]], outcome: Outcome) -> None:
         self.outcome = outcome
         self._open = open
-        self._upstream: UpstreamStream | None = None
+        self._upstream: UpstreamStream[_B] | None = None
         self._pending: deque[ChatCompletionChunk] = deque()
         self._done = False
 
@@ -41,29 +45,29 @@ class ManagedStream:
         """Every provider tried, and why any failed."""
         return self.outcome.trail
 
-    def __aiter__(self) -> ManagedStream:
+    def __aiter__(self: ManagedStream[ChunkBatch]) -> ManagedStream[ChunkBatch]:
         return self
 
-    async def __aenter__(self) -> ManagedStream:
+    async def __aenter__(self) -> ManagedStream[_B]:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def __anext__(self) -> ChatCompletionChunk:
+    async def __anext__(self: ManagedStream[ChunkBatch]) -> ChatCompletionChunk:
         pending = self._pending
         if not pending:
             pending.extend((await self.next_batch()).chunks)
         return pending.popleft()
 
-    async def next_batch(self) -> ChunkBatch:
-        """The next chunks that arrived together (never none); raises StopAsyncIteration at
-        the end, and the LeapError that ended the stream."""
+    async def next_batch(self) -> _B:
+        """The next chunks (or native events) that arrived together (never none); raises
+        StopAsyncIteration at the end, and the LeapError that ended the stream."""
         pending = self._pending
         if pending:
-            batch = ChunkBatch(list(pending))
+            rest = ChunkBatch(list(pending))
             pending.clear()
-            return batch
+            return rest  # type: ignore[return-value]  # only chat streams are iterated by chunk
         upstream = self._upstream
         if upstream is None:
             if self._done:
@@ -92,7 +96,7 @@ class ManagedStream:
             finally:
                 upstream.lease.abandoned()
 
-    async def _first(self) -> ChunkBatch:
+    async def _first(self) -> _B:
         try:
             upstream = await self._open()
         except BaseException:
@@ -104,7 +108,12 @@ class ManagedStream:
         self._note_usage(first)
         return first
 
-    def _note_usage(self, batch: ChunkBatch) -> None:
+    def _note_usage(self, batch: Batch) -> None:
+        if type(batch) is EventBatch:
+            if batch.usage is not None:
+                self.outcome.prompt_tokens, self.outcome.completion_tokens = batch.usage
+            return
+        assert type(batch) is ChunkBatch
         for chunk in batch.chunks:
             usage = chunk.usage
             if usage is not None:
@@ -112,7 +121,7 @@ class ManagedStream:
                 outcome.prompt_tokens = usage.prompt_tokens
                 outcome.completion_tokens = usage.completion_tokens
 
-    async def _ended(self, upstream: UpstreamStream) -> None:
+    async def _ended(self, upstream: UpstreamStream[_B]) -> None:
         """The stream ended cleanly: record its success, close the upstream request."""
         self._upstream = None
         self._done = True
@@ -125,7 +134,7 @@ class ManagedStream:
         )
         await upstream.close()
 
-    async def _broke(self, upstream: UpstreamStream, error: LeapError) -> LeapError:
+    async def _broke(self, upstream: UpstreamStream[_B], error: LeapError) -> LeapError:
         """The stream broke after it began: record the failure, close the upstream request;
         returns the error the stream ends with (the upstream's, with the request's trail)."""
         self._upstream = None

@@ -20,16 +20,18 @@ from pydantic import SecretStr
 from ._logging import printable
 from .clock import Clock, SystemClock
 from .config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
-from .dispatch import Dispatcher, UpstreamStream
+from .dispatch import Batch, Dispatcher, UpstreamStream
 from .exceptions import LeapError
 from .health import BreakerPolicy
 from .managed_stream import ManagedStream
+from .native import NativeReply, ProtocolRequest
 from .outcome import Outcome
 from .providers.base import Provider
 from .providers.presets import PRESETS
 from .redact import public_url
 from .registry import ProviderEntry, ProviderStatus, Registry, RouteSettings
 from .routing import Alias, RouteTable
+from .streaming import ChunkBatch
 from .trail import RoutingTrail
 from .types import ChatCompletion, ChatCompletionRequest, Model
 
@@ -340,15 +342,46 @@ class ProviderManager:
         *,
         prefer: str | None = None,
         outcome: Outcome | None = None,
-    ) -> ManagedStream:
+    ) -> ManagedStream[ChunkBatch]:
         """A streamed completion; failover happens only before the first chunk is handed on.
         Close it (``aclose()`` or ``async with``) if you stop before its end."""
         outcome = outcome or Outcome()
 
-        async def open_stream() -> UpstreamStream:
+        async def open_stream() -> UpstreamStream[ChunkBatch]:
             if not self._started:
                 await self.start()
             return await self.dispatcher.open_stream(request, outcome, prefer=prefer)
+
+        return ManagedStream(open_stream, outcome)
+
+    async def exchange(
+        self,
+        request: ProtocolRequest,
+        *,
+        prefer: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> NativeReply | ChatCompletion:
+        """One answer to a request in another protocol (Responses, Messages, embeddings): the
+        upstream's own from a provider that speaks it, else a chat completion to translate."""
+        if not self._started:
+            await self.start()
+        return await self.dispatcher.exchange(request, outcome or Outcome(), prefer=prefer)
+
+    def open_exchange(
+        self,
+        request: ProtocolRequest,
+        *,
+        prefer: str | None = None,
+        outcome: Outcome | None = None,
+    ) -> ManagedStream[Batch]:
+        """A stream in another protocol: native events from a provider that speaks it, else
+        chat chunks to translate; failover happens until the first content."""
+        outcome = outcome or Outcome()
+
+        async def open_stream() -> UpstreamStream[Batch]:
+            if not self._started:
+                await self.start()
+            return await self.dispatcher.open_exchange(request, outcome, prefer=prefer)
 
         return ManagedStream(open_stream, outcome)
 

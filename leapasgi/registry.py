@@ -14,6 +14,7 @@ from enum import StrEnum
 
 from .clock import Clock, SystemClock
 from .exceptions import (
+    ConfigurationError,
     ConflictError,
     InvalidRequestError,
     LeapError,
@@ -23,7 +24,8 @@ from .exceptions import (
 from .features import Feature
 from .health import BreakerPolicy, BreakerState, CircuitBreaker, Health
 from .limits import ConcurrencyLimit
-from .providers.base import Provider
+from .native import WireProtocol
+from .providers.base import Capabilities, NativeProvider, Provider
 from .redact import public_url
 from .retry import DEFAULT_MAX_RETRIES
 from .stats import ProviderStats, Quantiles
@@ -83,6 +85,20 @@ class RouteSettings:
     max_waiting: int = 0
 
 
+def _native(provider: Provider, capabilities: Capabilities) -> NativeProvider | None:
+    """The provider as a NativeProvider when it declares protocols besides chat; one that
+    declares them without the methods is refused at registration, not at its first request."""
+    if not capabilities.protocols - {WireProtocol.CHAT_COMPLETIONS}:
+        return None
+    if not isinstance(provider, NativeProvider):
+        spoken = ", ".join(sorted(capabilities.protocols))
+        raise ConfigurationError(
+            f"Provider {provider.name!r} declares the protocols {spoken} but has no "
+            "send() and open() to serve them"
+        )
+    return provider
+
+
 class ProviderEntry:
     """One registered provider with its settings, status history, breaker and live stats."""
 
@@ -97,6 +113,7 @@ class ProviderEntry:
         "discovered_models",
         "held_for_rate_limit",
         "limit",
+        "native",
         "provider",
         "sampled_at",
         "settings",
@@ -110,7 +127,8 @@ class ProviderEntry:
         self.provider = provider
         self.settings = settings
         # What the provider declared about itself when it was registered.
-        self.capabilities = provider.capabilities
+        self.capabilities = capabilities = provider.capabilities
+        self.native = _native(provider, capabilities)
         self.breaker = CircuitBreaker(policy, clock=clock)
         self.stats = ProviderStats()
         self.discovered_models: tuple[str, ...] | None = None

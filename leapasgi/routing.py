@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .exceptions import ModelNotFoundError, UnsupportedFeatureError
 from .features import required_features
+from .native import WireProtocol
 from .registry import Registry
 from .types import ChatCompletionRequest
 
@@ -67,6 +68,22 @@ class RouteTable:
             raise UnsupportedFeatureError(
                 f"No provider serving `{model}` supports what this request needs ({missing})",
                 param="model",
+            )
+        return capable
+
+    def native_routes(self, model: str, protocol: WireProtocol) -> list[Route]:
+        """Routes for ``model`` to the providers that speak ``protocol`` natively (embeddings:
+        nothing translates them); 404 for an unknown model, 400 when none speaks it."""
+        routes = self._resolved(model)
+        if not routes:
+            raise ModelNotFoundError(
+                f"The model `{model}` does not exist or no configured provider serves it"
+            )
+        registry = self._registry
+        capable = [r for r in routes if protocol in registry.get(r.provider).capabilities.protocols]
+        if not capable:
+            raise UnsupportedFeatureError(
+                f"No provider serving `{model}` speaks the {protocol} API", param="model"
             )
         return capable
 

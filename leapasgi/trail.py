@@ -29,6 +29,10 @@ class RoutingTrail:
 
     attempts: list[Attempt] = field(default_factory=list)
     request_id: str | None = None
+    # A request in another protocol: the providers it was translated to chat for, and what
+    # its chat form could not carry ("dropped cache_control", ...).
+    translated: set[str] = field(default_factory=set)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def served_by(self) -> Attempt | None:
@@ -51,5 +55,8 @@ class RoutingTrail:
         parts = []
         for a in self.attempts:
             status = f" ({a.status})" if a.status is not None else ""
-            parts.append(f"{a.provider}/{a.model}: {a.outcome}{status}")
+            via = " (translated)" if a.provider in self.translated else ""
+            parts.append(f"{a.provider}/{a.model}{via}: {a.outcome}{status}")
+        if self.notes:
+            parts.append("notes: " + ", ".join(self.notes))
         return "; ".join(parts)

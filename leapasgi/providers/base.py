@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from ..deadline import Deadline
 from ..features import ALL_FEATURES, Feature
+from ..native import EventBatch, NativeCall, NativeReply, WireProtocol
 from ..streaming import ChunkBatch
 from ..types import ChatCompletion, ChatCompletionRequest, Model
 
@@ -21,6 +21,7 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TOTAL_TIMEOUT",
     "Capabilities",
+    "NativeProvider",
     "Provider",
     "Timeouts",
     "WireProtocol",
@@ -51,18 +52,13 @@ class Timeouts:
         return cls(first_byte=seconds, idle=seconds, total=max(total, seconds))
 
 
-class WireProtocol(StrEnum):
-    """An API a provider speaks natively."""
-
-    CHAT_COMPLETIONS = "chat_completions"
-
-
 @dataclass(frozen=True, slots=True)
 class Capabilities:
     """What a provider declares about itself; the core reads nothing else about it.
 
     ``features``: what requests it can serve (streaming, tools, ...; custom strings allowed).
-    ``protocols``: the APIs it speaks natively. ``honors_deadline``: its calls stop at the
+    ``protocols``: the APIs it speaks natively; a provider naming any but chat completions is
+    a ``NativeProvider`` too. ``honors_deadline``: its calls stop at the
     deadline they are given by themselves, so the dispatcher sets no timer of its own.
     """
 
@@ -119,4 +115,26 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class NativeProvider(Protocol):
+    """A provider that also speaks other protocols natively (Responses, Anthropic Messages,
+    embeddings), as its ``capabilities.protocols`` say: the client's request passes through.
+
+    The same rules hold as for chat: one upstream attempt per call, LeapErrors, the deadline.
+    """
+
+    async def send(self, call: NativeCall, *, deadline: Deadline | None = None) -> NativeReply:
+        """One whole answer to ``call``."""
+        ...
+
+    def open(
+        self, call: NativeCall, *, deadline: Deadline | None = None
+    ) -> AsyncGenerator[EventBatch, None]:
+        """A streamed answer as the events of each upstream read. The protocol's preamble
+        (``response.created``, ``message_start``, pings) is held back until the first content
+        event and yielded with it, so an error before content raises (and fails over); an error
+        event after it raises too. Closing the generator cancels the upstream request."""
         ...
