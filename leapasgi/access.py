@@ -30,14 +30,18 @@ class Role(IntEnum):
 
 
 def bearer_token(scope: Mapping[str, Any]) -> bytes | None:
-    """The token of an ASGI request's ``Authorization: Bearer ...`` header, if any."""
+    """The client's key: the token of an ``Authorization: Bearer ...`` header, else the
+    ``x-api-key`` header's value (how Anthropic's SDKs and Claude Code send a key)."""
+    api_key = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = bytes(value).partition(b" ")
             if scheme.lower() == b"bearer" and token.strip():
                 return token.strip()
             return None
-    return None
+        if name == b"x-api-key":
+            api_key = bytes(value).strip() or None
+    return api_key
 
 
 class _Digests:

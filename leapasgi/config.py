@@ -35,9 +35,13 @@ from pydantic import (
 from ._config_file import SKIPPED_CONTEXT, format_errors, prepare, read_text
 from .balancing import Strategy
 from .clock import Clock
+from .conversations import DEFAULT_MAX_BYTES as DEFAULT_STORE_BYTES
+from .conversations import DEFAULT_MAX_ENTRIES as DEFAULT_STORE_ENTRIES
+from .conversations import DEFAULT_TTL as DEFAULT_STORE_TTL
 from .exceptions import ConfigurationError
 from .features import ALL_FEATURES
 from .health import DEFAULT_BASE_EJECTION, DEFAULT_FAILURE_THRESHOLD, DEFAULT_MAX_EJECTION
+from .native import WireProtocol
 from .providers.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Provider, Timeouts
 from .providers.compatible import OpenAICompatibleProvider
 from .providers.mock import MockProvider
@@ -76,6 +80,7 @@ __all__ = [
     "GatewayConfig",
     "HealthConfig",
     "ProviderConfig",
+    "ResponsesConfig",
     "RoutingConfig",
     "ServerConfig",
     "load_config",
@@ -150,6 +155,9 @@ class ProviderConfig(_Config):
     # Retries on this provider within one request; the manager runs them (and caps the request).
     max_retries: int = Field(default=DEFAULT_MAX_RETRIES, ge=0)
     features: list[str] | None = None
+    # The APIs the upstream serves natively besides chat completions ("responses", "messages",
+    # "embeddings"); unset: the preset's. A client speaking one of these passes through.
+    protocols: list[WireProtocol] | None = None
     models: list[str] = Field(default_factory=list)
     weight: float = Field(default=1.0, gt=0)
     priority: int = 0
@@ -268,6 +276,8 @@ class ProviderConfig(_Config):
                 max_connections=self.max_connections,
                 max_response_bytes=self.max_response_bytes,
                 legacy_max_tokens=preset.legacy_max_tokens if preset else False,
+                protocols=self._protocols(),
+                key_header=preset.key_header if preset else "authorization",
             )
         except ValidationError as exc:
             detail = format_errors(exc, source=f"provider {self.name!r}")
@@ -292,6 +302,12 @@ class ProviderConfig(_Config):
         idle = self.idle_timeout or seconds
         total = self.total_timeout or max(DEFAULT_TOTAL_TIMEOUT, first_byte, idle)
         return Timeouts(connect=self.connect_timeout, first_byte=first_byte, idle=idle, total=total)
+
+    def _protocols(self) -> frozenset[WireProtocol]:
+        if self.protocols is not None:
+            return frozenset({WireProtocol.CHAT_COMPLETIONS, *self.protocols})
+        preset = self._preset()
+        return preset.protocols if preset else frozenset({WireProtocol.CHAT_COMPLETIONS})
 
     def _features(self) -> frozenset[str]:
         if self.features is not None:
@@ -472,6 +488,15 @@ class ServerConfig(_Config):
         return self
 
 
+class ResponsesConfig(_Config):
+    """The Responses API's conversation store (``previous_response_id``): how long a stored
+    response is kept, and how many, and how many bytes in all, before the oldest go."""
+
+    store_ttl: float = Field(default=DEFAULT_STORE_TTL, gt=0)
+    store_max_entries: int = Field(default=DEFAULT_STORE_ENTRIES, ge=1)
+    store_max_bytes: int = Field(default=DEFAULT_STORE_BYTES, ge=1024)
+
+
 class GatewayConfig(_Config):
     """Providers, routing, health and server settings of one gateway."""
 
@@ -479,6 +504,7 @@ class GatewayConfig(_Config):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     # Optional providers dropped while loading a file (an unset variable), with the reason.
     _skipped: dict[str, str] = PrivateAttr(default_factory=dict)
 

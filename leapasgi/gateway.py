@@ -14,6 +14,7 @@ from typing import Protocol, Self
 
 from .access import AccessPolicy
 from .config import GatewayConfig, load_config
+from .conversations import MemoryResponseStore, ResponseStore
 from .manager import ProviderManager
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
@@ -45,9 +46,18 @@ class GatewayCore:
         config: GatewayConfig | None = None,
         providers: Iterable[Provider] | None = None,
         env: Mapping[str, str] | None = None,
+        response_store: ResponseStore | None = None,
     ) -> None:
         self.config = config or GatewayConfig()
         self.manager = manager or ProviderManager.from_config(self.config, env=env)
+        responses = self.config.responses
+        # The Responses API's conversations; another backend (Redis) can be given instead.
+        self.response_store: ResponseStore = response_store or MemoryResponseStore(
+            ttl=responses.store_ttl,
+            max_entries=responses.store_max_entries,
+            max_bytes=responses.store_max_bytes,
+            clock=self.manager.registry.clock,
+        )
         for provider in providers or ():
             self.manager.register_provider(provider)
         server = self.config.server

@@ -41,12 +41,16 @@ class NativeCall:
     body: Mapping[str, Any]
     headers: Mapping[str, str] = field(default_factory=dict)
     stream: bool = False
+    # A sub-resource of the protocol's endpoint ("count_tokens" for /messages/count_tokens).
+    endpoint: str | None = None
 
     def for_model(self, model: str) -> NativeCall:
         """The same call naming ``model``."""
         if self.body.get("model") == model:
             return self
-        return NativeCall(self.protocol, {**self.body, "model": model}, self.headers, self.stream)
+        return NativeCall(
+            self.protocol, {**self.body, "model": model}, self.headers, self.stream, self.endpoint
+        )
 
     def encode(self) -> bytes:
         """The body as JSON."""

@@ -22,6 +22,7 @@ __all__ = [
     "SSEDecoder",
     "SSEEvent",
     "encode_data",
+    "encode_event",
     "encode_json",
 ]
 
@@ -160,3 +161,9 @@ def encode_data(data: str) -> bytes:
 def encode_json(payload: Any) -> bytes:
     """A data-only event carrying ``payload`` as compact JSON."""
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def encode_event(name: str, payload: Any) -> bytes:
+    """A named event carrying ``payload`` as compact JSON."""
+    data = json.dumps(payload, separators=(",", ":")).encode()
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"

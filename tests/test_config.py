@@ -251,7 +251,7 @@ def test_build_gives_a_mock_provider_with_the_configured_settings() -> None:
     assert provider.timeouts.first_byte == 7
     default = ProviderConfig(name="m", type="mock").build()
     assert isinstance(default, MockProvider)
-    assert default.models == ("mock-chat",)
+    assert default.models == ("mock-chat", "mock-embed")
 
 
 def test_build_gives_an_openai_compatible_provider() -> None:

@@ -17,6 +17,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._logging import printable
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from .chat import ChatEndpoint
+from .embeddings import EmbeddingsEndpoint
+from .messages import CountTokensEndpoint, MessagesEndpoint
 from .openapi import OPENAPI_PATH, OpenAPIEndpoint
 from .routes import Routes, error_response
 from .sites import CorsSend, SiteGuard, preflight_headers
@@ -91,6 +93,9 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
     starlette = Starlette(
         routes=[
             Route(CHAT_PATH, chat, methods=["POST"]),
+            Route("/v1/embeddings", EmbeddingsEndpoint(gateway), methods=["POST"]),
+            Route("/v1/messages", MessagesEndpoint(gateway), methods=["POST"]),
+            Route("/v1/messages/count_tokens", CountTokensEndpoint(gateway), methods=["POST"]),
             Route("/v1/models", routes.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.model, methods=["GET"]),
             Route("/v1/providers", routes.providers, methods=["GET"]),

@@ -41,8 +41,8 @@ class StreamEncoder(Protocol[_B]):
         """The bytes for one batch (the first included); may be empty."""
         ...
 
-    def end(self) -> bytes:
-        """The last bytes of a stream that ended well."""
+    async def end(self) -> bytes:
+        """The last bytes of a stream that ended well (a protocol may keep its answer first)."""
         ...
 
     def error_event(self, error: LeapError) -> bytes:
@@ -62,7 +62,7 @@ class ChatEncoder:
     def batch(self, batch: Batch) -> bytes:
         return batch.sse()
 
-    def end(self) -> bytes:
+    async def end(self) -> bytes:
         return DONE
 
     def error_event(self, error: LeapError) -> bytes:
@@ -197,7 +197,7 @@ class SSERelay(Generic[_B]):
                 body = encode(batch)
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
-            end = self.encoder.end()
+            end = await self.encoder.end()
         except LeapError as error:
             self.finished = True
             await self._fail(error)

@@ -19,6 +19,7 @@ from .. import __version__
 from ..clock import Clock, SystemClock
 from ..deadline import Deadline
 from ..exceptions import (
+    ConfigurationError,
     DeadlineExceededError,
     FirstByteTimeoutError,
     IdleTimeoutError,
@@ -28,6 +29,7 @@ from ..exceptions import (
     ResponseTooLargeError,
     StreamInterruptedError,
 )
+from ..native import EventBatch, NativeCall, NativeReply, WireProtocol
 from ..redact import Redactor, credential_name, public_url
 from ..sse import EventTooLarge, SSEDecoder
 from ..streaming import (
@@ -36,6 +38,7 @@ from ..streaming import (
     chunks_from_completion,
 )
 from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
+from ._native import NativeStreamReader, reply_usage
 from ._upstream import (
     MAX_ERROR_BODY,
     error_from_payload,
@@ -67,6 +70,8 @@ UPSTREAM_HEADERS = frozenset(
     }
 )
 
+# What native Messages calls say when the client named no version.
+ANTHROPIC_VERSION = "2023-06-01"
 _KEEPALIVE_SECONDS = 30.0
 _DRAIN_SECONDS = 1.0
 # Request bodies over this are sent from a buffer: aiohttp warns about bytes bodies over 1 MiB.
@@ -97,7 +102,14 @@ class OpenAICompatibleProvider:
         self._chat_url = self._url(base, "/chat/completions")
         self._models_url = self._url(base, "/models")
         key = settings.api_key.get_secret_value() if settings.api_key else None
-        self._capabilities = Capabilities(features=settings.features, honors_deadline=True)
+        self._capabilities = Capabilities(
+            features=settings.features, protocols=settings.protocols, honors_deadline=True
+        )
+        self._native_urls = {
+            WireProtocol.RESPONSES: self._url(base, "/responses"),
+            WireProtocol.MESSAGES: self._url(base, "/messages"),
+            WireProtocol.EMBEDDINGS: self._url(base, "/embeddings"),
+        }
         self._redact = Redactor(self.secrets())
         headers = {"User-Agent": f"leapasgi/{__version__}", **settings.headers}
         if key:
@@ -105,6 +117,13 @@ class OpenAICompatibleProvider:
         self._json_headers = {**headers, "Content-Type": "application/json"}
         self._sse_headers = {**self._json_headers, "Accept": "text/event-stream"}
         self._get_headers = headers
+        # Native Messages calls: the key as Anthropic's API takes it, and a default version.
+        messages = {**self._json_headers, "anthropic-version": ANTHROPIC_VERSION}
+        if key:
+            messages["x-api-key"] = key
+            if settings.key_header == "x-api-key":
+                del messages["Authorization"]
+        self._messages_headers = messages
 
     @staticmethod
     def _url(base: urllib.parse.SplitResult, path: str) -> str:
@@ -283,6 +302,84 @@ class OpenAICompatibleProvider:
         if tail is not None:
             yield ChunkBatch([tail], request_id=request_id)
 
+    async def send(self, call: NativeCall, *, deadline: Deadline | None = None) -> NativeReply:
+        """One whole answer in a protocol the upstream speaks, passed through."""
+        until = self._until(deadline)
+        url, headers = self._native_target(call, sse=False)
+        async with await self._send("POST", url, call.encode(), until, headers=headers) as response:
+            raw = await self._read_body(response, until)
+            request_id = upstream_request_id(response.headers, self._redact)
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise self._malformed(raw) from None
+        if not isinstance(data, dict):
+            raise self._malformed(raw)
+        if data.get("type") == "error" or (data.get("error")):
+            raise error_from_payload(data, provider=self.name, redact=self._redact)
+        return NativeReply(data, raw, request_id=request_id, usage=reply_usage(data))
+
+    async def open(
+        self, call: NativeCall, *, deadline: Deadline | None = None
+    ) -> AsyncGenerator[EventBatch, None]:
+        """A native stream a read at a time; the protocol's preamble is held back until the
+        first content event, so an error before it raises and the request fails over."""
+        until = self._until(deadline)
+        url, headers = self._native_target(call, sse=True)
+        name = self.name
+        reader = NativeStreamReader(call.protocol, provider=name, redact=self._redact)
+        async with await self._send("POST", url, call.encode(), until, headers=headers) as response:
+            request_id = upstream_request_id(response.headers, self._redact)
+            if not response.content_type.endswith("event-stream"):
+                raise self._malformed(await self._read_body(response, until), wanted="a stream")
+            decoder = SSEDecoder()
+            read = response.content.readany
+            watch = self._watch(until)
+            budget = self.settings.max_response_bytes
+            try:
+                while not reader.done and (data := await watch.read(read)):
+                    budget -= len(data)
+                    if budget < 0:
+                        raise self._too_large()
+                    events = reader.feed(decoder.feed(data))
+                    if events:
+                        yield EventBatch(events, request_id=request_id, usage=reader.usage)
+                        request_id = None
+                if not reader.done:
+                    events = reader.feed(decoder.close())
+                    if events:
+                        yield EventBatch(events, request_id=request_id, usage=reader.usage)
+            except aiohttp.ClientError as exc:
+                raise translate_client_error(exc, provider=name, in_body=True) from exc
+            except Expired as expired:
+                raise self._timeout(expired.kind, "the next part of the response") from None
+            except EventTooLarge as exc:
+                raise MalformedStreamError(
+                    f"Provider {name!r} sent a stream event that is too large ({exc})",
+                    provider=name,
+                ) from None
+            finally:
+                watch.close()
+            reader.finish()
+            await _drain(response)
+
+    def _native_target(self, call: NativeCall, *, sse: bool) -> tuple[str, dict[str, str]]:
+        url = self._native_urls.get(call.protocol)
+        if url is None or call.protocol not in self._capabilities.protocols:
+            raise ConfigurationError(
+                f"Provider {self.name!r} does not speak the {call.protocol} API natively",
+                provider=self.name,
+            )
+        if call.endpoint is not None:
+            url = f"{url}/{call.endpoint}"
+        if call.protocol is WireProtocol.MESSAGES:
+            headers = {**self._messages_headers, **call.headers}
+        else:
+            headers = {**self._json_headers, **call.headers}
+        if sse:
+            headers["Accept"] = "text/event-stream"
+        return url, headers
+
     async def list_models(self) -> list[Model]:
         """The upstream's models from ``GET /models``."""
         return await self._models_once(self._until(None))
@@ -319,10 +416,20 @@ class OpenAICompatibleProvider:
             raise self._malformed(data) from None
 
     async def _send(
-        self, method: str, url: str, body: bytes | None, deadline: float, *, sse: bool = False
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        deadline: float,
+        *,
+        sse: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> aiohttp.ClientResponse:
         """Send a request and wait for its headers; error statuses raise, with the body read."""
-        headers = self._sse_headers if sse else (self._json_headers if body else self._get_headers)
+        if headers is None:
+            headers = (
+                self._sse_headers if sse else (self._json_headers if body else self._get_headers)
+            )
         session = self._client()
         limit, stage = self._budget(self.settings.timeouts.first_byte, deadline)
         data = io.BytesIO(body) if body is not None and len(body) > LARGE_BODY else body

@@ -27,18 +27,32 @@ from ..exceptions import (
     error_for_status,
 )
 from ..features import ALL_FEATURES, Feature, required_features
+from ..native import EventBatch, NativeCall, NativeReply, WireProtocol
 from ..streaming import ChunkBatch
 from ..types import (
     ChatCompletion,
     ChatCompletionRequest,
     Model,
 )
+from ..types.embeddings import (
+    Embedding,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    deterministic_embedding,
+    parse_embedding_request,
+)
 from ._mock_answers import DEFAULT_REPLY, Answer, answer_for, chunks_of, completion_of
 from .base import Capabilities, Timeouts
 
 __all__ = ["DEFAULT_MODELS", "DEFAULT_REPLY", "Fault", "FaultKind", "MockProvider"]
 
-DEFAULT_MODELS = ("mock-chat",)
+DEFAULT_MODELS = ("mock-chat", "mock-embed")
+# The length of the mock's embedding vectors unless a request asks for fewer, and the most
+# a request may ask for.
+EMBEDDING_DIMENSIONS = 1536
+MAX_EMBEDDING_DIMENSIONS = 3072
+_PROTOCOLS = frozenset({WireProtocol.CHAT_COMPLETIONS, WireProtocol.EMBEDDINGS})
 
 FaultKind = Literal["status", "connect_error", "delay", "stall", "cut", "malformed"]
 _MID_STREAM: frozenset[str] = frozenset({"stall", "cut", "malformed"})
@@ -117,10 +131,11 @@ class MockProvider:
         self.chunks = chunks
         self.chunk_delay = chunk_delay
         self.features: frozenset[str] = ALL_FEATURES if features is None else frozenset(features)
-        self._capabilities = Capabilities(features=self.features)
+        self._capabilities = Capabilities(features=self.features, protocols=_PROTOCOLS)
         self.timeouts = timeouts or Timeouts()
         self.clock: Clock = clock or SystemClock()
         self.requests: list[ChatCompletionRequest] = []
+        self.embedding_requests: list[EmbeddingRequest] = []
         self.closed = False
         self._faults: deque[Fault | None] = deque(faults or ())
         self._persistent: Fault | None = None
@@ -138,7 +153,7 @@ class MockProvider:
     def capabilities(self) -> Capabilities:
         """The configured features. Its own timeouts, not the deadline, stop its calls."""
         if self._capabilities.features != self.features:
-            self._capabilities = Capabilities(features=self.features)
+            self._capabilities = Capabilities(features=self.features, protocols=_PROTOCOLS)
         return self._capabilities
 
     def secrets(self) -> Iterator[str]:
@@ -172,6 +187,47 @@ class MockProvider:
         if pending is not None:
             await self._interrupt(pending)
 
+    async def send(self, call: NativeCall, *, deadline: Deadline | None = None) -> NativeReply:
+        """Embeddings: a deterministic unit vector per input (the same input, the same vector,
+        on every run), with the same faults as chat."""
+        if call.protocol is not WireProtocol.EMBEDDINGS:
+            raise InvalidRequestError(
+                f"Provider '{self.name}' speaks only chat and embeddings natively",
+                provider=self.name,
+            )
+        request = parse_embedding_request(dict(call.body))
+        self.embedding_requests.append(request)
+        fault = await self._fault()
+        self._check_model(request.model)
+        if fault is not None and fault.kind in _MID_STREAM:
+            await self._interrupt(fault)
+        dimensions = request.dimensions or EMBEDDING_DIMENSIONS
+        if dimensions > MAX_EMBEDDING_DIMENSIONS:
+            raise InvalidRequestError(
+                f"dimensions must be at most {MAX_EMBEDDING_DIMENSIONS}", param="dimensions"
+            )
+        inputs = request.texts()
+        tokens = sum(len(t) if isinstance(t, list) else max(1, len(t) // 4) for t in inputs)
+        response = EmbeddingResponse(
+            data=[
+                Embedding(index=i, embedding=deterministic_embedding(text, dimensions))
+                for i, text in enumerate(inputs)
+            ],
+            model=request.model,
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        ).encoded(request.encoding_format)
+        raw = response.to_wire_json()
+        return NativeReply(response.model_dump(mode="json"), raw, usage=(tokens, 0))
+
+    async def open(
+        self, call: NativeCall, *, deadline: Deadline | None = None
+    ) -> AsyncGenerator[EventBatch, None]:
+        """Nothing streams natively here: Responses and Messages reach the mock as chat."""
+        raise InvalidRequestError(
+            f"Provider '{self.name}' streams only chat completions", provider=self.name
+        )
+        yield EventBatch([])  # pragma: no cover - makes this an async generator
+
     async def list_models(self) -> list[Model]:
         """The configured models."""
         created = int(self.clock.time())
@@ -190,18 +246,8 @@ class MockProvider:
     async def _begin(self, request: ChatCompletionRequest) -> Fault | None:
         """Record the request, apply any fault that strikes before the first byte, validate."""
         self.requests.append(request)
-        fault = self._faults.popleft() if self._faults else self._persistent
-        if fault is not None:
-            error = self._refusal(fault)
-            if error is not None:
-                raise error
-            if fault.kind == "delay":
-                await self._wait(fault.seconds, self.timeouts.first_byte, FirstByteTimeoutError)
-        if request.model not in self.models:
-            raise ModelNotFoundError(
-                f"The model '{request.model}' does not exist on provider '{self.name}'",
-                provider=self.name,
-            )
+        fault = await self._fault()
+        self._check_model(request.model)
         missing = required_features(request) - self.features
         if missing:
             raise InvalidRequestError(
@@ -209,6 +255,24 @@ class MockProvider:
                 provider=self.name,
             )
         return fault
+
+    async def _fault(self) -> Fault | None:
+        """The request's fault; one that strikes before the first byte strikes now."""
+        fault = self._faults.popleft() if self._faults else self._persistent
+        if fault is not None:
+            error = self._refusal(fault)
+            if error is not None:
+                raise error
+            if fault.kind == "delay":
+                await self._wait(fault.seconds, self.timeouts.first_byte, FirstByteTimeoutError)
+        return fault
+
+    def _check_model(self, model: str) -> None:
+        if model not in self.models:
+            raise ModelNotFoundError(
+                f"The model '{model}' does not exist on provider '{self.name}'",
+                provider=self.name,
+            )
 
     def _refusal(self, fault: Fault) -> LeapError | None:
         if fault.kind == "connect_error":

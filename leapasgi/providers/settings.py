@@ -5,15 +5,16 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..exceptions import ConfigurationError
 from ..features import Feature
+from ..native import WireProtocol
 from ..redact import public_url
 from .base import Timeouts
-from .presets import get_preset
+from .presets import CHAT_ONLY, get_preset
 from .urls import check_base_url
 
 __all__ = [
@@ -56,6 +57,11 @@ class ProviderSettings(BaseModel):
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
     max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
     legacy_max_tokens: bool = False
+    # The APIs the upstream serves natively (chat completions always).
+    protocols: frozenset[WireProtocol] = CHAT_ONLY
+    # How native Messages calls carry the key: "authorization" sends it both as a bearer
+    # token and as ``x-api-key``; "x-api-key" only the latter (Anthropic's own API).
+    key_header: Literal["authorization", "x-api-key"] = "authorization"
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         # A key can sit in the URL query (``?key=...``), user info or a header; reprs show none.
@@ -94,6 +100,7 @@ class ProviderSettings(BaseModel):
         models: Iterable[str] | None = None,
         timeouts: Timeouts | None = None,
         features: Iterable[str] | None = None,
+        protocols: Iterable[str] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ProviderSettings:
         """Settings for a known service; a missing key is read from its environment variable."""
@@ -115,5 +122,12 @@ class ProviderSettings(BaseModel):
             "features": frozenset(features) if features is not None else known.features,
             "models": tuple(models or ()),
             "legacy_max_tokens": known.legacy_max_tokens,
+            "protocols": _protocols(protocols) if protocols is not None else known.protocols,
+            "key_header": known.key_header,
         }
         return cls(**fields)
+
+
+def _protocols(names: Iterable[str]) -> frozenset[WireProtocol]:
+    """Protocols by name; chat completions is always among them."""
+    return frozenset({WireProtocol.CHAT_COMPLETIONS, *(WireProtocol(n) for n in names)})

@@ -87,7 +87,7 @@ async def test_mounted_in_fastapi_with_the_gateway_in_the_host_lifespan() -> Non
         models = await c.get("/llm/v1/models")
         ping_ = await c.get("/ping")
     assert answer.status_code == 200
-    assert [m["id"] for m in models.json()["data"]] == ["mock-chat"]
+    assert [m["id"] for m in models.json()["data"]] == ["mock-chat", "mock-embed"]
     assert ping_.json() == {"pong": "yes"}
     assert not gateway.manager.started
 

@@ -15,6 +15,8 @@ CANARY = "sk-canary-settings-0123456789"
 def test_every_preset_has_a_usable_base_url_and_timeout() -> None:
     assert set(PRESETS) == {
         "openai",
+        "anthropic",
+        "gemini",
         "groq",
         "together",
         "ollama",
@@ -78,7 +80,7 @@ def test_overrides_and_unknown_presets() -> None:
         ("a/b",),
     )
     assert settings.features == {"streaming", "my-feature"}
-    with pytest.raises(ConfigurationError, match="known presets: deepseek"):
+    with pytest.raises(ConfigurationError, match="known presets: anthropic, deepseek"):
         get_preset("nope")
 
 

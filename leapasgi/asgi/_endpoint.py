@@ -1,0 +1,93 @@
+"""What every protocol endpoint besides chat shares: the outcome recorded once, the access
+check, the size-capped body, a disconnect cancelling the request, and errors in the protocol's
+own shape, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from starlette.types import Receive, Scope, Send
+
+from ..exceptions import LeapError
+from ..outcome import Outcome
+from ._http import ClientGone, read_body, send_error
+from .relay import DisconnectGuard
+
+if TYPE_CHECKING:
+    from ..gateway import GatewayCore
+
+__all__ = ["ErrorSender", "ProtocolEndpoint", "guarded"]
+
+logger = logging.getLogger("leapasgi.access")
+
+_T = TypeVar("_T")
+# Answers an error in a protocol's shape: (send, error, outcome).
+ErrorSender = Callable[[Send, LeapError, Outcome], Awaitable[None]]
+
+
+class ProtocolEndpoint:
+    """An ASGI endpoint; subclasses implement ``handle`` for a request whose body was read."""
+
+    send_error: ErrorSender = staticmethod(send_error)
+
+    def __init__(self, gateway: GatewayCore) -> None:
+        self.gateway = gateway
+        self.manager = gateway.manager
+        self.recorder = gateway.recorder
+        self.access = gateway.access
+        self.max_body = gateway.config.server.max_body_bytes
+        self.keepalive = gateway.config.server.keepalive_interval
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with Outcome(sink=self.recorder) as outcome:
+            try:
+                await self._serve(scope, receive, send, outcome)
+            except Exception:
+                logger.exception("unhandled error in the %s endpoint", type(self).__name__)
+                error = LeapError("The gateway failed unexpectedly", code="internal_error")
+                outcome.failed(error)
+                # If the response had begun, nothing more can be said to this client.
+                with contextlib.suppress(RuntimeError, OSError):
+                    await self.send_error(send, error, outcome)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
+        refused = self.access.refusal(scope)
+        if refused is not None:
+            await self.send_error(send, refused, outcome)
+            return
+        try:
+            body = await read_body(receive, scope, self.max_body)
+        except ClientGone:
+            outcome.gone = True
+            return
+        except LeapError as error:
+            await self.send_error(send, error, outcome)
+            return
+        try:
+            await self.handle(scope, receive, send, body, outcome)
+        except LeapError as error:
+            await self.send_error(send, error, outcome)
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
+    ) -> None:
+        """Serve one request; a LeapError raised before the response began is answered."""
+        raise NotImplementedError
+
+
+async def guarded(call: Awaitable[_T], receive: Receive, outcome: Outcome) -> _T | None:
+    """Await ``call``, cancelled at once if the client disconnects (then None)."""
+    guard = DisconnectGuard(receive)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if not guard.absorb():
+            raise
+        outcome.gone = True
+        return None
+    finally:
+        guard.close()

@@ -1,0 +1,156 @@
+"""Reading a native stream (Responses or Anthropic Messages events): each protocol's preamble
+is held back until its first content event, errors become LeapErrors, usage is noted, and a
+stream that stops before its terminal event is an interruption."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..exceptions import LeapError, MalformedStreamError, StreamInterruptedError
+from ..native import NativeEvent, WireProtocol
+from ..sse import SSEEvent
+from ._upstream import error_from_payload
+
+__all__ = ["NativeStreamReader", "reply_usage"]
+
+_PREAMBLE = {
+    WireProtocol.RESPONSES: frozenset(
+        {"response.created", "response.in_progress", "response.queued"}
+    ),
+    WireProtocol.MESSAGES: frozenset({"message_start", "ping"}),
+}
+_ERRORS = frozenset({"error", "response.failed"})
+_TERMINAL = {
+    WireProtocol.RESPONSES: frozenset({"response.completed", "response.incomplete"}),
+    WireProtocol.MESSAGES: frozenset({"message_stop"}),
+}
+
+
+class NativeStreamReader:
+    """One native stream's events, as a provider reads them off the wire."""
+
+    __slots__ = (
+        "_held",
+        "_preamble",
+        "_provider",
+        "_redact",
+        "_terminal",
+        "done",
+        "input_tokens",
+        "output_tokens",
+        "started",
+    )
+
+    def __init__(
+        self, protocol: WireProtocol, *, provider: str, redact: Callable[[str], str]
+    ) -> None:
+        self._preamble = _PREAMBLE.get(protocol, frozenset())
+        self._terminal = _TERMINAL.get(protocol, frozenset())
+        self._provider = provider
+        self._redact = redact
+        self._held: list[NativeEvent] = []
+        self.started = False  # a content event has been yielded
+        self.done = False  # the terminal event came
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+
+    def feed(self, events: list[SSEEvent]) -> list[NativeEvent]:
+        """The events to pass on now (none while only preamble came); raises the error an
+        error event stands for."""
+        out: list[NativeEvent] = []
+        for event in events:
+            text = event.data
+            if text == "[DONE]":
+                self.done = True
+                continue
+            try:
+                data = json.loads(text)
+            except ValueError:
+                raise self._malformed("is not valid JSON") from None
+            if not isinstance(data, dict):
+                raise self._malformed("is not a JSON object")
+            kind = data.get("type")
+            name = event.event or (kind if isinstance(kind, str) else None)
+            if name in _ERRORS or kind in _ERRORS:
+                raise self._error(data)
+            self._note_usage(name, data)
+            native = NativeEvent(event.event, data, text.encode())
+            if name in self._preamble and not self.started:
+                self._held.append(native)
+                continue
+            if not self.started:
+                self.started = True
+                out.extend(self._held)
+                self._held.clear()
+            out.append(native)
+            if name in self._terminal:
+                self.done = True
+                break
+        return out
+
+    def finish(self) -> None:
+        """At the end of the body: an interruption unless the terminal event came."""
+        if not self.done:
+            raise StreamInterruptedError(
+                f"Provider {self._provider!r} ended the stream before its last event",
+                provider=self._provider,
+            )
+
+    @property
+    def usage(self) -> tuple[int, int] | None:
+        """(input, output) tokens, once the stream reported any."""
+        if self.input_tokens is None and self.output_tokens is None:
+            return None
+        return self.input_tokens or 0, self.output_tokens or 0
+
+    def _note_usage(self, name: str | None, data: dict[str, Any]) -> None:
+        if name in self._terminal and isinstance(data.get("response"), dict):
+            usage = data["response"].get("usage")
+        elif name == "message_start" and isinstance(data.get("message"), dict):
+            usage = data["message"].get("usage")
+        elif name == "message_delta":
+            usage = data.get("usage")
+        else:
+            return
+        if isinstance(usage, dict):
+            found = _tokens(usage)
+            if found[0] is not None:
+                self.input_tokens = found[0]
+            if found[1] is not None:
+                self.output_tokens = found[1]
+
+    def _error(self, data: dict[str, Any]) -> LeapError:
+        payload = data
+        response = data.get("response")
+        if isinstance(response, dict) and isinstance(response.get("error"), dict):
+            payload = {"error": response["error"]}
+        elif "error" not in data:
+            payload = {"error": {k: v for k, v in data.items() if k != "type"}}
+        return error_from_payload(payload, provider=self._provider, redact=self._redact)
+
+    def _malformed(self, what: str) -> LeapError:
+        return MalformedStreamError(
+            f"The upstream sent a stream event that {what}", provider=self._provider
+        )
+
+
+def reply_usage(data: dict[str, Any]) -> tuple[int, int] | None:
+    """(input, output) tokens of a whole native answer (Responses, Messages, embeddings)."""
+    usage = data.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    found = _tokens(usage)
+    if found == (None, None):
+        return None
+    return found[0] or 0, found[1] or 0
+
+
+def _tokens(usage: dict[str, Any]) -> tuple[int | None, int | None]:
+    inp = usage.get("input_tokens", usage.get("prompt_tokens"))
+    out = usage.get("output_tokens", usage.get("completion_tokens"))
+    return (
+        inp if isinstance(inp, int) else None,
+        out if isinstance(out, int) else None,
+    )
