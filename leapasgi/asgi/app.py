@@ -20,6 +20,7 @@ from .chat import ChatEndpoint
 from .embeddings import EmbeddingsEndpoint
 from .messages import CountTokensEndpoint, MessagesEndpoint
 from .openapi import OPENAPI_PATH, OpenAPIEndpoint
+from .responses import ResponseResource, ResponsesEndpoint
 from .routes import Routes, error_response
 from .sites import CorsSend, SiteGuard, preflight_headers
 
@@ -81,6 +82,7 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
     """The ASGI app serving ``gateway``; mount it anywhere or run it on its own."""
     routes = Routes(gateway)
     chat = ChatEndpoint(gateway)
+    stored = ResponseResource(gateway.response_store, gateway.access.refusal)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -95,6 +97,9 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
             Route(CHAT_PATH, chat, methods=["POST"]),
             Route("/v1/embeddings", EmbeddingsEndpoint(gateway), methods=["POST"]),
             Route("/v1/messages", MessagesEndpoint(gateway), methods=["POST"]),
+            Route("/v1/responses", ResponsesEndpoint(gateway), methods=["POST"]),
+            Route("/v1/responses/{response_id}", stored.get, methods=["GET"]),
+            Route("/v1/responses/{response_id}", stored.delete, methods=["DELETE"]),
             Route("/v1/messages/count_tokens", CountTokensEndpoint(gateway), methods=["POST"]),
             Route("/v1/models", routes.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.model, methods=["GET"]),

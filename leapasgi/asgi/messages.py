@@ -121,9 +121,12 @@ class MessagesEncoder:
         self._request = request
         self._message_id = message_id
         self._writer: MessagesStreamWriter | None = None
+        self.answered = False
 
     def batch(self, batch: Batch) -> bytes:
         if type(batch) is EventBatch:
+            if batch.events[-1].data.get("type") == "message_stop":
+                self.answered = True
             return batch.sse()
         assert type(batch) is ChunkBatch
         writer = self._writer

@@ -37,6 +37,11 @@ class StreamEncoder(Protocol[_B]):
 
     ping: bytes
 
+    @property
+    def answered(self) -> bool:
+        """The protocol's last event has been sent (a client leaving now loses nothing)."""
+        ...
+
     def batch(self, batch: _B) -> bytes:
         """The bytes for one batch (the first included); may be empty."""
         ...
@@ -58,6 +63,7 @@ class ChatEncoder:
     """Chat completions: the chunks as ``data:`` events, then ``[DONE]``."""
 
     ping = PING
+    answered = False  # [DONE] is the last event, and ``end()`` sends it
 
     def batch(self, batch: Batch) -> bytes:
         return batch.sse()
@@ -171,7 +177,13 @@ class SSERelay(Generic[_B]):
         except asyncio.CancelledError:
             if not guard.absorb():
                 raise
-            stream.outcome.gone = True
+            if self.encoder.answered:
+                # Gone right after the last event (Codex does it every turn): the answer was
+                # whole, so it is finished and counted as sent, not as a client gone.
+                await self.encoder.end()
+                stream.outcome.sent = True
+            else:
+                stream.outcome.gone = True
         finally:
             self.finished = True
             guard.close()
