@@ -362,6 +362,8 @@ class ProviderSnapshot:
     success_rate: float | None
     last_error: str | None
     transitions: tuple[Transition, ...] = field(default=())
+    # The APIs it speaks natively (chat completions, responses, messages, embeddings).
+    protocols: tuple[str, ...] = ()
     # Wall-clock end of a Retry-After hold; None when none is on.
     held_until: float | None = None
     # The concurrency limit (None: none), requests waiting for a slot, and those turned away.
@@ -516,6 +518,7 @@ def _snapshot(entry: ProviderEntry, now: float, wall: float) -> ProviderSnapshot
         if breaker.state is not BreakerState.CLOSED
         else None,
         features=tuple(f.value for f in Feature if entry.capabilities.supports(f)),
+        protocols=tuple(p.value for p in WireProtocol if p in entry.capabilities.protocols),
         models=entry.models,
         priority=entry.settings.priority,
         weight=entry.settings.weight,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -13,19 +15,77 @@ from ..access import Role
 from ..exceptions import InvalidRequestError, LeapError, ModelNotFoundError
 from ..outcome import CLIENT_CLOSED
 from ..prometheus import CONTENT_TYPE
+from ..protocols.messages import anthropic_error
 from ..registry import ProviderStatus
+from ..types import Model
 from ._http import ClientGone, error_headers, read_body
 
 if TYPE_CHECKING:
     from ..gateway import GatewayCore
 
-__all__ = ["Routes", "error_response"]
+__all__ = ["Routes", "anthropic_response", "error_response"]
+
+# Anthropic's model list pages: the default size and the largest a client may ask for.
+ANTHROPIC_PAGE = 20
+MAX_ANTHROPIC_PAGE = 1000
 
 
 def error_response(error: LeapError) -> JSONResponse:
     """An OpenAI error body with the error's status and retry headers."""
     headers = {k.decode(): v.decode() for k, v in error_headers(error)}
     return JSONResponse(error.to_body(), status_code=error.http_status, headers=headers)
+
+
+def _anthropic(request: Request) -> bool:
+    return "anthropic-version" in request.headers
+
+
+def anthropic_response(error: LeapError) -> JSONResponse:
+    """An Anthropic error body with Anthropic's status for ``error``."""
+    status, body = anthropic_error(error)
+    headers = {k.decode(): v.decode() for k, v in error_headers(error)}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def anthropic_model(model: Model) -> dict[str, Any]:
+    """A model as Anthropic's API lists it."""
+    created = datetime.datetime.fromtimestamp(model.created, datetime.UTC)
+    return {
+        "type": "model",
+        "id": model.id,
+        "display_name": model.id,
+        "created_at": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def anthropic_page(models: list[Model], query: Mapping[str, str]) -> dict[str, Any]:
+    """One page of Anthropic's model list: ``limit`` (1 to 1000, default 20) models after
+    ``after_id`` or before ``before_id``."""
+    raw_limit = query.get("limit", str(ANTHROPIC_PAGE))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_ANTHROPIC_PAGE:
+        raise InvalidRequestError(
+            f"limit must be an integer from 1 to {MAX_ANTHROPIC_PAGE}", param="limit"
+        )
+    limit = int(raw_limit)
+    ids = [m.id for m in models]
+    start, stop = 0, len(models)
+    after, before = query.get("after_id"), query.get("before_id")
+    if after is not None:
+        start = ids.index(after) + 1 if after in ids else len(ids)
+        stop = min(stop, start + limit)
+    elif before is not None:
+        stop = ids.index(before) if before in ids else 0
+        start = max(0, stop - limit)
+    else:
+        stop = min(stop, limit)
+    page = [anthropic_model(m) for m in models[start:stop]]
+    more = stop < len(models) if before is None else start > 0
+    return {
+        "data": page,
+        "has_more": more,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+    }
 
 
 class Routes:
@@ -40,21 +100,32 @@ class Routes:
         return None if refused is None else error_response(refused)
 
     async def models(self, request: Request) -> Response:
-        """``GET /v1/models``: every routable model and alias."""
-        if (refused := self._refuse(request)) is not None:
-            return refused
+        """``GET /v1/models``: every routable model and alias; in Anthropic's shape (paged
+        with ``limit``, ``after_id``, ``before_id``) when the request has ``anthropic-version``."""
+        anthropic = _anthropic(request)
+        refused = self.gateway.access.refusal(request.scope)
+        if refused is not None:
+            return anthropic_response(refused) if anthropic else error_response(refused)
         models = await self.gateway.manager.list_models()
+        if anthropic:
+            try:
+                return JSONResponse(anthropic_page(models, request.query_params))
+            except LeapError as error:
+                return anthropic_response(error)
         return JSONResponse({"object": "list", "data": [m.to_wire() for m in models]})
 
     async def model(self, request: Request) -> Response:
         """``GET /v1/models/{id}``."""
-        if (refused := self._refuse(request)) is not None:
-            return refused
+        anthropic = _anthropic(request)
+        refused = self.gateway.access.refusal(request.scope)
+        if refused is not None:
+            return anthropic_response(refused) if anthropic else error_response(refused)
         wanted = request.path_params["model_id"]
         for model in await self.gateway.manager.list_models():
             if model.id == wanted:
-                return JSONResponse(model.to_wire())
-        return error_response(ModelNotFoundError(f"The model `{wanted}` does not exist"))
+                return JSONResponse(anthropic_model(model) if anthropic else model.to_wire())
+        missing = ModelNotFoundError(f"The model `{wanted}` does not exist")
+        return anthropic_response(missing) if anthropic else error_response(missing)
 
     async def health(self, request: Request) -> Response:
         """``GET /health``: the process is up."""
