@@ -43,7 +43,7 @@ from .retry import RetryPolicy
 from .routing import Route, RouteTable
 from .streaming import ChunkBatch
 from .trail import RoutingTrail
-from .types import ChatCompletion, ChatCompletionRequest
+from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
 __all__ = ["Batch", "Dispatcher", "UpstreamStream", "for_route"]
 
@@ -327,6 +327,10 @@ class Dispatcher:
         else:
             chat = _chat_form(request, attempts.trail, route)
             batches = entry.provider.stream(for_route(route, chat), deadline=deadline)
+            # Translated, the protocol's preamble goes out with the first chunk: a chunk
+            # carrying only the role is held back with it, so what fails before content
+            # still fails over.
+            return await self._commit(entry, route, batches, attempts, lease, started, held=True)
         return await self._commit(entry, route, batches, attempts, lease, started)
 
     async def _commit(
@@ -337,12 +341,15 @@ class Dispatcher:
         attempts: RequestAttempts,
         lease: Lease,
         started: float,
+        *,
+        held: bool = False,
     ) -> UpstreamStream[_B]:
-        """The stream's first batch, then the stream committed to this provider."""
+        """The stream's first batch (with ``held``, its first with content), then the stream
+        committed to this provider."""
         deadline = attempts.deadline
         bound = None if entry.capabilities.honors_deadline else deadline
         try:
-            first = await self._first_batch(batches, route.provider, deadline, bound)
+            first = await self._first_batch(batches, route.provider, deadline, bound, held)
         except BaseException:
             await close_quietly(batches)
             raise
@@ -359,8 +366,10 @@ class Dispatcher:
         name: str,
         deadline: Deadline,
         bound: Deadline | None,
+        held: bool = False,
     ) -> _B:
         limit = self._routing.first_token_timeout
+        preamble: list[_B] = []
         try:
             while True:
                 if limit and limit < deadline.remaining():
@@ -375,8 +384,14 @@ class Dispatcher:
                 else:
                     batch = await bounded(anext(batches), name, bound)
                 if batch.chunks:
-                    return batch
+                    if not held:
+                        return batch
+                    preamble.append(batch)
+                    if has_content(batch):
+                        return joined(preamble)
         except StopAsyncIteration:
+            if preamble:
+                return joined(preamble)
             raise StreamInterruptedError(
                 f"Provider {name!r} ended the stream before its first chunk", provider=name
             ) from None
@@ -478,6 +493,33 @@ class Dispatcher:
                 max_retry_after=routing.max_retry_after,
             )
         return policy
+
+
+def has_content(batch: Batch) -> bool:
+    """True when a batch of chat chunks carries more than a role: text, a tool call, a
+    refusal, an end, or usage."""
+    if type(batch) is not ChunkBatch:
+        return True
+    for chunk in batch.chunks:
+        if chunk.usage is not None:
+            return True
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content or delta.tool_calls or delta.refusal or choice.finish_reason:
+                return True
+    return False
+
+
+def joined(batches: list[_B]) -> _B:
+    """One batch of the chunks of several, with the first one's request id."""
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    chunks: list[ChatCompletionChunk] = []
+    for batch in batches:
+        if isinstance(batch, ChunkBatch):  # only chat streams are held
+            chunks.extend(batch.chunks)
+    return ChunkBatch(chunks, request_id=first.request_id)  # type: ignore[return-value]
 
 
 def _chat_form(

@@ -82,7 +82,7 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
     """The ASGI app serving ``gateway``; mount it anywhere or run it on its own."""
     routes = Routes(gateway)
     chat = ChatEndpoint(gateway)
-    stored = ResponseResource(gateway.response_store, gateway.access.refusal)
+    stored = ResponseResource(gateway.response_store, gateway.access)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

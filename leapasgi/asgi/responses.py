@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..access import bearer_token
+from ..access import AccessPolicy, bearer_token
 from ..conversations import ResponseStore, StoredResponse, history_of
 from ..dispatch import Batch
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
@@ -289,9 +289,9 @@ class ResponsesEncoder:
 class ResponseResource:
     """``GET`` and ``DELETE /v1/responses/{id}``: the client's own stored responses."""
 
-    def __init__(self, store: ResponseStore, refusal: Any) -> None:
+    def __init__(self, store: ResponseStore, access: AccessPolicy) -> None:
         self._store = store
-        self._refusal = refusal
+        self._refusal = access.refusal
 
     async def get(self, request: Request) -> Response:
         refused = self._refusal(request.scope)
