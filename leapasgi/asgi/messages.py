@@ -116,6 +116,10 @@ class MessagesEncoder:
     (``message_start`` goes out with the first content, so failover stays invisible)."""
 
     ping = PING
+    keeping = False
+
+    async def keep(self) -> None:
+        return None
 
     def __init__(self, request: MessagesRequest, message_id: str) -> None:
         self._request = request

@@ -46,6 +46,15 @@ class StreamEncoder(Protocol[_B]):
         """The bytes for one batch (the first included); may be empty."""
         ...
 
+    @property
+    def keeping(self) -> bool:
+        """The last batch finished an answer that must be kept before its bytes go out."""
+        ...
+
+    async def keep(self) -> None:
+        """Keep the finished answer (a follow-up may name it the moment it arrives)."""
+        ...
+
     async def end(self) -> bytes:
         """The last bytes of a stream that ended well (a protocol may keep its answer first)."""
         ...
@@ -64,6 +73,10 @@ class ChatEncoder:
 
     ping = PING
     answered = False  # [DONE] is the last event, and ``end()`` sends it
+    keeping = False
+
+    async def keep(self) -> None:
+        return None
 
     def batch(self, batch: Batch) -> bytes:
         return batch.sse()
@@ -196,7 +209,8 @@ class SSERelay(Generic[_B]):
         failure ends the stream with the error (as a response, or an in-band event)."""
         send = self.send
         next_batch = stream.next_batch
-        encode = self.encoder.batch
+        encoder = self.encoder
+        encode = encoder.batch
         try:
             while True:
                 try:
@@ -207,6 +221,8 @@ class SSERelay(Generic[_B]):
                     await self._start()
                 self.sent += 1
                 body = encode(batch)
+                if encoder.keeping:
+                    await encoder.keep()
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
             end = await self.encoder.end()

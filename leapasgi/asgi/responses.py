@@ -214,6 +214,7 @@ class ResponsesEncoder:
         self._store = store
         self._writer: ResponsesStreamWriter | None = None
         self._final: dict[str, Any] | None = None  # a native stream's finished response
+        self._kept = False
         self._response_id: str | None = None
         self._sequence = 0
 
@@ -245,21 +246,24 @@ class ResponsesEncoder:
             )
         return writer.feed(batch.chunks)
 
+    @property
+    def keeping(self) -> bool:
+        return self._final is not None and not self._kept
+
+    async def keep(self) -> None:
+        """Store a native stream's finished response, once, before its last event is sent."""
+        if self._final is not None and not self._kept:
+            self._kept = True
+            await self._keep(self._final)
+
     async def end(self) -> bytes:
         writer = self._writer
         if writer is not None:
             tail = writer.complete()
             await self._keep(writer.response)
             return tail
-        await self.keep_final()
+        await self.keep()
         return b""
-
-    async def keep_final(self) -> None:
-        """Store a native stream's finished response (once)."""
-        final, self._final = self._final, None
-        if final is not None:
-            await self._keep(final)
-            self._final = final
 
     async def _keep(self, response: dict[str, Any]) -> None:
         if self._store is not None:

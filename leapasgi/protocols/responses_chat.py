@@ -16,7 +16,7 @@ from .responses_request import ResponsesRequest, item_type
 __all__ = ["responses_to_chat"]
 
 # Fields of a Responses request that chat takes as they are.
-_CARRIED = ("temperature", "top_p", "user", "metadata")
+_CARRIED = ("temperature", "top_p", "user")
 # Fields this translation uses, or that the caller handles (history, storage).
 _HANDLED = frozenset(
     {
@@ -31,6 +31,9 @@ _HANDLED = frozenset(
         "parallel_tool_calls",
         "store",
         "previous_response_id",
+        # Kept by the gateway (echoed and stored); chat's metadata means "tag a stored
+        # completion" and OpenAI refuses it without store.
+        "metadata",
         *_CARRIED,
     }
 )

@@ -189,7 +189,7 @@ def response_object(
         else request.parallel_tool_calls,
         "previous_response_id": request.previous_response_id,
         "reasoning": None,
-        "store": request.store,
+        "store": request.store is not False,  # the API's default is to store
         "temperature": request.temperature,
         "text": text,
         "tool_choice": "auto" if request.tool_choice is None else request.tool_choice,

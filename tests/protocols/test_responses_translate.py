@@ -526,7 +526,7 @@ def test_text_format_json_schema_and_json_object() -> None:
     assert chat["response_format"] == {"type": "json_object"}
 
 
-def test_sampling_limits_and_metadata_are_carried() -> None:
+def test_sampling_limits_are_carried_and_metadata_stays_with_the_gateway() -> None:
     chat, notes = translate(
         request(
             input="hi",
@@ -544,7 +544,7 @@ def test_sampling_limits_and_metadata_are_carried() -> None:
     assert chat["max_completion_tokens"] == 256
     assert "max_tokens" not in chat
     assert (chat["temperature"], chat["top_p"], chat["user"]) == (0.2, 0.9, "user-42")
-    assert chat["metadata"] == {"ticket": "T-1"}
+    assert "metadata" not in chat
     assert chat["stream"] is False
     assert "stream_options" not in chat
     assert notes == []
