@@ -1,4 +1,6 @@
-"""A real OpenAI-compatible fake upstream on 127.0.0.1 that plays scripted answers and faults.
+"""A real OpenAI-compatible fake upstream on 127.0.0.1 that plays scripted answers and faults;
+the answer builders below also shape native Anthropic Messages (whole and streamed) and
+embeddings answers, for upstreams configured to speak those protocols.
 
 Each request takes the next scripted ``Behavior`` (or the default one) and is recorded with
 its headers, body, timing and whether the client went away before the answer was complete.
@@ -10,6 +12,7 @@ import asyncio
 import json
 import socket
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -22,8 +25,13 @@ __all__ = [
     "Behavior",
     "FakeUpstream",
     "Seen",
+    "anthropic_error",
+    "anthropic_event",
+    "anthropic_message",
+    "anthropic_stream",
     "chunk",
     "completion",
+    "embedding_answer",
     "error_body",
     "sse",
     "text_stream",
@@ -52,6 +60,8 @@ class Behavior:
     drip: float | None = None
     reset_now: bool = False
     hang_now: bool = False
+    pause_before: int | None = None
+    resume: threading.Event | None = None
 
 
 @dataclass
@@ -97,6 +107,15 @@ class FakeUpstream:
     @property
     def chat_requests(self) -> list[Seen]:
         return [s for s in self.seen if s.path.endswith("/chat/completions")]
+
+    @property
+    def messages_requests(self) -> list[Seen]:
+        """Native Anthropic Messages calls (``/messages``, not ``/messages/count_tokens``)."""
+        return [s for s in self.seen if s.path.endswith("/messages")]
+
+    @property
+    def embeddings_requests(self) -> list[Seen]:
+        return [s for s in self.seen if s.path.endswith("/embeddings")]
 
     async def __aenter__(self) -> FakeUpstream:
         app = web.Application()
@@ -161,7 +180,9 @@ class FakeUpstream:
             for i in range(len(data)):
                 await response.write(data[i : i + 1])
                 await asyncio.sleep(b.drip)
-        for piece in b.events or ():
+        for index, piece in enumerate(b.events or ()):
+            if index == b.pause_before and b.resume is not None:
+                await _wait_for(b.resume)
             await response.write(piece)
             if b.delay:
                 await asyncio.sleep(b.delay)
@@ -172,6 +193,13 @@ class FakeUpstream:
             await asyncio.sleep(3600)
         await response.write_eof()
         return response
+
+
+async def _wait_for(event: threading.Event) -> None:
+    # Set from the test's thread: polled, so the server's loop (and its shutdown) never
+    # blocks on a thread waiting for it.
+    while not event.is_set():  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
 
 
 def _peer_port(request: web.Request) -> int:
@@ -246,3 +274,104 @@ def text_stream(pieces: Iterable[str], *, done: bool = True, finish: bool = True
     if finish:
         payloads.append(chunk({}, finish="stop"))
     return sse(*payloads, done=done)
+
+
+def anthropic_message(
+    text: str | None = "hello",
+    *,
+    model: str = "m1",
+    content: list[dict[str, Any]] | None = None,
+    stop_reason: str = "end_turn",
+    input_tokens: int = 5,
+    output_tokens: int = 1,
+    message_id: str = "msg_fake",
+) -> dict[str, Any]:
+    """A whole Anthropic Message; ``content`` replaces the one text block ``text`` makes."""
+    if content is None:
+        content = [{"type": "text", "text": text}] if text is not None else []
+    return {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        },
+    }
+
+
+def anthropic_event(name: str, payload: dict[str, Any] | None = None) -> bytes:
+    """One Anthropic SSE event: ``event: name`` and its JSON with ``type`` set to ``name``."""
+    data = json.dumps({"type": name, **(payload or {})})
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+def anthropic_stream(
+    pieces: Iterable[str],
+    *,
+    model: str = "m1",
+    input_tokens: int = 5,
+    stop_reason: str = "end_turn",
+    finish: bool = True,
+    message_id: str = "msg_fake",
+) -> list[bytes]:
+    """A text answer as the Anthropic API streams it: ``message_start``, one text block
+    (``content_block_start``, a ``ping``, a ``text_delta`` per piece, ``content_block_stop``),
+    ``message_delta`` and ``message_stop``. ``finish=False`` stops after the last delta."""
+    pieces = list(pieces)
+    start = anthropic_message(
+        None, model=model, input_tokens=input_tokens, output_tokens=1, message_id=message_id
+    )
+    start["stop_reason"] = None
+    events = [
+        anthropic_event("message_start", {"message": start}),
+        anthropic_event(
+            "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+        ),
+        anthropic_event("ping"),
+    ]
+    events += [
+        anthropic_event(
+            "content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}}
+        )
+        for piece in pieces
+    ]
+    if finish:
+        events += [
+            anthropic_event("content_block_stop", {"index": 0}),
+            anthropic_event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+                    "usage": {"output_tokens": len(pieces)},
+                },
+            ),
+            anthropic_event("message_stop"),
+        ]
+    return events
+
+
+def anthropic_error(message: str, *, type: str = "invalid_request_error") -> dict[str, Any]:
+    """An Anthropic error body, as a response or the payload of an ``error`` event."""
+    return {"type": "error", "error": {"type": type, "message": message}}
+
+
+def embedding_answer(
+    vectors: Iterable[list[float]], *, model: str = "e1", prompt_tokens: int = 3
+) -> dict[str, Any]:
+    """An OpenAI embeddings answer with float vectors, one per input in order."""
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": vector}
+            for i, vector in enumerate(vectors)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

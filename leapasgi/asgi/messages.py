@@ -97,7 +97,7 @@ class MessagesEndpoint(ProtocolEndpoint):
         if request.stream:
             stream = self.manager.open_exchange(exchange, outcome=outcome)
             encoder = MessagesEncoder(request, message_id)
-            await SSERelay(stream, self.keepalive, receive, send, encoder).run()
+            await SSERelay(stream, self.keepalive, receive, send, encoder, headers=_headers).run()
             return
         answer = await guarded(self.manager.exchange(exchange, outcome=outcome), receive, outcome)
         if answer is None:

@@ -6,6 +6,7 @@ protocol writes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from starlette.types import Receive, Send
@@ -153,6 +154,7 @@ class SSERelay(Generic[_B]):
         "_timer",
         "encoder",
         "finished",
+        "headers",
         "headers_sent",
         "keepalive",
         "receive",
@@ -168,8 +170,11 @@ class SSERelay(Generic[_B]):
         receive: Receive,
         send: Send,
         encoder: StreamEncoder[_B],
+        *,
+        headers: Callable[[Outcome], list[tuple[bytes, bytes]]] = outcome_headers,
     ) -> None:
         self.stream = stream
+        self.headers = headers
         self.keepalive = keepalive
         self.receive = receive
         self.send = send
@@ -272,7 +277,7 @@ class SSERelay(Generic[_B]):
         if self.headers_sent:
             return
         self.headers_sent = True
-        headers = [*SSE_HEADERS, *outcome_headers(self.stream.outcome)]
+        headers = [*SSE_HEADERS, *self.headers(self.stream.outcome)]
         await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     async def _fail(self, error: LeapError) -> None:

@@ -38,6 +38,7 @@ class NativeStreamReader:
         "_redact",
         "_terminal",
         "done",
+        "failure",
         "input_tokens",
         "output_tokens",
         "started",
@@ -53,12 +54,16 @@ class NativeStreamReader:
         self._held: list[NativeEvent] = []
         self.started = False  # a content event has been yielded
         self.done = False  # the terminal event came
+        # An error event that came after content in the same read: raised once the events
+        # before it have been passed on.
+        self.failure: LeapError | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
 
     def feed(self, events: list[SSEEvent]) -> list[NativeEvent]:
         """The events to pass on now (none while only preamble came); raises the error an
-        error event stands for."""
+        error event stands for, or, when content came before it in ``events``, keeps it in
+        ``failure`` to be raised after those are passed on."""
         out: list[NativeEvent] = []
         for event in events:
             text = event.data
@@ -74,6 +79,9 @@ class NativeStreamReader:
             kind = data.get("type")
             name = event.event or (kind if isinstance(kind, str) else None)
             if name in _ERRORS or kind in _ERRORS:
+                if out:
+                    self.failure = self._error(data)
+                    break
                 raise self._error(data)
             self._note_usage(name, data)
             native = NativeEvent(event.event, data, text.encode())

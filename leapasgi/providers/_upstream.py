@@ -182,6 +182,19 @@ def _malformed(exc: ValidationError, data: str, provider: str | None) -> LeapErr
     return MalformedStreamError(f"The upstream sent a stream event that {what}", provider=provider)
 
 
+# Anthropic's in-stream error types, by the status the same error has as an HTTP answer.
+_ANTHROPIC_STATUSES = {
+    "authentication_error": 401,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
 def error_from_payload(
     payload: dict[str, Any],
     *,
@@ -203,7 +216,10 @@ def error_from_payload(
         code_text = redact(code_text) if code_text is not None else None
         param = redact(param) if param is not None else None
     status = (
-        body.get("status") or body.get("status_code") or (code if isinstance(code, int) else None)
+        body.get("status")
+        or body.get("status_code")
+        or (code if isinstance(code, int) else None)
+        or _ANTHROPIC_STATUSES.get(kind)
     )
     if isinstance(status, int) and 400 <= status <= 599:
         return error_for_status(status, message, provider=provider, param=param, code=code_text)

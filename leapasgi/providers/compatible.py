@@ -345,10 +345,14 @@ class OpenAICompatibleProvider:
                     if events:
                         yield EventBatch(events, request_id=request_id, usage=reader.usage)
                         request_id = None
+                    if reader.failure is not None:
+                        raise reader.failure
                 if not reader.done:
                     events = reader.feed(decoder.close())
                     if events:
                         yield EventBatch(events, request_id=request_id, usage=reader.usage)
+                    if reader.failure is not None:
+                        raise reader.failure
             except aiohttp.ClientError as exc:
                 raise translate_client_error(exc, provider=name, in_body=True) from exc
             except Expired as expired:

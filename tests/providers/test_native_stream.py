@@ -14,7 +14,7 @@ from leapasgi.exceptions import (
     MalformedStreamError,
     RateLimitError,
     StreamInterruptedError,
-    UpstreamStreamError,
+    UpstreamUnavailableError,
 )
 from leapasgi.native import WireProtocol
 from leapasgi.providers._native import NativeStreamReader, reply_usage
@@ -84,6 +84,14 @@ def test_an_error_after_content_raises_too() -> None:
         r.feed([ev("error", code="server_error", message="lost it")])
 
 
+def test_content_read_together_with_an_error_is_passed_on_before_it() -> None:
+    r = reader(WireProtocol.RESPONSES)
+    out = r.feed([CREATED, DELTA, ev("error", code="server_error", message="lost it")])
+    assert [e.name for e in out] == ["response.created", "response.output_text.delta"]
+    assert r.failure is not None
+    assert r.failure.message == "lost it"
+
+
 def test_a_stream_cut_before_its_last_event_is_an_interruption() -> None:
     r = reader(WireProtocol.RESPONSES)
     r.feed([CREATED, DELTA])
@@ -108,9 +116,10 @@ def test_an_anthropic_overloaded_error_before_content_fails_over() -> None:
     r = reader(WireProtocol.MESSAGES)
     start = ev("message_start", message={"id": "msg_1"})
     overloaded = ev("error", error={"type": "overloaded_error", "message": "Overloaded"})
-    with pytest.raises(UpstreamStreamError) as caught:
+    with pytest.raises(UpstreamUnavailableError) as caught:
         r.feed([start, overloaded])
     assert caught.value.retryable
+    assert caught.value.upstream_status == 529
 
 
 def test_bad_json_is_a_malformed_stream() -> None:
