@@ -59,6 +59,10 @@ def app_from_env() -> object:
     return Gateway.from_config(os.environ[CONFIG_ENV]).app
 
 
+# Bytes a WebSocket frame may exceed the body limit by and still be read (and refused).
+WS_FRAME_SLACK = 64 * 1024
+
+
 def _serve(path: Path, host: str | None, port: int | None, workers: int) -> int:
     from .config import load_config
     from .server import run_server
@@ -77,6 +81,9 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int) -> int:
         access_log=False,  # leapasgi.access logs one line per request, without prompts or keys
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         log_level="info",
+        # A Responses WebSocket frame over the body limit gets the gateway's error event
+        # before it closes, not uvicorn's bare close.
+        ws_max_size=config.server.max_body_bytes + WS_FRAME_SLACK,
     )
     return 0
 

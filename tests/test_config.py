@@ -39,7 +39,7 @@ def config_error(path: Path, env: dict[str, str] | None = None) -> str:
 def test_the_example_loads_with_an_empty_environment_and_enables_only_the_mock() -> None:
     config = load_config(EXAMPLE, env={})
     assert [p.name for p in config.enabled_providers(env={})] == ["mock"]
-    assert set(config.skipped_providers(env={})) == {"openai", "groq", "together"}
+    assert set(config.skipped_providers(env={})) == {"openai", "anthropic", "groq", "together"}
     assert "OPENAI_API_KEY" in config.skipped_providers(env={})["openai"]
     assert config.routing.aliases["default"].targets[0] == "mock/mock-chat"
     assert "fast" in config.routing.aliases

@@ -1,8 +1,9 @@
-"""GET /openapi.json: a valid OpenAPI 3.1 document whose request schema agrees with the
-gateway's own validator."""
+"""GET /openapi.json: a valid OpenAPI 3.1 document whose request schemas agree with the
+gateway's own validators, and whose answer schemas hold for what the gateway answers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -26,6 +27,12 @@ KEY = "sk-doc-0123456789"
 
 OPERATIONS = {
     ("/v1/chat/completions", "post"),
+    ("/v1/responses", "post"),
+    ("/v1/responses/{response_id}", "get"),
+    ("/v1/responses/{response_id}", "delete"),
+    ("/v1/messages", "post"),
+    ("/v1/messages/count_tokens", "post"),
+    ("/v1/embeddings", "post"),
     ("/v1/models", "get"),
     ("/v1/models/{model_id}", "get"),
     ("/v1/providers", "get"),
@@ -36,6 +43,12 @@ OPERATIONS = {
     ("/metrics", "get"),
     ("/openapi.json", "get"),
 }
+# The Messages operations answer errors in Anthropic's shape; the model operations do when the
+# request has anthropic-version; every other operation answers OpenAI's error body.
+ANTHROPIC_ERRORS = {("/v1/messages", "post"), ("/v1/messages/count_tokens", "post")}
+EITHER_ERRORS = {("/v1/models", "get"), ("/v1/models/{model_id}", "get")}
+OPENAI_ERROR = {"$ref": "#/components/schemas/ErrorEnvelope"}
+ANTHROPIC_ERROR = {"$ref": "#/components/schemas/AnthropicError"}
 
 
 def gateway(**server: Any) -> Gateway:
@@ -75,7 +88,7 @@ async def test_the_document_is_valid_openapi_3_1(client: httpx.AsyncClient) -> N
     assert found == OPERATIONS
 
 
-async def test_every_reference_resolves_and_every_error_is_the_openai_body(
+async def test_every_reference_resolves_and_every_error_is_its_protocols_body(
     client: httpx.AsyncClient,
 ) -> None:
     document = await document_of(client)
@@ -83,14 +96,27 @@ async def test_every_reference_resolves_and_every_error_is_the_openai_body(
     refs = {node["$ref"] for node in _objects(document) if isinstance(node.get("$ref"), str)}
     assert refs
     assert {ref.rsplit("/", 1)[1] for ref in refs} <= set(schemas)
+    openai_body = {"error": {"message": "m", "type": "t", "param": None, "code": None}}
+    anthropic_body = {"type": "error", "error": {"type": "api_error", "message": "m"}}
     error = _validator(document, "ErrorEnvelope")
-    error.validate({"error": {"message": "m", "type": "t", "param": None, "code": None}})
+    error.validate(openai_body)
     assert not error.is_valid({"error": {"message": "no type, param or code"}})
     assert not error.is_valid({"detail": "Not Found"})
-    for item in document["paths"].values():
-        for operation in item.values():
+    assert not error.is_valid(anthropic_body)
+    anthropic = _validator(document, "AnthropicError")
+    anthropic.validate(anthropic_body | {"request_id": "req_1"})
+    assert not anthropic.is_valid({"type": "error", "error": {"message": "no type"}})
+    assert not anthropic.is_valid(openai_body)
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
             default = operation["responses"]["default"]["content"]["application/json"]
-            assert default["schema"] == {"$ref": "#/components/schemas/ErrorEnvelope"}
+            if (path, method) in ANTHROPIC_ERRORS:
+                expected: dict[str, Any] = ANTHROPIC_ERROR
+            elif (path, method) in EITHER_ERRORS:
+                expected = {"anyOf": [OPENAI_ERROR, ANTHROPIC_ERROR]}
+            else:
+                expected = OPENAI_ERROR
+            assert default["schema"] == expected, (path, method)
 
 
 async def test_the_document_is_built_once(
@@ -114,20 +140,31 @@ async def test_the_document_is_built_once(
 async def test_keys_show_in_the_security_requirements() -> None:
     open_gateway = gateway()
     keyed = gateway(api_keys=[SecretStr(KEY)], admin_key=SecretStr("a-0123456789"))
-    for gw, key, api in (
-        (open_gateway, None, [{"apiKey": []}, {}]),
-        (keyed, KEY, [{"apiKey": []}]),
-    ):
+    for gw, key, anyone in ((open_gateway, None, [{}]), (keyed, KEY, [])):
         transport = httpx.ASGITransport(app=gw.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
             document = await document_of(c, key=key)
         paths = document["paths"]
-        for path, method in (("/v1/models", "get"), ("/metrics", "get"), ("/openapi.json", "get")):
-            assert paths[path][method]["security"] == api
+        for path, method in (
+            ("/v1/responses", "post"),
+            ("/v1/embeddings", "post"),
+            ("/metrics", "get"),
+            ("/openapi.json", "get"),
+        ):
+            assert paths[path][method]["security"] == [{"apiKey": []}, *anyone]
+        # Where Anthropic's SDKs call, the key may come as x-api-key too.
+        for path, method in ANTHROPIC_ERRORS | EITHER_ERRORS:
+            assert paths[path][method]["security"] == [
+                {"apiKey": []},
+                {"anthropicKey": []},
+                *anyone,
+            ]
         assert paths["/v1/providers"]["get"]["security"] == [{"adminKey": []}]
         assert paths["/health"]["get"]["security"] == []
         schemes = document["components"]["securitySchemes"]
         assert schemes["apiKey"] == schemes["apiKey"] | {"type": "http", "scheme": "bearer"}
+        anthropic_key = {"type": "apiKey", "in": "header", "name": "x-api-key"}
+        assert schemes["anthropicKey"] == schemes["anthropicKey"] | anthropic_key
 
 
 async def test_with_keys_on_the_document_needs_one_too() -> None:
@@ -160,8 +197,7 @@ async def test_a_mounted_gateway_names_its_prefix_as_the_server() -> None:
 
 
 def _validator(document: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
-    schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
-    return jsonschema.Draft202012Validator(schema)
+    return _validator_of(document, {"$ref": f"#/components/schemas/{name}"})
 
 
 USER = {"role": "user", "content": "hi"}
@@ -232,6 +268,158 @@ async def test_the_chat_request_schema_agrees_with_the_validator(
     for body in REFUSED:
         assert not _accepted_by_the_gateway(body), body
         assert not validator.is_valid(body), body
+
+
+MESSAGE = {"model": "mock-chat", "max_tokens": 16, "messages": [USER]}
+COUNT = {"model": "mock-chat", "messages": [USER]}
+ITEM = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}
+# (path, body): accepted by the gateway (200) and by the document's request schema.
+PROTOCOL_ACCEPTED: list[tuple[str, dict[str, Any]]] = [
+    ("/v1/responses", {"model": "mock-chat", "input": "hi"}),
+    ("/v1/responses", {"model": "mock-chat", "input": [ITEM], "store": False, "x": 1}),
+    ("/v1/responses", {"model": "mock-chat", "instructions": "say hi"}),
+    ("/v1/messages", MESSAGE),
+    ("/v1/messages", MESSAGE | {"system": [{"type": "text", "text": "brief"}], "stream": None}),
+    (
+        "/v1/messages",
+        MESSAGE | {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]},
+    ),
+    ("/v1/messages/count_tokens", COUNT),
+    ("/v1/messages/count_tokens", COUNT | {"system": None, "tools": None}),
+    ("/v1/messages/count_tokens", COUNT | {"max_tokens": 5, "thinking": {"type": "disabled"}}),
+    ("/v1/embeddings", {"model": "mock-embed", "input": "hi"}),
+    ("/v1/embeddings", {"model": "mock-embed", "input": ["a", "b"], "encoding_format": "base64"}),
+    ("/v1/embeddings", {"model": "mock-embed", "input": [[1, 2], [3]], "dimensions": 8}),
+]
+# (path, body): refused by the document's request schema, and so by the gateway (4xx).
+PROTOCOL_REFUSED: list[tuple[str, dict[str, Any]]] = [
+    ("/v1/responses", {"input": "hi"}),
+    ("/v1/responses", {"model": "", "input": "hi"}),
+    ("/v1/responses", {"model": "mock-chat"}),
+    ("/v1/responses", {"model": "mock-chat", "input": 5}),
+    ("/v1/responses", {"model": "mock-chat", "input": "hi", "instructions": 5}),
+    ("/v1/messages", {"model": "mock-chat", "messages": [USER]}),
+    ("/v1/messages", MESSAGE | {"max_tokens": 0}),
+    ("/v1/messages", MESSAGE | {"messages": []}),
+    ("/v1/messages", MESSAGE | {"messages": [{"role": "robot", "content": "hi"}]}),
+    ("/v1/messages", MESSAGE | {"messages": [{"role": "user", "content": [{"text": "x"}]}]}),
+    ("/v1/messages/count_tokens", {"model": "mock-chat"}),
+    ("/v1/messages/count_tokens", COUNT | {"system": 5}),
+    ("/v1/embeddings", {"model": "mock-embed"}),
+    ("/v1/embeddings", {"model": "mock-embed", "input": []}),
+    ("/v1/embeddings", {"model": "mock-embed", "input": "hi", "encoding_format": "hex"}),
+    ("/v1/embeddings", {"model": "mock-embed", "input": "hi", "dimensions": 0}),
+]
+
+
+async def test_the_protocol_request_schemas_agree_with_the_gateway(
+    client: httpx.AsyncClient,
+) -> None:
+    document = await document_of(client)
+    for path, body in PROTOCOL_ACCEPTED + PROTOCOL_REFUSED:
+        accepted = (path, body) in PROTOCOL_ACCEPTED
+        schema = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        validator = _validator_of(document, schema["schema"])
+        assert validator.is_valid(body) == accepted, (path, body)
+        response = await client.post(path, json=body)
+        assert (response.status_code == 200) == accepted, (path, body, response.text)
+        _assert_answer_conforms(document, path, "post", response)
+
+
+ANTHROPIC = {"anthropic-version": "2023-06-01"}
+# (method, url, the document's path, headers, body): answers of each shape, errors included.
+ANSWERS: list[tuple[str, str, str, dict[str, str], dict[str, Any] | None]] = [
+    ("POST", "/v1/responses", "/v1/responses", {}, {"model": "x", "input": "hi", "stream": True}),
+    (
+        "POST",
+        "/v1/responses",
+        "/v1/responses",
+        {},
+        {"model": "mock-chat", "input": "hi", "stream": True},
+    ),
+    ("POST", "/v1/messages", "/v1/messages", {}, MESSAGE | {"stream": True}),
+    ("POST", "/v1/messages/count_tokens", "/v1/messages/count_tokens", {}, COUNT | {"model": "x"}),
+    ("GET", "/v1/responses/resp_nope", "/v1/responses/{response_id}", {}, None),
+    ("DELETE", "/v1/responses/resp_nope", "/v1/responses/{response_id}", {}, None),
+    ("GET", "/v1/models", "/v1/models", {}, None),
+    ("GET", "/v1/models", "/v1/models", ANTHROPIC, None),
+    ("GET", "/v1/models?limit=1&after_id=mock-chat", "/v1/models", ANTHROPIC, None),
+    ("GET", "/v1/models?limit=0", "/v1/models", ANTHROPIC, None),
+    ("GET", "/v1/models/mock-chat", "/v1/models/{model_id}", ANTHROPIC, None),
+    ("GET", "/v1/models/nope", "/v1/models/{model_id}", ANTHROPIC, None),
+    ("GET", "/v1/models/nope", "/v1/models/{model_id}", {}, None),
+]
+
+
+async def test_the_answers_are_as_documented(client: httpx.AsyncClient) -> None:
+    document = await document_of(client)
+    for method, url, path, headers, body in ANSWERS:
+        response = await client.request(method, url, headers=headers, json=body)
+        _assert_answer_conforms(document, path, method.lower(), response)
+    created = await client.post("/v1/responses", json={"model": "mock-chat", "input": "hi"})
+    stored = f"/v1/responses/{created.json()['id']}"
+    statuses = []
+    for method in ("get", "delete", "get"):
+        response = await client.request(method, stored)
+        _assert_answer_conforms(document, "/v1/responses/{response_id}", method, response)
+        statuses.append(response.status_code)
+    assert statuses == [200, 200, 404]
+
+
+async def test_with_anthropic_version_the_model_routes_answer_in_anthropics_shape(
+    client: httpx.AsyncClient,
+) -> None:
+    # The answers' anyOf lets either shape through: check each against its own schema.
+    document = await document_of(client)
+    for url, status, name in (
+        ("/v1/models?limit=1", 200, "AnthropicModelList"),
+        ("/v1/models/mock-chat", 200, "AnthropicModel"),
+        ("/v1/models?before_id=x", 200, "AnthropicModelList"),
+        ("/v1/models?limit=1001", 400, "AnthropicError"),
+        ("/v1/models/nope", 404, "AnthropicError"),
+    ):
+        response = await client.get(url, headers=ANTHROPIC)
+        assert response.status_code == status, url
+        _validator(document, name).validate(response.json())
+
+
+def _assert_answer_conforms(
+    document: dict[str, Any], path: str, method: str, response: httpx.Response
+) -> None:
+    """The answer's status, media type and body (each event of a stream) are documented."""
+    responses = document["paths"][path][method]["responses"]
+    documented = responses.get(str(response.status_code), responses["default"])
+    media = response.headers["content-type"].split(";")[0]
+    schema = documented["content"][media]["schema"]
+    validator = _validator_of(document, schema)
+    where = (method, path, response.status_code)
+    if media != "text/event-stream":
+        body = response.json()
+        assert validator.is_valid(body), (*where, next(validator.iter_errors(body)).message)
+        return
+    data = _validator_of(document, schema["properties"]["data"]["contentSchema"])
+    events = _events(response.text)
+    assert events, where
+    for event in events:
+        assert validator.is_valid(event), (*where, event)
+        assert data.is_valid(json.loads(event["data"])), (*where, event)
+
+
+def _events(text: str) -> list[dict[str, str]]:
+    """The events of an SSE body, as field name to value; comments left out."""
+    events = []
+    for block in text.split("\n\n"):
+        lines = [line for line in block.splitlines() if not line.startswith(":")]
+        fields = dict(line.split(": ", 1) for line in lines)
+        if fields:
+            events.append(fields)
+    return events
+
+
+def _validator_of(
+    document: dict[str, Any], schema: dict[str, Any]
+) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator({**schema, "components": document["components"]})
 
 
 def _objects(value: Any) -> Iterator[dict[str, Any]]:

@@ -11,7 +11,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._logging import printable
@@ -21,7 +21,8 @@ from .embeddings import EmbeddingsEndpoint
 from .messages import CountTokensEndpoint, MessagesEndpoint
 from .openapi import OPENAPI_PATH, OpenAPIEndpoint
 from .responses import ResponseResource, ResponsesEndpoint
-from .routes import Routes, error_response
+from .responses_ws import ResponsesSocket, deny_websocket
+from .routes import Routes, anthropic_response, error_response
 from .sites import CorsSend, SiteGuard, preflight_headers
 
 if TYPE_CHECKING:
@@ -37,9 +38,9 @@ MCP_PATH = "/mcp"
 
 
 class GatewayApp:
-    """The gateway's ASGI app: every request passes the Host and Origin checks first; chat
-    completions then go straight to their endpoint (the hot path skips Starlette's routing and
-    middleware); every other route is a Starlette app."""
+    """The gateway's ASGI app: every request and WebSocket handshake passes the Host and
+    Origin checks first; chat completions then go straight to their endpoint (the hot path
+    skips Starlette's routing and middleware); every other route is a Starlette app."""
 
     def __init__(self, chat: ChatEndpoint, routes: Starlette, sites: SiteGuard) -> None:
         self.chat = chat
@@ -48,6 +49,12 @@ class GatewayApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                # Browsers send any page's WebSockets with their Origin and no CORS check.
+                refused, _ = self.sites.check(scope)
+                if refused is not None:
+                    await deny_websocket(scope, send, refused)
+                    return
             await self.routes(scope, receive, send)
             return
         refused, cors_origin = self.sites.check(scope)
@@ -98,8 +105,8 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
             Route("/v1/embeddings", EmbeddingsEndpoint(gateway), methods=["POST"]),
             Route("/v1/messages", MessagesEndpoint(gateway), methods=["POST"]),
             Route("/v1/responses", ResponsesEndpoint(gateway), methods=["POST"]),
-            Route("/v1/responses/{response_id}", stored.get, methods=["GET"]),
-            Route("/v1/responses/{response_id}", stored.delete, methods=["DELETE"]),
+            WebSocketRoute("/v1/responses", ResponsesSocket(gateway)),
+            Route("/v1/responses/{response_id}", stored.serve, methods=["GET", "DELETE"]),
             Route("/v1/messages/count_tokens", CountTokensEndpoint(gateway), methods=["POST"]),
             Route("/v1/models", routes.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.model, methods=["GET"]),
@@ -144,11 +151,21 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         # upstream_status carries the route's own status (405...) to the response.
         error = InvalidRequestError(str(exc.detail), upstream_status=exc.status_code)
-    response = error_response(error)
+    response = anthropic_response(error) if _speaks_anthropic(request) else error_response(error)
     if exc.headers:
         # A 405 carries Allow (RFC 9110 requires it); keep whatever the route said.
         response.headers.update(exc.headers)
     return response
+
+
+def _speaks_anthropic(request: Request) -> bool:
+    """Anthropic's clients get Anthropic's error shape: the Messages routes, and any request
+    naming an ``anthropic-version``."""
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.startswith("/v1/messages") or "anthropic-version" in request.headers
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:

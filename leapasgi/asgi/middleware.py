@@ -13,8 +13,8 @@ __all__ = ["LeapMiddleware"]
 
 
 class LeapMiddleware:
-    """Requests under ``prefix`` go to the gateway; everything else, lifespan included, passes
-    through to ``app`` untouched. ``prefix`` stands for the gateway's ``/v1``."""
+    """Requests (and WebSockets) under ``prefix`` go to the gateway; everything else, lifespan
+    included, passes through to ``app`` untouched. ``prefix`` stands for the gateway's ``/v1``."""
 
     def __init__(self, app: ASGIApp, gateway: Gateway, *, prefix: str = "/v1") -> None:
         self.app = app
@@ -22,7 +22,7 @@ class LeapMiddleware:
         self.prefix = prefix.rstrip("/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             path: str = scope["path"]
             # Under a root_path (``--root-path``, a mount), the path includes it (ASGI spec).
             root: str = scope.get("root_path", "")

@@ -311,7 +311,9 @@ def openapi_document(*, api_auth: bool, admin: bool, server_url: str = "/") -> d
                 description="The gateway keeps the conversation: previous_response_id names a "
                 "stored response of the same key, whatever provider made it; store false keeps "
                 "this one out of the store. GET /v1/responses also takes a WebSocket upgrade "
-                "(the Responses WebSocket mode), which OpenAPI cannot describe.",
+                "(the Responses WebSocket mode, which OpenAPI cannot describe): each "
+                "`response.create` frame carries this body and gets the stream's events, one "
+                "JSON text frame each.",
             )
         },
         "/v1/responses/{response_id}": {

@@ -89,10 +89,17 @@ class Turn:
 
 
 async def prepare_turn(
-    data: dict[str, Any], *, owner: str | None, stores: list[ResponseStore], stream: bool
+    data: dict[str, Any],
+    *,
+    owner: str | None,
+    stores: list[ResponseStore],
+    stream: bool | None = None,
 ) -> Turn:
-    """Parse a ``response.create`` body and rebuild its history from ``stores``."""
+    """Parse a ``response.create`` body and rebuild its history from ``stores``; ``stream``
+    overrides the body's."""
     request = parse_responses_request(data)
+    if stream is None:
+        stream = bool(request.stream)
     items = input_items(request)
     history: list[dict[str, Any]] = []
     if request.previous_response_id:
@@ -133,9 +140,9 @@ class ResponsesEndpoint(ProtocolEndpoint):
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
     ) -> None:
         data = _json(body)
-        stream = data.get("stream") is True
         store = self.gateway.response_store
-        turn = await prepare_turn(data, owner=owner_of(scope), stores=[store], stream=stream)
+        turn = await prepare_turn(data, owner=owner_of(scope), stores=[store])
+        stream = turn.exchange.native.stream
         keep = turn.request.store is not False
         if data.get("generate") is False:
             await self._empty(turn, store if keep else None, send, outcome, stream=stream)
@@ -296,6 +303,12 @@ class ResponseResource:
     def __init__(self, store: ResponseStore, access: AccessPolicy) -> None:
         self._store = store
         self._refusal = access.refusal
+
+    async def serve(self, request: Request) -> Response:
+        """GET or DELETE, one route (so a 405 lists both in Allow)."""
+        if request.method == "DELETE":
+            return await self.delete(request)
+        return await self.get(request)
 
     async def get(self, request: Request) -> Response:
         refused = self._refusal(request.scope)

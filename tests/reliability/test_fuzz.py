@@ -43,7 +43,7 @@ MODEL = "mock-chat"
 SPARE = "spare"
 # The document's operations but GET /openapi.json, which schemathesis reads and never fuzzes;
 # checked so that a route cannot silently drop out.
-OPERATIONS = 9
+OPERATIONS = 15
 # Operations with no input at all (no parameter, body or key: the probes): hypothesis runs out
 # of distinct examples at once.
 NO_INPUT = frozenset({"GET /health", "GET /health/ready"})
@@ -112,7 +112,7 @@ def test_schemathesis_finds_no_server_error_and_no_unshaped_error(case: Any) -> 
             # them and the gateway refuses them with a 4xx, which is right.
             excluded_checks=[openapi_checks.positive_data_acceptance],
         )
-        _check_error_body(response)
+        _check_error_body(response, anthropic=_anthropic(case))
     except BaseException as exc:
         _problems.append(f"{case.operation.label}: {type(exc).__name__}: {str(exc)[:500]}")
         raise
@@ -126,7 +126,7 @@ def _steer(case: Any) -> None:
     if len(str(case.body)) % 4 == 0:
         return
     body, path = case.body, case.path_parameters
-    if isinstance(body, dict) and "messages" in body:
+    if isinstance(body, dict) and ("messages" in body or "input" in body):
         body["model"] = MODEL
     if path and "model_id" in path:
         path["model_id"] = MODEL
@@ -135,12 +135,27 @@ def _steer(case: Any) -> None:
         path["name"] = SPARE
 
 
-def _check_error_body(response: Any) -> None:
+def _anthropic(case: Any) -> bool:
+    """Whether the gateway answers this case in Anthropic's shape: the Messages routes, and
+    the model routes when the request names an ``anthropic-version``."""
+    if case.path.startswith("/v1/messages"):
+        return True
+    headers = {k.lower() for k in (case.headers or {})}
+    return case.path.startswith("/v1/models") and "anthropic-version" in headers
+
+
+def _check_error_body(response: Any, *, anthropic: bool = False) -> None:
     if response.status_code >= 500:
         raise AssertionError(f"server error {response.status_code}: {response.text[:300]}")
     if response.status_code < 400:
         return
     body = response.json()
+    if anthropic:
+        assert isinstance(body, dict), f"not an Anthropic error body: {response.text[:300]}"
+        assert body.get("type") == "error", f"not an Anthropic error body: {response.text[:300]}"
+        assert isinstance(body["error"].get("type"), str)
+        assert isinstance(body["error"].get("message"), str)
+        return
     error = body.get("error") if isinstance(body, dict) else None
     assert isinstance(error, dict), f"not an OpenAI error body: {response.text[:300]}"
     assert isinstance(error.get("message"), str)
