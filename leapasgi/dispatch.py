@@ -21,7 +21,7 @@ import itertools
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from .attempts import BUSY_RETRY_AFTER, Decision, RequestAttempts
 from .balancing import Candidate, Strategy, order
@@ -47,7 +47,15 @@ from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
 __all__ = ["Batch", "Dispatcher", "UpstreamStream", "for_route"]
 
-_T = TypeVar("_T")
+
+class _Answer(Protocol):
+    """What an attempt gives back: it knows the upstream's request id."""
+
+    @property
+    def request_id(self) -> str | None: ...
+
+
+_T = TypeVar("_T", bound=_Answer)
 _R = TypeVar("_R")
 # A stream's batches: chat chunks, or the events of a protocol spoken natively.
 Batch = ChunkBatch | EventBatch
@@ -100,22 +108,9 @@ class Dispatcher:
     ) -> ChatCompletion:
         """One completion from the best provider that can serve it; ``prefer`` names a
         provider to try first."""
-        outcome.model = request.model
-        try:
-            completion = await self._run(
-                request,
-                request.model,
-                self._routes.routes(request),
-                outcome.trail,
-                prefer,
-                self._complete,
-            )
-        except LeapError as error:
-            outcome.failed(error)
-            outcome.settle()
-            raise
-        outcome.upstream_request_id = completion.request_id
-        outcome.settle()
+        completion = await self._run(
+            request, request.model, self._routes.routes, outcome, prefer, self._complete
+        )
         usage = completion.usage
         if usage is not None:
             outcome.prompt_tokens = usage.prompt_tokens
@@ -127,46 +122,19 @@ class Dispatcher:
     ) -> UpstreamStream[ChunkBatch]:
         """A stream committed to the first provider that sent a first batch; failures before
         it fail over."""
-        outcome.model = request.model
         outcome.stream = True
-        try:
-            stream = await self._run(
-                request,
-                request.model,
-                self._routes.routes(request),
-                outcome.trail,
-                prefer,
-                self._open,
-            )
-        except LeapError as error:
-            outcome.failed(error)
-            outcome.settle()
-            raise
-        outcome.upstream_request_id = stream.first.request_id
-        outcome.settle()
-        return stream
+        return await self._run(
+            request, request.model, self._routes.routes, outcome, prefer, self._open
+        )
 
     async def exchange(
         self, request: ProtocolRequest, outcome: Outcome, *, prefer: str | None = None
     ) -> NativeReply | ChatCompletion:
         """One whole answer to a request in another protocol: the upstream's own answer from a
         provider that speaks it, else a chat completion to translate back."""
-        outcome.model = request.model
-        try:
-            answer: NativeReply | ChatCompletion = await self._run(
-                request,
-                request.model,
-                self._protocol_routes(request),
-                outcome.trail,
-                prefer,
-                self._exchange,
-            )
-        except LeapError as error:
-            outcome.failed(error)
-            outcome.settle()
-            raise
-        outcome.upstream_request_id = answer.request_id
-        outcome.settle()
+        answer: NativeReply | ChatCompletion = await self._run(
+            request, request.model, self._protocol_routes, outcome, prefer, self._exchange
+        )
         if isinstance(answer, NativeReply):
             if answer.usage is not None:
                 outcome.prompt_tokens, outcome.completion_tokens = answer.usage
@@ -180,23 +148,10 @@ class Dispatcher:
     ) -> UpstreamStream[Batch]:
         """A stream in another protocol, committed at its first content: native events from a
         provider that speaks it, else chat chunks to translate."""
-        outcome.model = request.model
         outcome.stream = True
-        try:
-            stream: UpstreamStream[Batch] = await self._run(
-                request,
-                request.model,
-                self._protocol_routes(request),
-                outcome.trail,
-                prefer,
-                self._open_exchange,
-            )
-        except LeapError as error:
-            outcome.failed(error)
-            outcome.settle()
-            raise
-        outcome.upstream_request_id = stream.first.request_id
-        outcome.settle()
+        stream: UpstreamStream[Batch] = await self._run(
+            request, request.model, self._protocol_routes, outcome, prefer, self._open_exchange
+        )
         return stream
 
     def _protocol_routes(self, request: ProtocolRequest) -> list[Route]:
@@ -208,37 +163,50 @@ class Dispatcher:
         self,
         request: _R,
         model: str,
-        routes: list[Route],
-        trail: RoutingTrail,
+        routes_of: Callable[[_R], list[Route]],
+        outcome: Outcome,
         prefer: str | None,
         attempt: _Attempt[_R, _T],
     ) -> _T:
-        """Try routes until one attempt succeeds; raises the error the request ends with."""
-        attempts = self._plan(routes, model, trail, prefer)
-        clock = self._clock
-        while (route := await attempts.next()) is not None:
-            entry = self._registry.get(route.provider)
-            if entry.limit is not None:
-                slot = await self._take_slot(entry, route, attempts)
-                if slot is not _Slot.TAKEN:
+        """Try routes until one attempt succeeds, and settle the request's outcome; raises
+        the error the request ends with."""
+        outcome.model = model
+        try:
+            attempts = self._plan(routes_of(request), model, outcome.trail, prefer)
+            clock = self._clock
+            while True:
+                route = await attempts.next()
+                if route is None:
+                    raise attempts.exhausted_error()
+                entry = self._registry.get(route.provider)
+                if entry.limit is not None:
+                    slot = await self._take_slot(entry, route, attempts)
                     if slot is _Slot.OUT_OF_TIME:
-                        break
-                    continue
-            lease = entry.lease(expires_at=attempts.deadline.at)
-            started = clock.monotonic()
-            try:
-                return await attempt(entry, route, request, attempts, lease, started)
-            except LeapError as error:
-                latency = clock.monotonic() - started
-                decision = attempts.record_failure(route, entry, error, latency)
-                if decision is Decision.FINAL:
-                    lease.refused(error)
-                    raise attempts.final_error(error) from error
-                lease.failed(error, latency)
-            except BaseException:
-                lease.abandoned()
-                raise
-        raise attempts.exhausted_error()
+                        raise attempts.exhausted_error()
+                    if slot is not _Slot.TAKEN:
+                        continue
+                lease = entry.lease(expires_at=attempts.deadline.at)
+                started = clock.monotonic()
+                try:
+                    result = await attempt(entry, route, request, attempts, lease, started)
+                    break
+                except LeapError as error:
+                    latency = clock.monotonic() - started
+                    decision = attempts.record_failure(route, entry, error, latency)
+                    if decision is Decision.FINAL:
+                        lease.refused(error)
+                        raise attempts.final_error(error) from error
+                    lease.failed(error, latency)
+                except BaseException:
+                    lease.abandoned()
+                    raise
+        except LeapError as error:
+            outcome.failed(error)
+            outcome.settle()
+            raise
+        outcome.upstream_request_id = result.request_id
+        outcome.settle()
+        return result
 
     async def _complete(
         self,
@@ -560,6 +528,11 @@ class UpstreamStream(Generic[_B]):
         self.lease = lease
         # Seconds from the attempt's start to its first batch.
         self.ttft = clock.monotonic() - started
+
+    @property
+    def request_id(self) -> str | None:
+        """The upstream's request id, from the first batch."""
+        return self.first.request_id
 
     def elapsed(self) -> float:
         """Seconds since the attempt started."""

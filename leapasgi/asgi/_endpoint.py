@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.types import Receive, Scope, Send
 
-from ..exceptions import LeapError
+from ..exceptions import InvalidRequestError, LeapError
 from ..outcome import Outcome
 from ._http import ClientGone, read_body, send_error
 from .relay import DisconnectGuard
@@ -20,7 +21,7 @@ from .relay import DisconnectGuard
 if TYPE_CHECKING:
     from ..gateway import GatewayCore
 
-__all__ = ["ErrorSender", "ProtocolEndpoint", "guarded"]
+__all__ = ["ErrorSender", "ProtocolEndpoint", "guarded", "json_object"]
 
 logger = logging.getLogger("leapasgi.access")
 
@@ -91,3 +92,16 @@ async def guarded(call: Awaitable[_T], receive: Receive, outcome: Outcome) -> _T
         return None
     finally:
         guard.close()
+
+
+def json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; a 400 when it is not one."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise InvalidRequestError(
+            "The request body is not valid JSON", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("The request body must be a JSON object")
+    return data

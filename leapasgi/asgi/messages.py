@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
 from ..dispatch import Batch
-from ..exceptions import InvalidRequestError, LeapError, ModelNotFoundError
+from ..exceptions import LeapError, ModelNotFoundError
 from ..native import EventBatch, NativeCall, NativeReply, ProtocolRequest, WireProtocol
 from ..outcome import Outcome
 from ..protocols.messages import (
@@ -30,7 +29,7 @@ from ..protocols.messages_chat import message_from_chat, messages_to_chat
 from ..protocols.messages_stream import MessagesStreamWriter
 from ..sse import encode_event
 from ..streaming import ChunkBatch
-from ._endpoint import ProtocolEndpoint, guarded
+from ._endpoint import ProtocolEndpoint, guarded, json_object
 from ._http import error_headers, outcome_headers, send_json, send_response
 from .relay import SSERelay
 
@@ -65,18 +64,6 @@ def forwarded(scope: Scope) -> dict[str, str]:
     }
 
 
-def _json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise InvalidRequestError(
-            "The request body is not valid JSON", code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("The request body must be a JSON object")
-    return data
-
-
 class MessagesEndpoint(ProtocolEndpoint):
     """The Anthropic Messages endpoint of one gateway."""
 
@@ -85,7 +72,7 @@ class MessagesEndpoint(ProtocolEndpoint):
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
     ) -> None:
-        data = _json(body)
+        data = json_object(body)
         request = parse_messages_request(data)
         notes: list[str] = []
         chat = messages_to_chat(request, notes)
@@ -161,7 +148,7 @@ class CountTokensEndpoint(ProtocolEndpoint):
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
     ) -> None:
-        data = _json(body)
+        data = json_object(body)
         request = parse_count_tokens_request(data)
         routes = self.manager.routes
         if not routes.knows(request.model):

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from ..access import AccessPolicy, bearer_token
 from ..conversations import ResponseStore, StoredResponse, history_of
 from ..dispatch import Batch
-from ..exceptions import InvalidRequestError, LeapError, NotFoundError
+from ..exceptions import LeapError, NotFoundError
 from ..native import EventBatch, NativeCall, NativeReply, ProtocolRequest, WireProtocol
 from ..outcome import Outcome
 from ..protocols.responses import (
@@ -37,7 +37,7 @@ from ..protocols.responses import (
 from ..protocols.responses_output import response_object
 from ..sse import PING, encode_event
 from ..streaming import ChunkBatch
-from ._endpoint import ProtocolEndpoint, guarded
+from ._endpoint import ProtocolEndpoint, guarded, json_object
 from ._http import outcome_headers, send_error, send_response
 from .relay import SSERelay
 from .routes import error_response
@@ -121,25 +121,13 @@ async def prepare_turn(
     )
 
 
-def _json(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise InvalidRequestError(
-            "The request body is not valid JSON", code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        raise InvalidRequestError("The request body must be a JSON object")
-    return data
-
-
 class ResponsesEndpoint(ProtocolEndpoint):
     """The Responses endpoint of one gateway."""
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
     ) -> None:
-        data = _json(body)
+        data = json_object(body)
         store = self.gateway.response_store
         turn = await prepare_turn(data, owner=owner_of(scope), stores=[store])
         stream = turn.exchange.native.stream

@@ -12,27 +12,17 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from ..exceptions import LeapError
 from ..types import ChatCompletionChunk, ChoiceDeltaToolCall, ChunkChoice, Usage
+from .events import EventKind
 from .messages import MessagesRequest, anthropic_error, new_tool_use_id
 from .messages_chat import stop_reason, tool_names, usage_fields
 
-__all__ = ["EventKind", "MessagesStreamWriter", "classify_event", "native_error"]
+__all__ = ["EventKind", "MessagesStreamWriter", "classify_event"]
 
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
-
-
-class EventKind(Enum):
-    """What an event of a native Messages stream means to the gateway."""
-
-    PREAMBLE = "preamble"
-    CONTENT = "content"
-    ERROR = "error"
-    TERMINAL = "terminal"
-    OTHER = "other"
 
 
 _KINDS = {
@@ -53,19 +43,6 @@ def classify_event(event: str | None, data: dict[str, Any]) -> EventKind:
     if not isinstance(kind, str):
         kind = event
     return _KINDS.get(kind, EventKind.OTHER) if kind is not None else EventKind.OTHER
-
-
-def native_error(data: dict[str, Any]) -> tuple[str, str | None]:
-    """The message and error type of a native stream's ``error`` event."""
-    error = data.get("error")
-    if not isinstance(error, dict):
-        return "the upstream sent an error event", None
-    message = error.get("message")
-    kind = error.get("type")
-    return (
-        message if isinstance(message, str) and message else "the upstream sent an error event",
-        kind if isinstance(kind, str) else None,
-    )
 
 
 def _event(name: str, payload: dict[str, Any]) -> bytes:

@@ -6,13 +6,13 @@ conversion, no I/O.
     responses_chat      responses_to_chat: a request and its history as one chat request
     responses_output    response_from_chat, output_items, ids, usage
     responses_stream    ResponsesStreamWriter: chat chunks -> Responses SSE events
-    responses_native    classify_event, native_error: a native upstream's stream
+    responses_native    classify_event: what a native upstream's stream event means
 """
 
 from __future__ import annotations
 
 from .responses_chat import responses_to_chat
-from .responses_native import EventKind, classify_event, native_error
+from .responses_native import EventKind, classify_event
 from .responses_output import (
     new_call_id,
     new_function_call_id,
@@ -31,7 +31,6 @@ __all__ = [
     "classify_event",
     "input_items",
     "item_type",
-    "native_error",
     "new_call_id",
     "new_function_call_id",
     "new_message_id",

@@ -1,21 +1,12 @@
-"""Reading the Responses stream of an upstream that speaks the protocol natively."""
+"""What each event of a native Responses stream means: preamble, content, error or the end."""
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
-__all__ = ["EventKind", "classify_event", "native_error"]
+from .events import EventKind
 
-
-class EventKind(enum.Enum):
-    """What a native stream event means for the relay."""
-
-    PREAMBLE = "preamble"
-    CONTENT = "content"
-    ERROR = "error"
-    TERMINAL = "terminal"
-    OTHER = "other"
+__all__ = ["EventKind", "classify_event"]
 
 
 _KINDS = {
@@ -37,7 +28,6 @@ _CONTENT_PREFIXES = (
     "response.reasoning",
     "response.audio",
 )
-_FAILED = "The upstream response failed"
 
 
 def classify_event(data: dict[str, Any]) -> EventKind:
@@ -52,22 +42,3 @@ def classify_event(data: dict[str, Any]) -> EventKind:
     if kind.startswith(_CONTENT_PREFIXES) or "output_index" in data:
         return EventKind.CONTENT
     return EventKind.OTHER
-
-
-def native_error(data: dict[str, Any]) -> tuple[str, str | None]:
-    """(message, code) of an upstream ``error`` or ``response.failed`` event."""
-    if data.get("type") == "response.failed":
-        response = data.get("response")
-        error = response.get("error") if isinstance(response, dict) else None
-    else:
-        # The API reference puts the fields on the event; the live API nests them in "error".
-        nested = data.get("error")
-        error = nested if isinstance(nested, dict) else data
-    if not isinstance(error, dict):
-        return _FAILED, None
-    message = error.get("message")
-    code = error.get("code")
-    return (
-        message if isinstance(message, str) and message else _FAILED,
-        code if isinstance(code, str) else None,
-    )

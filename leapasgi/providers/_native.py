@@ -10,21 +10,18 @@ from typing import Any
 
 from ..exceptions import LeapError, MalformedStreamError, StreamInterruptedError
 from ..native import NativeEvent, WireProtocol
+from ..protocols.events import EventKind
+from ..protocols.messages_stream import classify_event as messages_event
+from ..protocols.responses_native import classify_event as responses_event
 from ..sse import SSEEvent
 from ._upstream import error_from_payload
 
 __all__ = ["NativeStreamReader", "reply_usage"]
 
-_PREAMBLE = {
-    WireProtocol.RESPONSES: frozenset(
-        {"response.created", "response.in_progress", "response.queued"}
-    ),
-    WireProtocol.MESSAGES: frozenset({"message_start", "ping"}),
-}
-_ERRORS = frozenset({"error", "response.failed"})
-_TERMINAL = {
-    WireProtocol.RESPONSES: frozenset({"response.completed", "response.incomplete"}),
-    WireProtocol.MESSAGES: frozenset({"message_stop"}),
+
+_CLASSIFIERS: dict[WireProtocol, Callable[[str | None, dict[str, Any]], EventKind]] = {
+    WireProtocol.RESPONSES: lambda event, data: responses_event(data),
+    WireProtocol.MESSAGES: messages_event,
 }
 
 
@@ -32,11 +29,10 @@ class NativeStreamReader:
     """One native stream's events, as a provider reads them off the wire."""
 
     __slots__ = (
+        "_classify",
         "_held",
-        "_preamble",
         "_provider",
         "_redact",
-        "_terminal",
         "done",
         "failure",
         "input_tokens",
@@ -47,8 +43,7 @@ class NativeStreamReader:
     def __init__(
         self, protocol: WireProtocol, *, provider: str, redact: Callable[[str], str]
     ) -> None:
-        self._preamble = _PREAMBLE.get(protocol, frozenset())
-        self._terminal = _TERMINAL.get(protocol, frozenset())
+        self._classify = _CLASSIFIERS[protocol]
         self._provider = provider
         self._redact = redact
         self._held: list[NativeEvent] = []
@@ -76,24 +71,24 @@ class NativeStreamReader:
                 raise self._malformed("is not valid JSON") from None
             if not isinstance(data, dict):
                 raise self._malformed("is not a JSON object")
-            kind = data.get("type")
-            name = event.event or (kind if isinstance(kind, str) else None)
-            if name in _ERRORS or kind in _ERRORS:
+            kind = self._classify(event.event, data)
+            if kind is EventKind.ERROR:
                 if out:
                     self.failure = self._error(data)
                     break
                 raise self._error(data)
-            self._note_usage(name, data)
+            name = data.get("type")
+            self._note_usage(name if isinstance(name, str) else event.event, kind, data)
             native = NativeEvent(event.event, data, text.encode())
-            if name in self._preamble and not self.started:
-                self._held.append(native)
-                continue
             if not self.started:
+                if kind is EventKind.PREAMBLE or kind is EventKind.OTHER:
+                    self._held.append(native)
+                    continue
                 self.started = True
                 out.extend(self._held)
                 self._held.clear()
             out.append(native)
-            if name in self._terminal:
+            if kind is EventKind.TERMINAL:
                 self.done = True
                 break
         return out
@@ -113,8 +108,8 @@ class NativeStreamReader:
             return None
         return self.input_tokens or 0, self.output_tokens or 0
 
-    def _note_usage(self, name: str | None, data: dict[str, Any]) -> None:
-        if name in self._terminal and isinstance(data.get("response"), dict):
+    def _note_usage(self, name: str | None, kind: EventKind, data: dict[str, Any]) -> None:
+        if kind is EventKind.TERMINAL and isinstance(data.get("response"), dict):
             usage = data["response"].get("usage")
         elif name == "message_start" and isinstance(data.get("message"), dict):
             usage = data["message"].get("usage")

@@ -238,7 +238,7 @@ class OpenAICompatibleProvider:
                 watch = self._watch(until)
                 budget = self.settings.max_response_bytes
                 done = False
-                try:
+                with self._reading(watch):
                     while not done and (data := await watch.read(read)):
                         budget -= len(data)
                         if budget < 0:
@@ -268,17 +268,6 @@ class OpenAICompatibleProvider:
                             request_id = None
                         if failure is not None:
                             raise failure
-                except aiohttp.ClientError as exc:
-                    raise translate_client_error(exc, provider=name, in_body=True) from exc
-                except Expired as expired:
-                    raise self._timeout(expired.kind, "the next part of the response") from None
-                except EventTooLarge as exc:
-                    raise MalformedStreamError(
-                        f"Provider {name!r} sent a stream event that is too large ({exc})",
-                        provider=name,
-                    ) from None
-                finally:
-                    watch.close()
                 if not done:
                     last: list[ChatCompletionChunk] = []
                     for event in decoder.close():
@@ -336,7 +325,7 @@ class OpenAICompatibleProvider:
             read = response.content.readany
             watch = self._watch(until)
             budget = self.settings.max_response_bytes
-            try:
+            with self._reading(watch):
                 while not reader.done and (data := await watch.read(read)):
                     budget -= len(data)
                     if budget < 0:
@@ -353,19 +342,25 @@ class OpenAICompatibleProvider:
                         yield EventBatch(events, request_id=request_id, usage=reader.usage)
                     if reader.failure is not None:
                         raise reader.failure
-            except aiohttp.ClientError as exc:
-                raise translate_client_error(exc, provider=name, in_body=True) from exc
-            except Expired as expired:
-                raise self._timeout(expired.kind, "the next part of the response") from None
-            except EventTooLarge as exc:
-                raise MalformedStreamError(
-                    f"Provider {name!r} sent a stream event that is too large ({exc})",
-                    provider=name,
-                ) from None
-            finally:
-                watch.close()
             reader.finish()
             await _drain(response)
+
+    @contextlib.contextmanager
+    def _reading(self, watch: ReadWatch) -> Iterator[None]:
+        """While a stream's body is read: its failures as LeapErrors, and the watch closed."""
+        name = self.name
+        try:
+            yield
+        except aiohttp.ClientError as exc:
+            raise translate_client_error(exc, provider=name, in_body=True) from exc
+        except Expired as expired:
+            raise self._timeout(expired.kind, "the next part of the response") from None
+        except EventTooLarge as exc:
+            raise MalformedStreamError(
+                f"Provider {name!r} sent a stream event that is too large ({exc})", provider=name
+            ) from None
+        finally:
+            watch.close()
 
     def _native_target(self, call: NativeCall, *, sse: bool) -> tuple[str, dict[str, str]]:
         url = self._native_urls.get(call.protocol)

@@ -55,7 +55,6 @@ from leapasgi.protocols.messages_stream import (
     EventKind,
     MessagesStreamWriter,
     classify_event,
-    native_error,
 )
 from leapasgi.types import ChatCompletion, ChatCompletionChunk, parse_chat_request
 
@@ -1189,10 +1188,3 @@ def test_classify_native_events(event: str, kind: EventKind) -> None:
 
 def test_classify_without_a_type() -> None:
     assert classify_event(None, {}) is EventKind.OTHER
-
-
-def test_native_errors() -> None:
-    data = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-    assert native_error(data) == ("Overloaded", "overloaded_error")
-    assert native_error({"type": "error"}) == ("the upstream sent an error event", None)
-    assert native_error({"error": {"message": 5}})[1] is None

@@ -19,7 +19,6 @@ from leapasgi.protocols.responses import (
     ResponsesStreamWriter,
     classify_event,
     input_items,
-    native_error,
     new_function_call_id,
     new_message_id,
     new_response_id,
@@ -1345,60 +1344,12 @@ def test_classify_event(event: dict[str, Any], kind: EventKind) -> None:
     assert classify_event(event) is kind
 
 
-@pytest.mark.parametrize(
-    ("event", "expected"),
-    [
-        (
-            {
-                "type": "error",
-                "code": "rate_limit_exceeded",
-                "message": "Slow down",
-                "param": None,
-                "sequence_number": 3,
-            },
-            ("Slow down", "rate_limit_exceeded"),
-        ),
-        (
-            {
-                "type": "error",
-                "sequence_number": 2,
-                "error": {
-                    "type": "insufficient_quota",
-                    "code": "insufficient_quota",
-                    "message": "No credits",
-                },
-            },
-            ("No credits", "insufficient_quota"),
-        ),
-        (
-            {
-                "type": "response.failed",
-                "response": {
-                    "status": "failed",
-                    "error": {"code": "server_error", "message": "Boom"},
-                },
-            },
-            ("Boom", "server_error"),
-        ),
-        (
-            {"type": "response.failed", "response": {"status": "failed", "error": None}},
-            ("The upstream response failed", None),
-        ),
-        ({"type": "error"}, ("The upstream response failed", None)),
-    ],
-)
-def test_native_error(event: dict[str, Any], expected: tuple[str, str | None]) -> None:
-    assert native_error(event) == expected
-
-
-def test_native_error_reads_the_writers_own_failure() -> None:
+def test_the_writers_own_failure_events_classify_as_errors() -> None:
     writer = ResponsesStreamWriter(
         request(input="x"), response_id="resp_stream", created_at=CREATED_AT
     )
     failed, error = parse_sse(writer.fail("Gone", code="server_error"))[2:]
 
-    assert native_error(failed) == ("Gone", "server_error")
-    assert native_error(error) == ("Gone", "server_error")
     assert classify_event(failed) is classify_event(error) is EventKind.ERROR
 
 
