@@ -2,7 +2,8 @@
 
     python benchmarks/forwarder.py --port 8001 --upstream http://127.0.0.1:9000
 
-POST /v1/chat/completions sends the body bytes as they came through one pooled aiohttp session
+POST /v1/chat/completions (and /v1/messages, /v1/responses: the floor for native pass-through)
+sends the body bytes as they came through one pooled aiohttp session to the same path upstream
 and returns the upstream's answer untouched: read whole when it is JSON, passed on piece by piece
 as it arrives when it is an event stream. No validation, routing, retries, metrics or logging.
 """
@@ -10,7 +11,7 @@ as it arrives when it is an event stream. No validation, routing, retries, metri
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
@@ -22,12 +23,12 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 PATH = "/v1/chat/completions"
+PATHS = (PATH, "/v1/messages", "/v1/responses")
 HEADERS = {"Content-Type": "application/json"}
 
 
 class State(TypedDict):
     session: aiohttp.ClientSession
-    url: str
 
 
 def build_app(upstream: str) -> Starlette:
@@ -39,23 +40,30 @@ def build_app(upstream: str) -> Starlette:
         async with aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar()
         ) as session:
-            yield {"session": session, "url": upstream.rstrip("/") + PATH}
+            yield {"session": session}
 
-    return Starlette(routes=[Route(PATH, chat, methods=["POST"])], lifespan=lifespan)
+    base = upstream.rstrip("/")
+    routes = [Route(path, forwarder(base + path), methods=["POST"]) for path in PATHS]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
-async def chat(request: Request) -> Response:
-    session: aiohttp.ClientSession = request.state.session
-    body = await request.body()
-    upstream = await session.post(request.state.url, data=body, headers=HEADERS)
-    media_type = upstream.headers.get("Content-Type")
-    if media_type is not None and media_type.startswith("text/event-stream"):
-        return StreamingResponse(_relay(upstream), upstream.status, media_type=media_type)
-    try:
-        content = await upstream.read()
-    finally:
-        upstream.release()
-    return Response(content, status_code=upstream.status, media_type=media_type)
+def forwarder(url: str) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint passing its requests to ``url``."""
+
+    async def forward(request: Request) -> Response:
+        session: aiohttp.ClientSession = request.state.session
+        body = await request.body()
+        upstream = await session.post(url, data=body, headers=HEADERS)
+        media_type = upstream.headers.get("Content-Type")
+        if media_type is not None and media_type.startswith("text/event-stream"):
+            return StreamingResponse(_relay(upstream), upstream.status, media_type=media_type)
+        try:
+            content = await upstream.read()
+        finally:
+            upstream.release()
+        return Response(content, status_code=upstream.status, media_type=media_type)
+
+    return forward
 
 
 async def _relay(upstream: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

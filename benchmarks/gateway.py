@@ -1,16 +1,29 @@
 """Throughput, latency, CPU and memory of the gateway next to a direct call and a bare forwarder.
 
     python benchmarks/gateway.py [--duration 5 | --quick] [--rounds 1] [--json results.json]
+        [--modes json,stream,messages,messages_stream,responses,responses_stream]
 
 Starts three processes on 127.0.0.1: the fake upstream (benchmarks/upstream.py), the floor
 (benchmarks/forwarder.py: Starlette + aiohttp passing bytes through) and ``leapasgi serve`` with
-one provider pointing at the upstream. wrk (installed with apt-get when missing) POSTs a chat
-request, plain and streaming (20 chunks), at 1, 16 and 64 connections to each target; the CPU
+two providers pointing at the upstream: ``bench`` speaks Messages and Responses natively
+(``protocols = ["messages", "responses"]``), ``bench-chat`` only chat completions. wrk
+(installed with apt-get when missing) POSTs at 1, 16 and 64 connections to each target; the CPU
 per request is the serving process's own utime + stime. With ``--rounds N`` the whole sweep runs
 N times and each figure is the median: on a busy machine one sweep is noisy. The run ends with
 the targets checked; the exit status is 0 whether they pass or not.
 
-The upstream writes its 20 events back to back, so on loopback they mostly arrive in one or two
+Modes: ``json`` and ``stream`` are a chat completion request, plain and streaming (20 chunks),
+against the upstream itself (direct), the floor and the gateway. ``messages`` and
+``responses`` are a small Anthropic Messages and OpenAI Responses request, ``*_stream`` their
+streaming form (18 text deltas in the protocol's own event sequence), against the floor, the
+gateway passing them through natively (model ``bench``: row ``gateway``) and the gateway
+translating them to chat completions and back (model ``bench-chat``: row ``translated``). The
+Responses bodies say ``"store": false``: the gateway stores responses by default, and a stored
+response per request would grow its memory through the run. Native pass-through must cost at
+most 1.2x the chat path's CPU per request of the same shape (JSON or stream); the translated
+paths' ratios are reported beside it.
+
+The upstream writes its events back to back, so on loopback they mostly arrive in one or two
 reads and the floor relays them as such; the gateway decodes and re-sends each event. The
 streaming ratio is therefore the per-chunk cost at its most visible.
 """
@@ -39,11 +52,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LUA = HERE / "wrk_post.lua"
 PATH = "/v1/chat/completions"
-BODY = b'{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
-STREAM_BODY = b'{"model":"bench","messages":[{"role":"user","content":"hi"}],"stream":true}'
-
-TARGETS = ("direct", "floor", "gateway")
-MODES = ("json", "stream")
+# The model of the provider speaking Messages and Responses natively, and of the chat-only one.
+NATIVE_MODEL = "bench"
+CHAT_MODEL = "bench-chat"
 CONNECTIONS = (1, 16, 64)
 DEFAULT_DURATION = 5
 QUICK_DURATION = 2
@@ -55,12 +66,82 @@ IMPORT_RUNS = 5
 MIN_JSON_RATIO = 0.6
 MIN_STREAM_RATIO = 0.5
 RATIO_CONNECTIONS = 16
+MAX_NATIVE_CPU_RATIO = 1.2
 MAX_ADDED_P50_MS = 0.5
 MAX_RSS_MB = 100.0
 MAX_IMPORT_MS = 300.0
 
 _TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
 _DURATION = r"([\d.]+)(us|ms|s|m|h)"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What a run sends: a body (``{model}`` filled in by the target) to a path, and the
+    chat mode of the same shape its CPU is compared with (None for the chat modes)."""
+
+    name: str
+    path: str
+    template: str
+    expect: bytes  # in every whole answer, native or translated
+    chat: str | None = None
+
+    def body(self, model: str) -> bytes:
+        return self.template.replace("{model}", model).encode()
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a run goes: a server, and the model its bodies name."""
+
+    name: str
+    server: str
+    model: str = NATIVE_MODEL
+
+
+# Bodies without their closing brace; "store": false keeps the gateway's response store empty.
+_CHAT = '{"model":"{model}","messages":[{"role":"user","content":"hi"}]'
+_MESSAGES = '{"model":"{model}","max_tokens":64,"messages":[{"role":"user","content":"hi"}]'
+_RESPONSES = '{"model":"{model}","input":"hi","store":false'
+_STREAM = ',"stream":true}'
+MODES = {
+    mode.name: mode
+    for mode in (
+        Mode("json", PATH, _CHAT + "}", b'"choices"'),
+        Mode("stream", PATH, _CHAT + _STREAM, b"data: [DONE]"),
+        Mode("messages", "/v1/messages", _MESSAGES + "}", b'"end_turn"', "json"),
+        Mode(
+            "messages_stream", "/v1/messages", _MESSAGES + _STREAM, b"event: message_stop", "stream"
+        ),
+        Mode("responses", "/v1/responses", _RESPONSES + "}", b'"completed"', "json"),
+        Mode(
+            "responses_stream",
+            "/v1/responses",
+            _RESPONSES + _STREAM,
+            b"event: response.completed",
+            "stream",
+        ),
+    )
+}
+BODY = MODES["json"].body(NATIVE_MODEL)
+STREAM_BODY = MODES["stream"].body(NATIVE_MODEL)
+TARGETS = {
+    target.name: target
+    for target in (
+        Target("direct", "direct"),
+        Target("floor", "floor"),
+        Target("gateway", "gateway"),
+        Target("translated", "gateway", CHAT_MODEL),
+    )
+}
+# The upstream's own cost is the question for chat only; translation is for the other protocols.
+CHAT_TARGETS = ("direct", "floor", "gateway")
+PROTOCOL_TARGETS = ("floor", "gateway", "translated")
+
+
+def targets_of(mode: Mode) -> tuple[str, ...]:
+    """The targets a mode runs against."""
+    return CHAT_TARGETS if mode.chat is None else PROTOCOL_TARGETS
 
 
 @dataclass
@@ -90,6 +171,14 @@ class Check:
 
 
 @dataclass
+class Report:
+    """A figure the summary reports without a target."""
+
+    name: str
+    value: str
+
+
+@dataclass
 class Results:
     """Everything the run measured, as written by ``--json``."""
 
@@ -102,6 +191,7 @@ class Results:
     import_wall_ms: float = 0.0
     import_self_ms: float = 0.0
     checks: list[Check] = field(default_factory=list)
+    reports: list[Report] = field(default_factory=list)
 
 
 def ensure_wrk() -> str:
@@ -152,8 +242,8 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{PATH}"
+    def url(self, path: str = PATH) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
 
     def wait_ready(self, port: int | None = None, *, timeout: float = STARTUP_TIMEOUT) -> None:
         """Wait until the port accepts connections; a port of None is read from the log."""
@@ -191,14 +281,28 @@ def _accepts(port: int) -> bool:
     return True
 
 
-def gateway_config(upstream_port: int, port: int) -> str:
+def gateway_config(upstream_port: int, port: int, *, protocols: bool = False) -> str:
+    """One provider, ``bench``, at the upstream; with ``protocols`` it speaks Messages and
+    Responses natively, and a second, chat-only one serves the model ``bench-chat``."""
+    native = 'protocols = ["messages", "responses"]\n' if protocols else ""
+    chat_only = (
+        f"""
+[[providers]]
+name = "{CHAT_MODEL}"
+base_url = "http://127.0.0.1:{upstream_port}/v1"
+models = ["{CHAT_MODEL}"]
+timeout = 30
+"""
+        if protocols
+        else ""
+    )
     return f"""\
 [[providers]]
-name = "bench"
+name = "{NATIVE_MODEL}"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
-models = ["bench"]
+models = ["{NATIVE_MODEL}"]
 timeout = 30
-
+{native}{chat_only}
 [health]
 interval = 0
 
@@ -209,8 +313,9 @@ port = {port}
 
 
 @contextmanager
-def servers(workdir: Path) -> Iterator[dict[str, Server]]:
-    """The upstream, the forwarder and the gateway, running; all stopped on the way out."""
+def servers(workdir: Path, modes: Sequence[Mode]) -> Iterator[dict[str, Server]]:
+    """The upstream, the forwarder and the gateway, running and answering ``modes``; all
+    stopped on the way out."""
     python = sys.executable
     with ExitStack() as stack:
         started: dict[str, Server] = {}
@@ -228,23 +333,25 @@ def servers(workdir: Path) -> Iterator[dict[str, Server]]:
         start("floor", [*forwarder, "--port", str(port)], port)
         port = free_port()
         config = workdir / "gateway.toml"
-        config.write_text(gateway_config(started["direct"].port, port))
+        config.write_text(gateway_config(started["direct"].port, port, protocols=True))
         command = [python, "-m", "leapasgi", "serve", "--config", str(config), "--workers", "1"]
         start("gateway", [*command, "--port", str(port)], port)
-        for server in started.values():
-            smoke_test(server)
+        for mode in modes:
+            for name in targets_of(mode):
+                target = TARGETS[name]
+                smoke_test(started[target.server], mode, target)
         yield started
 
 
-def smoke_test(server: Server) -> None:
-    """One request of each mode must come back whole, or the numbers would mean nothing."""
-    for body, expect in ((BODY, b'"choices"'), (STREAM_BODY, b"data: [DONE]")):
-        headers = {"Content-Type": "application/json"}
-        request = urllib.request.Request(server.url(), data=body, headers=headers)
-        with urllib.request.urlopen(request, timeout=10) as response:
-            answer = response.read()
-        if expect not in answer:
-            raise RuntimeError(f"{server.name}: unexpected answer {answer[:300]!r}")
+def smoke_test(server: Server, mode: Mode, target: Target) -> None:
+    """One request must come back whole, or the numbers would mean nothing."""
+    headers = {"Content-Type": "application/json"}
+    body = mode.body(target.model)
+    request = urllib.request.Request(server.url(mode.path), data=body, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer = response.read()
+    if mode.expect not in answer or b"hello" not in answer:
+        raise RuntimeError(f"{target.name} {mode.name}: unexpected answer {answer[:300]!r}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -285,7 +392,7 @@ def parse_wrk(output: str) -> tuple[int, float, float, float, int]:
     return requests, rps, p50, p99, errors + (int(non_2xx[1]) if non_2xx else 0)
 
 
-def wrk(binary: str, url: str, *, mode: str, connections: int, seconds: int, threads: int) -> str:
+def wrk(binary: str, url: str, *, body: bytes, connections: int, seconds: int, threads: int) -> str:
     command = [
         binary,
         f"-t{min(threads, connections)}",
@@ -296,7 +403,7 @@ def wrk(binary: str, url: str, *, mode: str, connections: int, seconds: int, thr
         str(LUA),
         url,
         "--",
-        mode,
+        body.decode(),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
@@ -305,18 +412,26 @@ def wrk(binary: str, url: str, *, mode: str, connections: int, seconds: int, thr
 
 
 def measure(
-    binary: str, server: Server, *, mode: str, connections: int, seconds: int, threads: int
+    binary: str,
+    server: Server,
+    target: Target,
+    mode: Mode,
+    *,
+    connections: int,
+    seconds: int,
+    threads: int,
 ) -> Run:
     """A warm-up, then one timed wrk run with the serving process's CPU time around it."""
-    url = server.url()
-    wrk(binary, url, mode=mode, connections=connections, seconds=WARMUP, threads=threads)
+    url = server.url(mode.path)
+    body = mode.body(target.model)
+    wrk(binary, url, body=body, connections=connections, seconds=WARMUP, threads=threads)
     before = cpu_seconds(server.pid)
-    output = wrk(binary, url, mode=mode, connections=connections, seconds=seconds, threads=threads)
+    output = wrk(binary, url, body=body, connections=connections, seconds=seconds, threads=threads)
     cpu = cpu_seconds(server.pid) - before
     requests, rps, p50, p99, errors = parse_wrk(output)
     return Run(
-        target=server.name,
-        mode=mode,
+        target=target.name,
+        mode=mode.name,
         connections=connections,
         requests=requests,
         rps=rps,
@@ -348,7 +463,7 @@ def compare(runs: list[Run]) -> None:
     index = {(r.target, r.mode, r.connections): r for r in runs}
     for run in runs:
         floor = index.get(("floor", run.mode, run.connections))
-        if run.target == "gateway" and floor is not None and floor.rps:
+        if run.target in ("gateway", "translated") and floor is not None and floor.rps:
             run.vs_floor = run.rps / floor.rps
         direct = index.get(("direct", run.mode, 1))
         if run.target != "direct" and run.connections == 1 and direct is not None:
@@ -408,23 +523,70 @@ def checks(results: Results) -> list[Check]:
             imported < MAX_IMPORT_MS,
         )
     )
+    for mode, ratio in cpu_ratios(results.runs, "gateway"):
+        found.append(
+            Check(
+                f"{mode.name} pass-through CPU/req at c={c}"
+                f" <= {MAX_NATIVE_CPU_RATIO}x chat {mode.chat}",
+                f"{ratio:.2f}x",
+                ratio <= MAX_NATIVE_CPU_RATIO,
+            )
+        )
+    return found
+
+
+def cpu_ratios(runs: list[Run], target: str) -> list[tuple[Mode, float]]:
+    """Each protocol mode's CPU per request on ``target`` over the gateway's chat path of the
+    same shape, at RATIO_CONNECTIONS (for the modes this sweep ran)."""
+    index = {(r.target, r.mode, r.connections): r for r in runs}
+    c = RATIO_CONNECTIONS
+    found = []
+    for mode in MODES.values():
+        if mode.chat is None:
+            continue
+        run = index.get((target, mode.name, c))
+        chat = index.get(("gateway", mode.chat, c))
+        if run is not None and chat is not None and chat.cpu_ms_per_request:
+            found.append((mode, run.cpu_ms_per_request / chat.cpu_ms_per_request))
+    return found
+
+
+def reports(results: Results) -> list[Report]:
+    """The translated paths' CPU per request over chat's: reported, not checked; and the
+    protocol modes that ran without their chat mode, so nothing compared them."""
+    c = RATIO_CONNECTIONS
+    found = [
+        Report(f"{mode.name} translated CPU/req at c={c} over chat {mode.chat}", f"{ratio:.2f}x")
+        for mode, ratio in cpu_ratios(results.runs, "translated")
+    ]
+    ran = {(r.mode, r.connections) for r in results.runs if r.target == "gateway"}
+    for name, mode in MODES.items():
+        if mode.chat is not None and (name, c) in ran and (mode.chat, c) not in ran:
+            found.append(Report(f"{name} not compared with chat", f"add {mode.chat} to --modes"))
     return found
 
 
 def print_table(runs: list[Run]) -> None:
     print(
-        f"{'target':<8} {'mode':<6} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f"{'target':<10} {'mode':<16} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'CPU ms/req':>10} {'vs floor':>8} {'+p50 ms':>8}"
     )
-    order = {name: i for i, name in enumerate(TARGETS)}
-    for r in sorted(runs, key=lambda r: (order[r.target], MODES.index(r.mode), r.connections)):
+    for r in sorted(runs, key=_row_order):
         ratio = f"{r.vs_floor:.2f}x" if r.vs_floor is not None else ""
         added = f"{r.added_p50_ms:+.3f}" if r.added_p50_ms is not None else ""
         errors = f"  ({r.errors} errors)" if r.errors else ""
         print(
-            f"{r.target:<8} {r.mode:<6} {r.connections:>5} {r.rps:>9.0f} {r.p50_ms:>8.3f}"
+            f"{r.target:<10} {r.mode:<16} {r.connections:>5} {r.rps:>9.0f} {r.p50_ms:>8.3f}"
             f" {r.p99_ms:>8.3f} {r.cpu_ms_per_request:>10.3f} {ratio:>8} {added:>8}{errors}"
         )
+
+
+def _row_order(run: Run) -> tuple[int, int, int, int]:
+    """The chat modes by target, then each protocol mode with its targets together."""
+    modes, targets = list(MODES), list(TARGETS)
+    mode = modes.index(run.mode)
+    group = 0 if MODES[run.mode].chat is None else mode
+    return group, targets.index(run.target), mode, run.connections
 
 
 def print_summary(results: Results) -> None:
@@ -437,6 +599,10 @@ def print_summary(results: Results) -> None:
     print("\ntargets:")
     for check in results.checks:
         print(f"  {'PASS' if check.passed else 'FAIL'}  {check.name}: {check.value}")
+    if results.reports:
+        print("\nreported:")
+        for report in results.reports:
+            print(f"  {report.name}: {report.value}")
 
 
 def run(args: argparse.Namespace) -> Results:
@@ -448,38 +614,49 @@ def run(args: argparse.Namespace) -> Results:
         cpus=os.cpu_count() or 0,
         python=sys.version.split()[0],
     )
-    modes = [m for m in MODES if m in args.modes]
+    modes = [mode for name, mode in MODES.items() if name in args.modes]
     connections_list = [c for c in CONNECTIONS if c in args.connections]
-    total = len(modes) * len(connections_list) * len(TARGETS) * args.rounds
+    per_sweep = sum(len(targets_of(mode)) for mode in modes) * len(connections_list)
+    total = per_sweep * args.rounds
     print(f"{total} runs of {WARMUP} s warm-up + {seconds} s, wrk -t{args.threads}", flush=True)
     samples: dict[tuple[str, str, int], list[Run]] = {}
-    with tempfile.TemporaryDirectory(prefix="leapasgi-bench-") as tmp, servers(Path(tmp)) as procs:
-        # Targets innermost, so the rows compared with each other run close together in time.
+    with (
+        tempfile.TemporaryDirectory(prefix="leapasgi-bench-") as tmp,
+        servers(Path(tmp), modes) as procs,
+    ):
+        # Targets innermost, so the rows compared with each other run close together in time,
+        # and modes inside connections, so a protocol mode runs near the chat mode it is
+        # compared with.
         for _ in range(args.rounds):
-            for mode in modes:
-                for connections in connections_list:
-                    for name in TARGETS:
+            for connections in connections_list:
+                for mode in modes:
+                    for name in targets_of(mode):
+                        target = TARGETS[name]
                         result = measure(
                             binary,
-                            procs[name],
-                            mode=mode,
+                            procs[target.server],
+                            target,
+                            mode,
                             connections=connections,
                             seconds=seconds,
                             threads=args.threads,
                         )
-                        samples.setdefault((name, mode, connections), []).append(result)
+                        samples.setdefault((name, mode.name, connections), []).append(result)
                         print(
-                            f"  {name} {mode} c={connections}: {result.rps:.0f} req/s", flush=True
+                            f"  {name} {mode.name} c={connections}: {result.rps:.0f} req/s",
+                            flush=True,
                         )
         results.peak_rss_mb = {name: peak_rss_mb(p.pid) for name, p in procs.items()}
     results.runs = [median_run(runs) for runs in samples.values()]
     compare(results.runs)
     results.import_wall_ms, results.import_self_ms = import_times()
     results.checks = checks(results)
+    results.reports = reports(results)
     return results
 
 
-def _names(text: str) -> list[str]:
+def mode_names(text: str) -> list[str]:
+    """The modes of a ``--modes`` argument."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODES]
     if unknown:
@@ -503,7 +680,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, choices=(1, 2), default=1, help="wrk threads")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
-        "--modes", type=_names, default=list(MODES), help="comma-separated: json,stream"
+        "--modes",
+        type=mode_names,
+        default=list(MODES),
+        help=f"comma-separated, among {','.join(MODES)}",
     )
     parser.add_argument(
         "--connections", type=_numbers, default=list(CONNECTIONS), help="comma-separated: 1,16,64"

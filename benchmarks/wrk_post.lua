@@ -1,12 +1,12 @@
--- POST a chat completion request; `wrk ... -s wrk_post.lua -- stream` asks for the SSE stream.
-local body = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
-local stream_body = '{"model":"bench","messages":[{"role":"user","content":"hi"}],"stream":true}'
+-- POST a request: `wrk ... -s wrk_post.lua URL -- BODY` sends BODY (JSON) to URL on every request;
+-- without BODY, the plain chat completion request.
+local default = '{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
 local req
 
 function init(args)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
-  wrk.body = args[1] == "stream" and stream_body or body
+  wrk.body = args[1] or default
   req = wrk.format()
 end
 
