@@ -155,9 +155,13 @@ class Dispatcher:
         return stream
 
     def _protocol_routes(self, request: ProtocolRequest) -> list[Route]:
-        if request.chat is None:
-            return self._routes.native_routes(request.model, request.native.protocol)
-        return self._routes.routes(request.chat)
+        protocol = request.native.protocol
+        if not request.translatable:
+            return self._routes.native_routes(request.model, protocol)
+        native = self._routes.all_native(request.model, protocol)
+        if native is not None:
+            return native  # passes through everywhere: no chat form needed to route it
+        return self._routes.routes(request.chat())
 
     async def _run(
         self,
@@ -495,9 +499,7 @@ def _chat_form(
 ) -> ChatCompletionRequest:
     """The chat form of a request the provider does not speak; what it dropped goes in the
     trail, once."""
-    chat = request.chat
-    if chat is None:  # routing only offers native providers such requests
-        raise AssertionError(f"no chat form for {request.native.protocol}")
+    chat = request.chat()
     if request.notes and not trail.notes:
         trail.notes.extend(request.notes)
     trail.translated.add(route.provider)

@@ -5,7 +5,7 @@ of a stream, a read at a time."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -70,10 +70,12 @@ class NativeReply:
 
 @dataclass(frozen=True, slots=True)
 class NativeEvent:
-    """One server-sent event of a native stream: its name, its JSON, and its bytes as sent."""
+    """One server-sent event of a native stream: its name (the SSE event name, else its JSON's
+    ``type``), its JSON when it was read (errors, usage and the end are; content passes through
+    unparsed), and its bytes as sent."""
 
     name: str | None
-    data: dict[str, Any]
+    data: dict[str, Any] | None
     raw: bytes
 
     def sse(self) -> bytes:
@@ -121,18 +123,43 @@ class EventBatch:
         return f"EventBatch({len(self.chunks)} events)"
 
 
-@dataclass(frozen=True, slots=True)
 class ProtocolRequest:
     """A request in a protocol other than chat completions, as the dispatcher routes it: the
-    native call for providers that speak the protocol, and its chat form for those that do not
-    (None when nothing translates it, as for embeddings), with what the chat form dropped."""
+    native call for providers that speak the protocol, and ``translate``, which makes its chat
+    form for those that do not (None when nothing translates it, as for embeddings). The chat
+    form is made on first use only: a request that passes through never pays for it."""
 
-    native: NativeCall
-    chat: ChatCompletionRequest | None = None
-    notes: tuple[str, ...] = ()
+    __slots__ = ("_chat", "_translate", "native", "notes")
+
+    def __init__(
+        self,
+        native: NativeCall,
+        translate: Callable[[list[str]], ChatCompletionRequest] | None = None,
+    ) -> None:
+        self.native = native
+        self._translate = translate
+        self._chat: ChatCompletionRequest | None = None
+        # What the chat form dropped ("dropped cache_control", ...), once it was made.
+        self.notes: tuple[str, ...] = ()
 
     @property
     def model(self) -> str:
         """The model the client asked for."""
         model = self.native.body.get("model")
         return model if isinstance(model, str) else ""
+
+    @property
+    def translatable(self) -> bool:
+        """Whether providers that do not speak the protocol can serve it through chat."""
+        return self._translate is not None
+
+    def chat(self) -> ChatCompletionRequest:
+        """The chat form (made once); raises the translation's InvalidRequestError."""
+        chat = self._chat
+        if chat is None:
+            if self._translate is None:
+                raise TypeError(f"a {self.native.protocol} request has no chat form")
+            notes: list[str] = []
+            chat = self._chat = self._translate(notes)
+            self.notes = tuple(notes)
+        return chat

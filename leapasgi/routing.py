@@ -87,6 +87,17 @@ class RouteTable:
             )
         return capable
 
+    def all_native(self, model: str, protocol: WireProtocol) -> list[Route] | None:
+        """The routes for ``model`` when every one of them speaks ``protocol`` natively (the
+        request then needs no chat form to be routed); else None."""
+        routes = self._resolved(model)
+        registry = self._registry
+        if routes and all(
+            protocol in registry.get(r.provider).capabilities.protocols for r in routes
+        ):
+            return routes
+        return None
+
     def knows(self, model: str) -> bool:
         """True when ``model`` (a name, an alias or ``provider/model``) has a route."""
         return bool(self._resolved(model))

@@ -24,7 +24,7 @@ from leapasgi import (
     RouteSettings,
 )
 from leapasgi.config import HealthConfig, RoutingConfig
-from leapasgi.exceptions import ConfigurationError, UnsupportedFeatureError
+from leapasgi.exceptions import ConfigurationError, InvalidRequestError, UnsupportedFeatureError
 from leapasgi.native import (
     EventBatch,
     NativeCall,
@@ -60,10 +60,13 @@ def chat_form() -> ChatCompletionRequest:
 def protocol_request(*, stream: bool = False) -> ProtocolRequest:
     body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
     call = NativeCall(MESSAGES, body, {"anthropic-version": "2023-06-01"}, stream=stream)
-    chat = chat_form()
-    if stream:
-        chat = chat.model_copy(update={"stream": True})
-    return ProtocolRequest(call, chat, ("dropped cache_control",))
+
+    def translate(notes: list[str]) -> ChatCompletionRequest:
+        notes.append("dropped cache_control")
+        chat = chat_form()
+        return chat.model_copy(update={"stream": True}) if stream else chat
+
+    return ProtocolRequest(call, translate)
 
 
 class Native:
@@ -221,3 +224,25 @@ async def test_declaring_a_protocol_without_its_methods_is_refused_at_registrati
     m.register_provider(Boastful(name="mock", models=("m",)), SETTINGS)  # has send and open
     with pytest.raises(ConfigurationError, match="no send"):
         m.register_provider(NoMethods(), SETTINGS)  # type: ignore[arg-type]
+
+
+async def test_a_request_that_passes_through_everywhere_never_makes_its_chat_form() -> None:
+    def translate(notes: list[str]) -> ChatCompletionRequest:
+        raise AssertionError("translated, though every provider speaks the protocol")
+
+    m = manager()
+    m.register_provider(Native("one"), SETTINGS)
+    m.register_provider(Native("two"), SETTINGS)
+    call = protocol_request().native
+    assert isinstance(await m.exchange(ProtocolRequest(call, translate)), NativeReply)
+
+
+async def test_a_translation_error_is_the_clients_and_no_providers_fault() -> None:
+    def translate(notes: list[str]) -> ChatCompletionRequest:
+        raise InvalidRequestError("nothing to answer", param="input")
+
+    m = manager()
+    m.register_provider(MockProvider(name="mock", models=("m",)), SETTINGS)
+    with pytest.raises(InvalidRequestError, match="nothing to answer"):
+        await m.exchange(ProtocolRequest(protocol_request().native, translate))
+    assert m.registry.get("mock").breaker.state.value == "closed"

@@ -39,11 +39,12 @@ MCP_PATH = "/mcp"
 
 class GatewayApp:
     """The gateway's ASGI app: every request and WebSocket handshake passes the Host and
-    Origin checks first; chat completions then go straight to their endpoint (the hot path
-    skips Starlette's routing and middleware); every other route is a Starlette app."""
+    Origin checks first; the model endpoints (chat completions, Responses, Messages,
+    embeddings) then go straight to their endpoints (the hot paths skip Starlette's routing and
+    middleware); every other route is a Starlette app."""
 
-    def __init__(self, chat: ChatEndpoint, routes: Starlette, sites: SiteGuard) -> None:
-        self.chat = chat
+    def __init__(self, posts: dict[str, ASGIApp], routes: Starlette, sites: SiteGuard) -> None:
+        self.posts = posts
         self.routes = routes
         self.sites = sites
 
@@ -73,8 +74,9 @@ class GatewayApp:
             root: str = scope.get("root_path", "")
             if root and path.startswith(root):
                 path = path[len(root) :]  # mounted: Starlette keeps the full path
-            if path == CHAT_PATH:
-                await self.chat(scope, receive, send)
+            endpoint = self.posts.get(path)
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
                 return
         await self.routes(scope, receive, send)
 
@@ -88,8 +90,15 @@ async def _preflight(origin: bytes, scope: Scope, send: Send) -> None:
 def build_app(gateway: GatewayCore) -> GatewayApp:
     """The ASGI app serving ``gateway``; mount it anywhere or run it on its own."""
     routes = Routes(gateway)
-    chat = ChatEndpoint(gateway)
     stored = ResponseResource(gateway.response_store, gateway.access)
+    # POSTs served past Starlette; it still lists them, for 405s and the OpenAPI document.
+    posts: dict[str, ASGIApp] = {
+        CHAT_PATH: ChatEndpoint(gateway),
+        "/v1/responses": ResponsesEndpoint(gateway),
+        "/v1/messages": MessagesEndpoint(gateway),
+        "/v1/messages/count_tokens": CountTokensEndpoint(gateway),
+        "/v1/embeddings": EmbeddingsEndpoint(gateway),
+    }
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -101,13 +110,9 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
         mcp.append(Route(MCP_PATH, _mcp_endpoint(gateway)))
     starlette = Starlette(
         routes=[
-            Route(CHAT_PATH, chat, methods=["POST"]),
-            Route("/v1/embeddings", EmbeddingsEndpoint(gateway), methods=["POST"]),
-            Route("/v1/messages", MessagesEndpoint(gateway), methods=["POST"]),
-            Route("/v1/responses", ResponsesEndpoint(gateway), methods=["POST"]),
+            *(Route(path, endpoint, methods=["POST"]) for path, endpoint in posts.items()),
             WebSocketRoute("/v1/responses", ResponsesSocket(gateway)),
             Route("/v1/responses/{response_id}", stored.serve, methods=["GET", "DELETE"]),
-            Route("/v1/messages/count_tokens", CountTokensEndpoint(gateway), methods=["POST"]),
             Route("/v1/models", routes.models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.model, methods=["GET"]),
             Route("/v1/providers", routes.providers, methods=["GET"]),
@@ -130,7 +135,7 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
         allowed_hosts=[*server.allowed_hosts, *server.mcp_allowed_hosts],
         allowed_origins=[*server.allowed_origins, *server.mcp_allowed_origins],
     )
-    return GatewayApp(chat, starlette, sites)
+    return GatewayApp(posts, starlette, sites)
 
 
 def _mcp_endpoint(gateway: GatewayCore) -> ASGIApp:

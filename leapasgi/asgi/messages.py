@@ -8,6 +8,7 @@ with Anthropic's statuses, before the stream and inside it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
@@ -73,13 +74,11 @@ class MessagesEndpoint(ProtocolEndpoint):
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
     ) -> None:
         data = json_object(body)
-        request = parse_messages_request(data)
-        notes: list[str] = []
-        chat = messages_to_chat(request, notes)
+        request = parse_messages_request(data, raw=body)
         call = NativeCall(
             WireProtocol.MESSAGES, data, forwarded(scope), stream=bool(request.stream)
         )
-        exchange = ProtocolRequest(call, chat, tuple(notes))
+        exchange = ProtocolRequest(call, functools.partial(messages_to_chat, request))
         message_id = new_message_id()
         if request.stream:
             stream = self.manager.open_exchange(exchange, outcome=outcome)
@@ -116,7 +115,7 @@ class MessagesEncoder:
 
     def batch(self, batch: Batch) -> bytes:
         if type(batch) is EventBatch:
-            if batch.events[-1].data.get("type") == "message_stop":
+            if batch.events[-1].name == "message_stop":
                 self.answered = True
             return batch.sse()
         assert type(batch) is ChunkBatch
@@ -149,7 +148,7 @@ class CountTokensEndpoint(ProtocolEndpoint):
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
     ) -> None:
         data = json_object(body)
-        request = parse_count_tokens_request(data)
+        request = parse_count_tokens_request(data, raw=body)
         routes = self.manager.routes
         if not routes.knows(request.model):
             raise ModelNotFoundError(

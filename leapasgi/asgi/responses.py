@@ -9,6 +9,7 @@ its chat form, and the answer is translated back with the gateway's own response
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -94,10 +95,11 @@ async def prepare_turn(
     owner: str | None,
     stores: list[ResponseStore],
     stream: bool | None = None,
+    raw: bytes | None = None,
 ) -> Turn:
-    """Parse a ``response.create`` body and rebuild its history from ``stores``; ``stream``
-    overrides the body's."""
-    request = parse_responses_request(data)
+    """Parse a ``response.create`` body (``raw``: the bytes it was read from) and rebuild its
+    history from ``stores``; ``stream`` overrides the body's."""
+    request = parse_responses_request(data, raw=raw)
     if stream is None:
         stream = bool(request.stream)
     items = input_items(request)
@@ -105,8 +107,6 @@ async def prepare_turn(
     if request.previous_response_id:
         history = await history_of(request.previous_response_id, stores, owner=owner)
     full = [*history, *items]
-    notes: list[str] = []
-    chat = responses_to_chat(request, full, notes)
     body = {k: v for k, v in data.items() if k not in _GATEWAY_FIELDS}
     body["input"] = full
     body["stream"] = stream
@@ -114,7 +114,7 @@ async def prepare_turn(
     return Turn(
         request,
         items,
-        ProtocolRequest(call, chat, tuple(notes)),
+        ProtocolRequest(call, functools.partial(responses_to_chat, request, full)),
         new_response_id(),
         int(time.time()),
         owner,
@@ -129,7 +129,7 @@ class ResponsesEndpoint(ProtocolEndpoint):
     ) -> None:
         data = json_object(body)
         store = self.gateway.response_store
-        turn = await prepare_turn(data, owner=owner_of(scope), stores=[store])
+        turn = await prepare_turn(data, owner=owner_of(scope), stores=[store], raw=body)
         stream = turn.exchange.native.stream
         keep = turn.request.store is not False
         if data.get("generate") is False:
@@ -210,7 +210,6 @@ class ResponsesEncoder:
         self._writer: ResponsesStreamWriter | None = None
         self._final: dict[str, Any] | None = None  # a native stream's finished response
         self._kept = False
-        self._response_id: str | None = None
         self._sequence = 0
 
     @property
@@ -220,17 +219,14 @@ class ResponsesEncoder:
 
     def batch(self, batch: Batch) -> bytes:
         if type(batch) is EventBatch:
-            for event in batch.events:
-                data = event.data
-                number = data.get("sequence_number")
-                if isinstance(number, int):
-                    self._sequence = number + 1
-                response = data.get("response")
+            events = batch.events
+            # Upstream sequence numbers count every event from 0: the next one is this many.
+            self._sequence += len(events)
+            last = events[-1]
+            if last.name in _TERMINAL and last.data is not None:
+                response = last.data.get("response")
                 if isinstance(response, dict):
-                    if self._response_id is None and isinstance(response.get("id"), str):
-                        self._response_id = response["id"]
-                    if data.get("type") in _TERMINAL:
-                        self._final = response
+                    self._final = response
             return batch.sse()
         assert type(batch) is ChunkBatch
         writer = self._writer

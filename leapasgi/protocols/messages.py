@@ -247,18 +247,25 @@ class MessagesRequest(WireModel):
         return data
 
 
-def parse_messages_request(body: bytes | str | Mapping[str, Any]) -> MessagesRequest:
+def parse_messages_request(
+    body: bytes | str | Mapping[str, Any], *, raw: bytes | None = None
+) -> MessagesRequest:
     """Validate a Messages body; InvalidRequestError (``param`` set) for bad JSON, a missing
-    field, a wrong shape, or a field that would pick the upstream (``base_url`` ...)."""
-    return _parse(body, counting=False)
+    field, a wrong shape, or a field that would pick the upstream (``base_url`` ...).
+    ``raw``: the bytes ``body`` was parsed from, for the guard's fast check."""
+    return _parse(body, counting=False, raw=raw)
 
 
-def parse_count_tokens_request(body: bytes | str | Mapping[str, Any]) -> MessagesRequest:
+def parse_count_tokens_request(
+    body: bytes | str | Mapping[str, Any], *, raw: bytes | None = None
+) -> MessagesRequest:
     """Validate a ``/v1/messages/count_tokens`` body, which needs no ``max_tokens``."""
-    return _parse(body, counting=True)
+    return _parse(body, counting=True, raw=raw)
 
 
-def _parse(body: bytes | str | Mapping[str, Any], *, counting: bool) -> MessagesRequest:
+def _parse(
+    body: bytes | str | Mapping[str, Any], *, counting: bool, raw: bytes | None = None
+) -> MessagesRequest:
     context = {"count_tokens": counting}
     try:
         if isinstance(body, bytes | str):
@@ -268,7 +275,7 @@ def _parse(body: bytes | str | Mapping[str, Any], *, counting: bool) -> Messages
     except ValidationError as exc:
         raise invalid_request_from(exc) from None
     try:
-        check_request_fields(body)
+        check_request_fields(body if raw is None else raw)
     except InvalidRequestError:
         # The guard knows where chat keeps schemas, not where Messages keeps data (tool
         # schemas, tool inputs): look again without them.

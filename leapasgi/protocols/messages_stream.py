@@ -20,7 +20,7 @@ from .events import EventKind
 from .messages import MessagesRequest, anthropic_error, new_tool_use_id
 from .messages_chat import stop_reason, tool_names, usage_fields
 
-__all__ = ["EventKind", "MessagesStreamWriter", "classify_event"]
+__all__ = ["EventKind", "MessagesStreamWriter", "classify_event", "classify_type"]
 
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
@@ -35,6 +35,11 @@ _KINDS = {
     "error": EventKind.ERROR,
     "message_stop": EventKind.TERMINAL,
 }
+
+
+def classify_type(kind: str) -> EventKind:
+    """The kind of an event by its type alone (the SSE event name)."""
+    return _KINDS.get(kind, EventKind.OTHER)
 
 
 def classify_event(event: str | None, data: dict[str, Any]) -> EventKind:

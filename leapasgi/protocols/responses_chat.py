@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..exceptions import InvalidRequestError
-from ..types import ChatCompletionRequest, parse_chat_request
+from ..types import ChatCompletionRequest, invalid_request_from
 from .responses_request import ResponsesRequest, item_type
 
 __all__ = ["responses_to_chat"]
@@ -89,7 +91,11 @@ def responses_to_chat(
             param="input",
             code="invalid_value",
         )
-    return parse_chat_request(body)
+    # Built here from a checked request: validated, with no second walk for forbidden fields.
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise invalid_request_from(exc) from None
 
 
 class _Notes:

@@ -6,7 +6,7 @@ from typing import Any
 
 from .events import EventKind
 
-__all__ = ["EventKind", "classify_event"]
+__all__ = ["EventKind", "classify_event", "classify_type"]
 
 
 _KINDS = {
@@ -30,15 +30,22 @@ _CONTENT_PREFIXES = (
 )
 
 
+def classify_type(kind: str) -> EventKind:
+    """The kind of an event by its type alone (the SSE event name); OTHER when that does not
+    tell, and the event's JSON may (``classify_event``)."""
+    known = _KINDS.get(kind)
+    if known is not None:
+        return known
+    return EventKind.CONTENT if kind.startswith(_CONTENT_PREFIXES) else EventKind.OTHER
+
+
 def classify_event(data: dict[str, Any]) -> EventKind:
     """The kind of a native stream event (its parsed JSON)."""
     kind = data.get("type")
     if not isinstance(kind, str):
         return EventKind.OTHER
-    known = _KINDS.get(kind)
-    if known is not None:
-        return known
+    found = classify_type(kind)
     # Every event about an output item carries its output_index (web search, MCP, images...).
-    if kind.startswith(_CONTENT_PREFIXES) or "output_index" in data:
+    if found is EventKind.OTHER and "output_index" in data:
         return EventKind.CONTENT
-    return EventKind.OTHER
+    return found

@@ -67,9 +67,12 @@ class ResponsesRequest(BaseModel):
     include: list[str] | None = None
 
 
-def parse_responses_request(body: bytes | dict[str, Any]) -> ResponsesRequest:
+def parse_responses_request(
+    body: bytes | dict[str, Any], *, raw: bytes | None = None
+) -> ResponsesRequest:
     """Validate a Responses body; raise InvalidRequestError naming the field at fault, also for
-    fields that would pick the upstream or its key (``api_base``, ``base_url``, ``api_key``)."""
+    fields that would pick the upstream or its key (``api_base``, ``base_url``, ``api_key``).
+    ``raw``: the bytes ``body`` was parsed from, for the guard's fast check."""
     try:
         if isinstance(body, bytes):
             request = ResponsesRequest.model_validate_json(body)
@@ -82,7 +85,7 @@ def parse_responses_request(body: bytes | dict[str, Any]) -> ResponsesRequest:
                 "The request body must be a JSON object", code="invalid_json"
             ) from None
         raise invalid_request_from(exc) from None
-    _check_fields(body, request)
+    _check_fields(body if raw is None else raw, request)
     _check_input(request)
     _check_tools(request.tools)
     _check_text(request.text)

@@ -12,24 +12,34 @@ from ..exceptions import LeapError, MalformedStreamError, StreamInterruptedError
 from ..native import NativeEvent, WireProtocol
 from ..protocols.events import EventKind
 from ..protocols.messages_stream import classify_event as messages_event
+from ..protocols.messages_stream import classify_type as messages_type
 from ..protocols.responses_native import classify_event as responses_event
+from ..protocols.responses_native import classify_type as responses_type
 from ..sse import SSEEvent
 from ._upstream import error_from_payload
 
 __all__ = ["NativeStreamReader", "reply_usage"]
 
 
-_CLASSIFIERS: dict[WireProtocol, Callable[[str | None, dict[str, Any]], EventKind]] = {
+# Per protocol: the kind of an event by its name alone, and by its JSON.
+_BY_NAME: dict[WireProtocol, Callable[[str], EventKind]] = {
+    WireProtocol.RESPONSES: responses_type,
+    WireProtocol.MESSAGES: messages_type,
+}
+_BY_JSON: dict[WireProtocol, Callable[[str | None, dict[str, Any]], EventKind]] = {
     WireProtocol.RESPONSES: lambda event, data: responses_event(data),
     WireProtocol.MESSAGES: messages_event,
 }
+# Events whose JSON is read: they carry usage (besides errors and the end, always read).
+_USAGE_EVENTS = frozenset({"message_start", "message_delta"})
 
 
 class NativeStreamReader:
     """One native stream's events, as a provider reads them off the wire."""
 
     __slots__ = (
-        "_classify",
+        "_by_json",
+        "_by_name",
         "_held",
         "_provider",
         "_redact",
@@ -43,7 +53,8 @@ class NativeStreamReader:
     def __init__(
         self, protocol: WireProtocol, *, provider: str, redact: Callable[[str], str]
     ) -> None:
-        self._classify = _CLASSIFIERS[protocol]
+        self._by_name = _BY_NAME[protocol]
+        self._by_json = _BY_JSON[protocol]
         self._provider = provider
         self._redact = redact
         self._held: list[NativeEvent] = []
@@ -60,26 +71,34 @@ class NativeStreamReader:
         error event stands for, or, when content came before it in ``events``, keeps it in
         ``failure`` to be raised after those are passed on."""
         out: list[NativeEvent] = []
+        by_name = self._by_name
         for event in events:
             text = event.data
             if text == "[DONE]":
                 self.done = True
                 continue
-            try:
-                data = json.loads(text)
-            except ValueError:
-                raise self._malformed("is not valid JSON") from None
-            if not isinstance(data, dict):
-                raise self._malformed("is not a JSON object")
-            kind = self._classify(event.event, data)
+            name = event.event
+            data: dict[str, Any] | None = None
+            kind = by_name(name) if name is not None else EventKind.OTHER
+            # Content passes through unparsed; the rest is read (what its name does not tell,
+            # errors, the end, usage).
+            if (kind is not EventKind.CONTENT and kind is not EventKind.PREAMBLE) or (
+                name in _USAGE_EVENTS
+            ):
+                data = self._parse(text)
+                if kind is EventKind.OTHER:
+                    kind = self._by_json(name, data)
+                    if name is None and isinstance(data.get("type"), str):
+                        name = data["type"]
             if kind is EventKind.ERROR:
+                assert data is not None
                 if out:
                     self.failure = self._error(data)
                     break
                 raise self._error(data)
-            name = data.get("type")
-            self._note_usage(name if isinstance(name, str) else event.event, kind, data)
-            native = NativeEvent(event.event, data, text.encode())
+            if data is not None:
+                self._note_usage(name, kind, data)
+            native = NativeEvent(name, data, text.encode())
             if not self.started:
                 if kind is EventKind.PREAMBLE or kind is EventKind.OTHER:
                     self._held.append(native)
@@ -92,6 +111,15 @@ class NativeStreamReader:
                 self.done = True
                 break
         return out
+
+    def _parse(self, text: str) -> dict[str, Any]:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise self._malformed("is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise self._malformed("is not a JSON object")
+        return data
 
     def finish(self) -> None:
         """At the end of the body: an interruption unless the terminal event came."""
