@@ -143,12 +143,7 @@ class FakeUpstream:
             _peer_port(request),
         )
         self.seen.append(seen)
-        if self.script:
-            behavior = self.script.popleft()
-        elif request.path.endswith("/models"):
-            behavior = self.models_behavior or Behavior(json_body=model_list(self.models))
-        else:
-            behavior = self.default
+        behavior = self.behavior_for(seen)
         try:
             return await self._play(request, behavior)
         except (asyncio.CancelledError, ConnectionResetError):
@@ -156,6 +151,16 @@ class FakeUpstream:
             raise
         finally:
             seen.finished = time.monotonic()
+
+    def behavior_for(self, seen: Seen) -> Behavior:
+        """What the upstream does with the request ``seen``: the next scripted behavior, else
+        the model list for ``GET /models``, else the default. A subclass may answer from what
+        the request carries instead."""
+        if self.script:
+            return self.script.popleft()
+        if seen.path.endswith("/models"):
+            return self.models_behavior or Behavior(json_body=model_list(self.models))
+        return self.default
 
     async def _play(self, request: web.Request, b: Behavior) -> web.StreamResponse:
         if b.hang_now:

@@ -51,6 +51,10 @@ class Run:
     stderr: str
     seconds: float
 
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON lines the CLI printed (its ``stream-json`` or ``--json`` events)."""
+        return [json.loads(line) for line in self.stdout.splitlines() if line.startswith("{")]
+
     def describe(self) -> str:
         return (
             f"$ {' '.join(self.args[:3])} ... exited {self.returncode} in {self.seconds:.1f}s\n"

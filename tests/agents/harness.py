@@ -1,9 +1,9 @@
 """The gateway served for a coding agent: uvicorn on 127.0.0.1 (WebSockets on), what the agent
 sent recorded at the gateway's door, and a proxy trap that records any attempt to go elsewhere.
 
-``agent_gateway`` starts, in one event loop of its own, the upstreams, the trap and the gateway
-(with ``server.api_keys`` set, so every agent authenticates); tests then run a CLI against it
-as a subprocess.
+``agent_gateway`` starts, in one event loop of its own (``ServerThread``), the upstreams, the
+trap and the gateway (with ``server.api_keys`` set, so every agent authenticates); tests then
+run a CLI against it as a subprocess.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -19,13 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
 
 from leapasgi import Gateway
 from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, ServerConfig
 from leapasgi.providers.mock import MockProvider
+from tests.agents.clis import Run
 from tests.agents.scripted_upstream import ScriptedUpstream
-from tests.asgi.live_server import ReportingServer
+from tests.asgi.live_server import ServerThread
 
 __all__ = [
     "GATEWAY_KEY",
@@ -39,8 +38,6 @@ __all__ = [
 
 HOST = "127.0.0.1"
 GATEWAY_KEY = "leap-agent-key"
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 10.0
 # Bytes of a request body and of its answer kept, for failure reports.
 KEEP_BYTES = 200_000
 # How long a test waits for the gateway to record requests it has already answered.
@@ -193,6 +190,18 @@ class AgentGateway:
     def records(self) -> list[DoorRecord]:
         return self.door.records
 
+    def assert_requests(
+        self, kind: str, method: str, path: str, status: int, report: str | None = None
+    ) -> list[DoorRecord]:
+        """Requests reached the door, every one a ``kind`` request (``http`` or ``websocket``)
+        for ``method`` ``path`` that the gateway answered with ``status``; returns them."""
+        report = report or self.report()
+        assert self.records, report
+        for record in self.records:
+            assert (record.kind, record.method, record.path) == (kind, method, path), report
+            assert record.status == status, report
+        return self.records
+
     def mock(self) -> MockProvider:
         """The mock provider (``mock_provider``)."""
         provider = self.gateway.manager.registry.get("mock").provider
@@ -223,58 +232,15 @@ class AgentGateway:
                 return statuses, errors
             time.sleep(0.05)
 
-    def report(self) -> str:
-        """Everything the gateway and the upstreams saw, for an assertion message."""
-        parts = [record.dump() for record in self.records]
+    def report(self, run: Run | None = None) -> str:
+        """Everything the gateway and the upstreams saw (after what ``run`` printed), for an
+        assertion message."""
+        parts = [run.describe()] if run is not None else []
+        parts += [record.dump() for record in self.records]
         for upstream in self.upstreams:
-            parts += [f"upstream {s.path}: {s.body}\n-> {s.answer}" for s in upstream.seen]
+            parts += [f"upstream {s.path}: {s.body}\n-> {s.answer}" for s in upstream.chats]
         parts.append(f"proxy trap: {self.trap.attempts}")
         return "\n\n".join(parts)
-
-
-class _ServerThread(threading.Thread):
-    """uvicorn, with WebSockets, serving the recorded gateway in an event loop of its own."""
-
-    def __init__(self, build: Callable[[contextlib.AsyncExitStack], Any]) -> None:
-        super().__init__(name="leapasgi-agent-server", daemon=True)
-        self.build = build
-        self.ready = threading.Event()
-        self.server: ReportingServer | None = None
-        self.port = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            asyncio.run(self.main())
-        except BaseException as exc:  # handed to the test thread, which raises it
-            self.error = exc
-        finally:
-            self.ready.set()
-
-    async def main(self) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            config = uvicorn.Config(
-                await self.build(stack),
-                host=HOST,
-                port=0,
-                log_level="warning",
-                lifespan="on",
-                ws="auto",
-                timeout_graceful_shutdown=2,
-            )
-            self.server = ReportingServer(config, on_started=self.listening)
-            await self.server.serve()
-
-    def listening(self, server: uvicorn.Server) -> None:
-        self.port = server.servers[0].sockets[0].getsockname()[1]
-        self.ready.set()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        self.join(STOP_TIMEOUT)
-        if self.is_alive():
-            raise RuntimeError("the agent test server did not stop in time")
 
 
 @contextlib.contextmanager
@@ -299,11 +265,10 @@ def agent_gateway(
         built.append((gateway, door))
         return door
 
-    thread = _ServerThread(build)
+    thread = ServerThread(build, ws="auto")
     thread.start()
     try:
-        if not thread.ready.wait(START_TIMEOUT) or not thread.port:
-            raise RuntimeError("the agent test server did not start") from thread.error
+        thread.wait_ready()
         gateway, door = built[0]
         yield AgentGateway(gateway, thread.port, door, trap, upstreams)
     finally:

@@ -1,23 +1,23 @@
-"""An OpenAI-compatible chat upstream on 127.0.0.1 that plays one tool loop for a coding agent.
+"""An OpenAI-compatible chat upstream on 127.0.0.1 that plays one tool loop for a coding agent:
+a ``FakeUpstream`` that answers each chat request from what it carries.
 
-Each chat request is answered from what it carries: a conversation ending in tool results
-gets the final text ``done: <tool outputs>``; one offering a shell tool this upstream knows
-(Claude Code's ``Bash``, Codex CLI's ``exec_command`` or ``shell``) gets one call to it per
-command, all in one message (parallel calls when there are several); anything else (a side
-request without tools) gets plain text. Answers stream as chat chunks when asked to, and every
-request is recorded.
+A conversation ending in tool results gets the final text ``done: <tool outputs>``; one
+offering a shell tool this upstream knows (Claude Code's ``Bash``, Codex CLI's
+``exec_command`` or ``shell``) gets one call to it per command, all in one message (parallel
+calls when there are several); anything else (a side request without tools) gets plain text.
+Answers stream as chat chunks when asked to, and every chat request is recorded with its
+answer.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
-from tests.fake_upstream import chunk, completion, model_list, sse
+from tests.fake_upstream import Behavior, FakeUpstream, Seen, chunk, completion, sse
 
 __all__ = [
     "FINAL_PREFIX",
@@ -26,6 +26,7 @@ __all__ = [
     "ScriptedUpstream",
     "ToolLoopSeen",
     "call_id",
+    "marker_loop",
 ]
 
 FINAL_PREFIX = "done: "
@@ -59,50 +60,39 @@ class ToolLoopSeen:
         return [m for m in self.body.get("messages") or () if m.get("role") == "tool"]
 
 
-class ScriptedUpstream:
-    """An aiohttp server answering chat completions for a tool loop; an async context."""
+class ScriptedUpstream(FakeUpstream):
+    """A fake upstream answering chat completions for a tool loop; an async context."""
 
     def __init__(self, *commands: str, model: str = MODEL) -> None:
+        super().__init__(models=[model])
         self.commands = commands
         self.model = model
-        self.seen: list[ToolLoopSeen] = []
-        self._runner: web.AppRunner | None = None
-        self.port = 0
+        self.chats: list[ToolLoopSeen] = []
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def __aenter__(self) -> ScriptedUpstream:
-        app = web.Application()
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._runner is not None
-        await self._runner.cleanup()
-
-    async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response(model_list([self.model]))
-
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+    def behavior_for(self, seen: Seen) -> Behavior:
+        if not seen.path.endswith("/chat/completions"):
+            return super().behavior_for(seen)
+        body = seen.json
         delta, finish = self._answer(body)
-        self.seen.append(ToolLoopSeen(request.path, dict(request.headers), body, json.dumps(delta)))
+        self.chats.append(ToolLoopSeen(seen.path, seen.headers, body, json.dumps(delta)))
         if not body.get("stream"):
-            return web.json_response(_completion(delta, finish, body["model"]))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for event in _chunks(delta, finish, body):
-            await response.write(event)
-        await response.write_eof()
-        return response
+            return Behavior(json_body=_completion(delta, finish, body["model"]))
+        return Behavior(events=_chunks(delta, finish, body))
+
+    def tool_turns(self, tool: str) -> list[ToolLoopSeen]:
+        """The chat requests that offered ``tool``."""
+        return [seen for seen in self.chats if tool in seen.tool_names]
+
+    def assert_output_returned(self, tool: str, output: str, report: str) -> list[ToolLoopSeen]:
+        """The loop took two turns offering ``tool``: none with a tool result in the first,
+        the call's output (holding ``output``) the only one in the second; returns both."""
+        turns = self.tool_turns(tool)
+        assert len(turns) == 2, report
+        assert turns[0].tool_results == [], report
+        (result,) = turns[1].tool_results
+        assert result["tool_call_id"] == TOOL_CALL_ID, report
+        assert output in json.dumps(result["content"]), report
+        return turns
 
     def _answer(self, body: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """The assistant delta (the whole message) and finish reason for a chat request."""
@@ -126,6 +116,13 @@ class ScriptedUpstream:
                 ]
                 return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
         return {"role": "assistant", "content": SIDE_REPLY}, "stop"
+
+
+def marker_loop() -> tuple[str, ScriptedUpstream]:
+    """A fresh marker, and an upstream whose one tool call writes it to ``marker.txt`` in the
+    working directory and reads it back."""
+    marker = f"LEAP_MARKER_{secrets.token_hex(4)}"
+    return marker, ScriptedUpstream(f"echo {marker} > marker.txt && cat marker.txt")
 
 
 def call_id(index: int) -> str:

@@ -5,7 +5,6 @@ translated to a scripted OpenAI-compatible chat upstream, with either auth heade
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,15 @@ from tests.agents.harness import (
     mock_provider,
     scripted_provider,
 )
-from tests.agents.scripted_upstream import FINAL_PREFIX, TOOL_CALL_ID, ScriptedUpstream, call_id
+from tests.agents.scripted_upstream import (
+    FINAL_PREFIX,
+    TOOL_CALL_ID,
+    ScriptedUpstream,
+    call_id,
+    marker_loop,
+)
 
 AUTHS = ("auth_token", "api_key")
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 def claude(
@@ -44,9 +35,9 @@ def claude(
     *,
     home: Path,
     work: Path,
-    auth: str,
-    model: str,
-    key: str,
+    auth: str = "auth_token",
+    model: str = "mock-chat",
+    key: str = GATEWAY_KEY,
 ) -> Run:
     """``claude -p`` against the gateway, streaming JSON out, Bash allowed without asking."""
     credentials = {"auth_token": key} if auth == "auth_token" else {"api_key": key}
@@ -67,12 +58,8 @@ def claude(
     return run_cli(args, env=env, cwd=work)
 
 
-def events(run: Run) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-
-
 def result_of(run: Run) -> dict[str, Any]:
-    results = [event for event in events(run) if event.get("type") == "result"]
+    results = [event for event in run.events() if event.get("type") == "result"]
     assert results, run.describe()
     return results[-1]
 
@@ -80,14 +67,8 @@ def result_of(run: Run) -> dict[str, Any]:
 def assert_sent_messages(live: AgentGateway, auth: str) -> None:
     """Every request went to ``POST /v1/messages?beta=true`` with the auth header ``auth``
     makes, and the gateway answered each with 200 and an SSE stream."""
-    assert live.records, live.report()
-    for record in live.records:
-        assert (record.method, record.path, record.query) == (
-            "POST",
-            "/v1/messages",
-            "beta=true",
-        ), live.report()
-        assert record.status == 200, live.report()
+    for record in live.assert_requests("http", "POST", "/v1/messages", 200):
+        assert record.query == "beta=true", live.report()
         assert record.headers.get("anthropic-version") == "2023-06-01"
         assert record.headers.get("x-app") == "cli"
         assert json.loads(record.body)["stream"] is True
@@ -108,16 +89,8 @@ def assert_sent_messages(live: AgentGateway, auth: str) -> None:
 @pytest.mark.parametrize("auth", AUTHS)
 def test_plain_prompt_over_the_mock(auth: str, home: Path, work: Path) -> None:
     with agent_gateway(mock_provider) as live:
-        run = claude(
-            live,
-            "hello leap gateway",
-            home=home,
-            work=work,
-            auth=auth,
-            model="mock-chat",
-            key=GATEWAY_KEY,
-        )
-        assert run.returncode == 0, run.describe() + "\n" + live.report()
+        run = claude(live, "hello leap gateway", home=home, work=work, auth=auth)
+        assert run.returncode == 0, live.report(run)
         result = result_of(run)
         assert result["subtype"] == "success"
         assert result["is_error"] is False
@@ -128,19 +101,11 @@ def test_plain_prompt_over_the_mock(auth: str, home: Path, work: Path) -> None:
 
 @pytest.mark.parametrize("auth", AUTHS)
 def test_tool_loop_through_a_translated_upstream(auth: str, home: Path, work: Path) -> None:
-    marker = f"LEAP_MARKER_{secrets.token_hex(4)}"
-    upstream = ScriptedUpstream(f"echo {marker} > marker.txt && cat marker.txt")
+    marker, upstream = marker_loop()
     with agent_gateway(scripted_provider, upstreams=[upstream]) as live:
-        run = claude(
-            live,
-            "Write the marker file with Bash, then report.",
-            home=home,
-            work=work,
-            auth=auth,
-            model=upstream.model,
-            key=GATEWAY_KEY,
-        )
-        report = run.describe() + "\n" + live.report()
+        prompt = "Write the marker file with Bash, then report."
+        run = claude(live, prompt, home=home, work=work, auth=auth, model=upstream.model)
+        report = live.report(run)
         assert run.returncode == 0, report
         result = result_of(run)
         assert result["is_error"] is False, report
@@ -151,32 +116,19 @@ def test_tool_loop_through_a_translated_upstream(auth: str, home: Path, work: Pa
         # The model's call and the tool's output went through the gateway and back upstream.
         calls = [
             block
-            for event in events(run)
+            for event in run.events()
             if event.get("type") == "assistant"
             for block in event["message"]["content"]
             if block.get("type") == "tool_use"
         ]
         assert [(c["name"], c["id"]) for c in calls] == [("Bash", TOOL_CALL_ID)], report
-        turns = [seen for seen in upstream.seen if "Bash" in seen.tool_names]
-        assert len(turns) == 2, report
-        assert turns[0].tool_results == []
-        (tool_result,) = turns[1].tool_results
-        assert tool_result["tool_call_id"] == TOOL_CALL_ID
-        assert marker in json.dumps(tool_result["content"])
+        upstream.assert_output_returned("Bash", marker, report)
         assert_sent_messages(live, auth)
 
 
 def test_a_wrong_key_is_refused(home: Path, work: Path) -> None:
     with agent_gateway(mock_provider) as live:
-        run = claude(
-            live,
-            "hello",
-            home=home,
-            work=work,
-            auth="api_key",
-            model="mock-chat",
-            key="wrong",
-        )
+        run = claude(live, "hello", home=home, work=work, auth="api_key", key="wrong")
         assert run.returncode != 0, run.describe()
         result = result_of(run)
         assert result["is_error"] is True
@@ -193,21 +145,14 @@ def test_parallel_tool_calls(home: Path, work: Path) -> None:
     """Two Bash calls in one assistant message: both run, both results go back in order."""
     upstream = ScriptedUpstream("echo ONE > one.txt && cat one.txt", "echo TWO > two.txt")
     with agent_gateway(scripted_provider, upstreams=[upstream]) as live:
-        run = claude(
-            live,
-            "Write both files with Bash, then report.",
-            home=home,
-            work=work,
-            auth="auth_token",
-            model=upstream.model,
-            key=GATEWAY_KEY,
-        )
-        report = run.describe() + "\n" + live.report()
+        prompt = "Write both files with Bash, then report."
+        run = claude(live, prompt, home=home, work=work, auth="auth_token", model=upstream.model)
+        report = live.report(run)
         assert run.returncode == 0, report
         assert result_of(run)["result"].startswith(f"{FINAL_PREFIX}ONE | "), report
         assert (work / "one.txt").read_text() == "ONE\n"
         assert (work / "two.txt").read_text() == "TWO\n"
-        turns = [seen for seen in upstream.seen if "Bash" in seen.tool_names]
+        turns = upstream.tool_turns("Bash")
         assert len(turns) == 2, report
         ids = [result["tool_call_id"] for result in turns[1].tool_results]
         assert ids == [call_id(0), call_id(1)], report

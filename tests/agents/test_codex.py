@@ -6,7 +6,6 @@ chat upstream."""
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +20,9 @@ from tests.agents.harness import (
     mock_provider,
     scripted_provider,
 )
-from tests.agents.scripted_upstream import FINAL_PREFIX, TOOL_CALL_ID, ScriptedUpstream, call_id
+from tests.agents.scripted_upstream import FINAL_PREFIX, ScriptedUpstream, call_id, marker_loop
 
 ENV_KEY = "LEAP_GATEWAY_KEY"
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    (path / ".codex").mkdir(parents=True)
-    return path
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 def codex(
@@ -53,6 +38,7 @@ def codex(
     """``codex exec`` against the gateway as provider ``leap``: JSONL events out, commands run
     in the workspace-write sandbox without asking, nothing kept after the run."""
     codex_home = home / ".codex"
+    codex_home.mkdir(exist_ok=True)
     config = codex_config(
         base_url=f"{live.origin}/v1", model=model, env_key=ENV_KEY, websockets=websockets
     )
@@ -76,15 +62,11 @@ def codex(
     return run_cli(args, env=env, cwd=work)
 
 
-def events(run: Run) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
-
-
 def items(run: Run, kind: str) -> list[dict[str, Any]]:
     """The completed items of one type (``agent_message``, ``command_execution``...)."""
     return [
         event["item"]
-        for event in events(run)
+        for event in run.events()
         if event.get("type") == "item.completed" and event["item"].get("type") == kind
     ]
 
@@ -100,15 +82,8 @@ def assert_sent_responses(live: AgentGateway) -> list[dict[str, Any]]:
     """Every request was ``POST /v1/responses`` with the gateway's key as a bearer token,
     streamed and not stored, and the gateway answered each with 200 and a completed stream;
     returns the bodies Codex sent."""
-    assert live.records, live.report()
     bodies = []
-    for record in live.records:
-        assert (record.kind, record.method, record.path) == (
-            "http",
-            "POST",
-            "/v1/responses",
-        ), live.report()
-        assert record.status == 200, live.report()
+    for record in live.assert_requests("http", "POST", "/v1/responses", 200):
         assert record.headers.get("authorization") == f"Bearer {GATEWAY_KEY}"
         assert record.headers.get("originator") == "codex_exec"
         body = json.loads(record.body)
@@ -122,43 +97,40 @@ def assert_sent_responses(live: AgentGateway) -> list[dict[str, Any]]:
     return bodies
 
 
+MARKER_PROMPT = "Write the marker file with a shell command, then report."
+
+
+def assert_marker_written(run: Run, marker: str, work: Path, report: str) -> None:
+    """Codex ran the upstream's one command, which wrote ``marker`` in the working directory,
+    and reported its output."""
+    (command,) = items(run, "command_execution")
+    assert marker in command["aggregated_output"], report
+    assert command["exit_code"] == 0, report
+    (message,) = items(run, "agent_message")
+    assert message["text"].startswith(FINAL_PREFIX), report
+    assert marker in message["text"], report
+    # The tool really ran, in the working directory.
+    assert (work / "marker.txt").read_text().strip() == marker
+
+
 def test_plain_prompt_over_the_mock(home: Path, work: Path) -> None:
     with agent_gateway(mock_provider) as live:
         run = codex(live, "hello leap gateway", home=home, work=work, model="mock-chat")
-        assert run.returncode == 0, run.describe() + "\n" + live.report()
+        assert run.returncode == 0, live.report(run)
         (message,) = items(run, "agent_message")
         assert message["text"] == "You said: hello leap gateway"
         assert_sent_responses(live)
 
 
 def test_tool_loop_through_a_translated_upstream(home: Path, work: Path) -> None:
-    marker = f"LEAP_MARKER_{secrets.token_hex(4)}"
-    upstream = ScriptedUpstream(f"echo {marker} > marker.txt && cat marker.txt")
+    marker, upstream = marker_loop()
     with agent_gateway(scripted_provider, upstreams=[upstream]) as live:
-        run = codex(
-            live,
-            "Write the marker file with a shell command, then report.",
-            home=home,
-            work=work,
-            model=upstream.model,
-        )
-        report = run.describe() + "\n" + live.report()
+        run = codex(live, MARKER_PROMPT, home=home, work=work, model=upstream.model)
+        report = live.report(run)
         assert run.returncode == 0, report
-        (command,) = items(run, "command_execution")
-        assert marker in command["aggregated_output"], report
-        assert command["exit_code"] == 0, report
-        (message,) = items(run, "agent_message")
-        assert message["text"].startswith(FINAL_PREFIX), report
-        assert marker in message["text"], report
-        # The tool really ran, in the working directory.
-        assert (work / "marker.txt").read_text().strip() == marker
+        assert_marker_written(run, marker, work, report)
         # The call and its output went through the gateway and back upstream.
-        turns = [seen for seen in upstream.seen if "exec_command" in seen.tool_names]
-        assert len(turns) == 2, report
-        assert turns[0].tool_results == []
-        (tool_result,) = turns[1].tool_results
-        assert tool_result["tool_call_id"] == TOOL_CALL_ID
-        assert marker in json.dumps(tool_result["content"])
+        upstream.assert_output_returned("exec_command", marker, report)
         # Over HTTP, the whole history every turn: the call and its output came back last.
         first, second = assert_sent_responses(live)
         assert second["input"][: len(first["input"])] == first["input"], report
@@ -166,41 +138,30 @@ def test_tool_loop_through_a_translated_upstream(home: Path, work: Path) -> None
         assert kinds == ["function_call", "function_call_output"], report
 
 
-def frames_in(live: AgentGateway) -> list[dict[str, Any]]:
-    """The ``response.create`` frames (and any other) Codex sent over its WebSockets."""
+def frames(live: AgentGateway, direction: str) -> list[dict[str, Any]]:
+    """The frames Codex sent over its WebSockets (``in``: its ``response.create`` frames and
+    any other) or the gateway sent back (``out``)."""
     return [
         json.loads(text)
         for record in live.records
-        for direction, text in record.frames
-        if direction == "in"
+        for way, text in record.frames
+        if way == direction
     ]
 
 
 def assert_websocket_mode(live: AgentGateway, run: Run) -> list[dict[str, Any]]:
     """Codex talked to the gateway only over ``GET /v1/responses`` upgraded to a WebSocket (no
     fallback to HTTP), authenticated, with its beta header; returns the frames it sent."""
-    report = run.describe() + "\n" + live.report()
+    report = live.report(run)
     fallbacks = [e for e in items(run, "error") if "WebSocket" in e.get("message", "")]
     assert fallbacks == [], report
-    assert live.records, report
-    for record in live.records:
-        assert (record.kind, record.method, record.path) == (
-            "websocket",
-            "GET",
-            "/v1/responses",
-        ), report
-        assert record.status == 101, report
+    for record in live.assert_requests("websocket", "GET", "/v1/responses", 101, report):
         assert record.headers.get("authorization") == f"Bearer {GATEWAY_KEY}"
         assert record.headers.get("openai-beta", "").startswith("responses_websockets=")
-    sent = frames_in(live)
+    sent = frames(live, "in")
     assert sent, report
     assert {frame["type"] for frame in sent} == {"response.create"}, report
-    answered = [
-        json.loads(text)
-        for record in live.records
-        for direction, text in record.frames
-        if direction == "out"
-    ]
+    answered = frames(live, "out")
     completed = [e["response"]["id"] for e in answered if e["type"] == "response.completed"]
     assert len(completed) == len(sent), report
     # Each response.create after the first is chained to the response before it.
@@ -217,7 +178,7 @@ def test_plain_prompt_over_the_mock_in_websocket_mode(home: Path, work: Path) ->
         run = codex(
             live, "hello leap gateway", home=home, work=work, model="mock-chat", websockets=True
         )
-        assert run.returncode == 0, run.describe() + "\n" + live.report()
+        assert run.returncode == 0, live.report(run)
         sent = assert_websocket_mode(live, run)
         (message,) = items(run, "agent_message")
         assert message["text"] == "You said: hello leap gateway"
@@ -229,36 +190,20 @@ def test_plain_prompt_over_the_mock_in_websocket_mode(home: Path, work: Path) ->
 
 
 def test_tool_loop_in_websocket_mode(home: Path, work: Path) -> None:
-    marker = f"LEAP_MARKER_{secrets.token_hex(4)}"
-    upstream = ScriptedUpstream(f"echo {marker} > marker.txt && cat marker.txt")
+    marker, upstream = marker_loop()
     with agent_gateway(scripted_provider, upstreams=[upstream]) as live:
-        run = codex(
-            live,
-            "Write the marker file with a shell command, then report.",
-            home=home,
-            work=work,
-            model=upstream.model,
-            websockets=True,
-        )
-        report = run.describe() + "\n" + live.report()
+        model = upstream.model
+        run = codex(live, MARKER_PROMPT, home=home, work=work, model=model, websockets=True)
+        report = live.report(run)
         assert run.returncode == 0, report
         sent = assert_websocket_mode(live, run)
-        (command,) = items(run, "command_execution")
-        assert marker in command["aggregated_output"], report
-        (message,) = items(run, "agent_message")
-        assert message["text"].startswith(FINAL_PREFIX), report
-        assert marker in message["text"], report
-        assert (work / "marker.txt").read_text().strip() == marker
+        assert_marker_written(run, marker, work, report)
         # The tool's output came back as the only new item, chained to the call's response;
         # the gateway rebuilt the whole history for the translated upstream.
         last = sent[-1]
         assert last["previous_response_id"], report
         assert [item["type"] for item in last["input"]] == ["function_call_output"], report
-        turns = [seen for seen in upstream.seen if "exec_command" in seen.tool_names]
-        assert len(turns) == 2, report
-        (tool_result,) = turns[1].tool_results
-        assert tool_result["tool_call_id"] == TOOL_CALL_ID
-        assert marker in json.dumps(tool_result["content"])
+        turns = upstream.assert_output_returned("exec_command", marker, report)
         # The warmup's input (the base instructions) reached the model on every turn.
         (instructions,) = sent[0]["input"]
         for seen in turns:
@@ -281,14 +226,14 @@ def test_parallel_tool_calls(websockets: bool, home: Path, work: Path) -> None:
             model=upstream.model,
             websockets=websockets,
         )
-        report = run.describe() + "\n" + live.report()
+        report = live.report(run)
         assert run.returncode == 0, report
         assert len(items(run, "command_execution")) == 2, report
         (message,) = items(run, "agent_message")
         assert message["text"].startswith(FINAL_PREFIX), report
         assert (work / "one.txt").read_text() == "ONE\n"
         assert (work / "two.txt").read_text() == "TWO\n"
-        turns = [seen for seen in upstream.seen if "exec_command" in seen.tool_names]
+        turns = upstream.tool_turns("exec_command")
         assert len(turns) == 2, report
         ids = sorted(result["tool_call_id"] for result in turns[1].tool_results)
         assert ids == [call_id(0), call_id(1)], report
@@ -306,7 +251,7 @@ def test_a_wrong_key_is_refused(websockets: bool, home: Path, work: Path) -> Non
             live, "hello", home=home, work=work, model="mock-chat", websockets=websockets, key="no"
         )
         assert run.returncode != 0, run.describe()
-        (failed,) = [event for event in events(run) if event.get("type") == "turn.failed"]
+        (failed,) = [event for event in run.events() if event.get("type") == "turn.failed"]
         assert "401" in failed["error"]["message"], run.describe()
         assert live.records, live.report()
         assert {record.status for record in live.records} == {401}, live.report()

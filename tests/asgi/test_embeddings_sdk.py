@@ -3,10 +3,9 @@ errors in OpenAI's shape, and failover between upstreams that serve embeddings n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import openai
@@ -17,15 +16,15 @@ from leapasgi.config import ProviderConfig, ServerConfig
 from tests.asgi.live_server import (
     LOOPS,
     LiveGateway,
+    Serve,
     fast_routing,
     live_gateway,
     upstream_config,
 )
+from tests.asgi.sdk_wire import assert_openai_error_body
 from tests.fake_upstream import Behavior, FakeUpstream, embedding_answer, error_body
 
 pytestmark = pytest.mark.anyio
-
-Serve = Callable[..., LiveGateway]
 
 MOCK_DIMENSIONS = 1536
 VECTORS = [[0.6, 0.8], [1.0, 0.0]]
@@ -37,20 +36,10 @@ def mock_with_embeddings(upstreams: Sequence[FakeUpstream] = ()) -> list[Provide
 
 @pytest.fixture(scope="module", params=LOOPS)
 def live(request: pytest.FixtureRequest) -> Iterator[LiveGateway]:
-    """One gateway with the mock serving ``mock-embed``, shared by the tests that only read."""
+    """One gateway with the mock serving ``mock-embed``, shared by the tests that only read
+    (in place of the conftest's mock-chat one)."""
     with live_gateway(mock_with_embeddings, loop=request.param) as gateway:
         yield gateway
-
-
-@pytest.fixture(params=LOOPS)
-def serve(request: pytest.FixtureRequest) -> Iterator[Serve]:
-    """Start gateways with their own providers and upstreams, on each event loop; all stop
-    after the test."""
-    loop = request.param
-    with contextlib.ExitStack() as stack:
-        yield lambda *args, **options: stack.enter_context(
-            live_gateway(*args, loop=loop, **options)
-        )
 
 
 def embedder(name: str, fake: FakeUpstream, **options: Any) -> ProviderConfig:
@@ -58,14 +47,6 @@ def embedder(name: str, fake: FakeUpstream, **options: Any) -> ProviderConfig:
     options.setdefault("max_retries", 0)
     options.setdefault("models", ["e1"])
     return upstream_config(name, fake, protocols=["embeddings"], **options)
-
-
-def assert_openai_error(error: openai.APIStatusError) -> dict[str, Any]:
-    body = error.response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert error.response.headers["content-type"] == "application/json"
-    return body["error"]  # type: ignore[no-any-return]
 
 
 async def test_base64_and_float_give_the_same_vectors(live: LiveGateway) -> None:
@@ -132,7 +113,7 @@ async def test_unknown_model(live: LiveGateway) -> None:
     error = caught.value
     assert error.status_code == 404
     assert error.code == "model_not_found"
-    assert assert_openai_error(error)["type"] == "invalid_request_error"
+    assert assert_openai_error_body(error.response)["type"] == "invalid_request_error"
     assert len(live.mock().embedding_requests) == served
 
 
@@ -155,7 +136,7 @@ async def test_bad_input(live: LiveGateway, params: dict[str, Any], param: str) 
     assert error.status_code == 400
     assert error.param == param
     assert error.type == "invalid_request_error"
-    assert_openai_error(error)
+    assert_openai_error_body(error.response)
     assert len(live.mock().embedding_requests) == served
 
 
@@ -164,7 +145,7 @@ async def test_too_many_dimensions_for_the_mock(live: LiveGateway) -> None:
         with pytest.raises(openai.BadRequestError) as caught:
             await client.embeddings.create(model="mock-embed", input="hi", dimensions=10_000)
     assert caught.value.param == "dimensions"
-    assert_openai_error(caught.value)
+    assert_openai_error_body(caught.value.response)
 
 
 async def test_wrong_key(serve: Serve) -> None:
@@ -175,7 +156,7 @@ async def test_wrong_key(serve: Serve) -> None:
     async with live.async_client(api_key="right") as client:
         answer = await client.embeddings.create(model="mock-embed", input="hello")
     assert caught.value.status_code == 401
-    assert_openai_error(caught.value)
+    assert_openai_error_body(caught.value.response)
     assert len(answer.data) == 1
     assert len(live.mock().embedding_requests) == 1
 
@@ -234,7 +215,7 @@ async def test_a_model_only_chat_providers_serve(serve: Serve) -> None:
         with pytest.raises(openai.BadRequestError) as caught:
             await client.embeddings.create(model="m1", input="hello")
     assert caught.value.param == "model"
-    assert_openai_error(caught.value)
+    assert_openai_error_body(caught.value.response)
     assert chat_only.seen == []
 
 
@@ -259,7 +240,7 @@ async def test_every_embedder_failing(serve: Serve) -> None:
     assert error.status_code == 503
     assert error.response.headers["x-should-retry"] == "false"
     assert error.response.headers["x-leap-attempts"] == "2"
-    assert_openai_error(error)
+    assert_openai_error_body(error.response)
     assert [len(f.embeddings_requests) for f in fakes] == [1, 1]
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jsonschema
@@ -13,10 +12,8 @@ import pydantic
 import pytest
 
 from leapasgi.types import ToolMessage
-from tests.asgi.live_server import LOOPS, LiveGateway, live_gateway, upstream_config
+from tests.asgi.live_server import LiveGateway, Serve, upstream_config
 from tests.fake_upstream import Behavior, FakeUpstream, chunk, completion, sse
-
-Serve = Callable[..., LiveGateway]
 
 HI: Any = [{"role": "user", "content": "hi there"}]
 PNG_1PX = (
@@ -49,25 +46,6 @@ WEATHER_TOOL: Any = {
         },
     },
 }
-
-
-@pytest.fixture(scope="module", params=LOOPS)
-def live(request: pytest.FixtureRequest) -> Iterator[LiveGateway]:
-    """One gateway with the mock provider, shared by the tests that only read from it; on
-    asyncio's loop and on uvloop's, as ``leapasgi serve`` runs."""
-    with live_gateway(loop=request.param) as gateway:
-        yield gateway
-
-
-@pytest.fixture(params=LOOPS)
-def serve(request: pytest.FixtureRequest) -> Iterator[Serve]:
-    """Start gateways with their own providers and upstreams, on each event loop; all stop
-    after the test."""
-    loop = request.param
-    with contextlib.ExitStack() as stack:
-        yield lambda *args, **options: stack.enter_context(
-            live_gateway(*args, loop=loop, **options)
-        )
 
 
 def one_upstream(upstreams: Sequence[FakeUpstream]) -> list[Any]:

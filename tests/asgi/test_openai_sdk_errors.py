@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import openai
@@ -14,30 +13,11 @@ from pydantic import SecretStr
 
 from leapasgi.config import ServerConfig
 from leapasgi.providers.mock import Fault
-from tests.asgi.live_server import (
-    LOOPS,
-    LiveGateway,
-    fast_routing,
-    live_gateway,
-    mock_config,
-    upstream_config,
-)
+from tests.asgi.live_server import Serve, fast_routing, mock_config, upstream_config
+from tests.asgi.sdk_wire import acollect_until_error, assert_openai_error_body, collect_until_error
 from tests.fake_upstream import Behavior, FakeUpstream, error_body, sse, text_stream
 
-Serve = Callable[..., LiveGateway]
-
 HI: Any = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(params=LOOPS)
-def serve(request: pytest.FixtureRequest) -> Iterator[Serve]:
-    """Start gateways on each event loop (asyncio's, and uvloop's as ``leapasgi serve``
-    runs); all stop after the test."""
-    loop = request.param
-    with contextlib.ExitStack() as stack:
-        yield lambda *args, **options: stack.enter_context(
-            live_gateway(*args, loop=loop, **options)
-        )
 
 
 def two_upstreams(upstreams: Sequence[FakeUpstream]) -> list[Any]:
@@ -50,14 +30,6 @@ def two_upstreams(upstreams: Sequence[FakeUpstream]) -> list[Any]:
 
 def one_upstream(upstreams: Sequence[FakeUpstream]) -> list[Any]:
     return [upstream_config("up", upstreams[0], max_retries=0)]
-
-
-def assert_openai_error_body(response: Any) -> dict[str, Any]:
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert response.headers["content-type"] == "application/json"
-    return body["error"]  # type: ignore[no-any-return]
 
 
 def test_bad_request(serve: Serve) -> None:
@@ -259,28 +231,6 @@ def test_upstream_error_keeps_its_request_id(serve: Serve) -> None:
     assert caught.value.request_id == "req_err"
 
 
-def collect_until_error(stream: Any) -> tuple[list[Any], openai.APIError]:
-    """What a stream yielded before it raised, and the error."""
-    received = []
-    try:
-        for item in stream:
-            received.append(item)
-    except openai.APIError as error:
-        return received, error
-    raise AssertionError("the stream ended without an error")
-
-
-async def acollect_until_error(stream: Any) -> tuple[list[Any], openai.APIError]:
-    """``collect_until_error`` for an async stream."""
-    received = []
-    try:
-        async for item in stream:
-            received.append(item)
-    except openai.APIError as error:
-        return received, error
-    raise AssertionError("the stream ended without an error")
-
-
 BROKEN_EVENTS = [
     *text_stream(["Hel", "lo"], done=False, finish=False),
     *sse(error_body("the model crashed", type="server_error", code="overloaded"), done=False),
@@ -386,7 +336,7 @@ async def test_async_errors(serve: Serve) -> None:
         with pytest.raises(openai.BadRequestError) as bad:
             await client.chat.completions.create(model="mock-chat", messages=HI, top_p=3)
         stream = await client.chat.completions.create(model="m1", messages=HI, stream=True)
-        received, broken = await acollect_until_error(stream)
+        received, broken = await acollect_until_error(stream, openai.APIError)
     assert missing.value.code == "model_not_found"
     assert bad.value.param == "top_p"
     assert not isinstance(broken, openai.APIStatusError)

@@ -10,22 +10,18 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
-import uvicorn
-import uvloop
 from openai.resources.responses.responses import ResponsesConnection
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -34,144 +30,56 @@ from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK, Inv
 
 from leapasgi import Gateway
 from leapasgi.asgi.responses_ws import MAX_QUEUED, ResponsesSocket
-from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, ServerConfig
+from leapasgi.config import GatewayConfig, ServerConfig
 from leapasgi.providers.mock import Fault
 from leapasgi.server import GuardedHttpToolsProtocol
+from tests.asgi.codex_requests import CODEX_INSTRUCTIONS, SHELL_TOOL
 from tests.asgi.live_server import (
     LOOPS,
+    AppFactory,
     LiveGateway,
-    Loop,
-    ReportingServer,
+    Serve,
+    gateways,
     mock_config,
     upstream_config,
 )
+from tests.asgi.responses_support import text_order, user
 from tests.fake_responses import text_stream as native_stream
 from tests.fake_upstream import Behavior, FakeUpstream
 from tests.fake_upstream import text_stream as chat_stream
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = STOP_TIMEOUT = 10.0
+STOP_TIMEOUT = 10.0
 # A connection still open after this long is closed by the test, so no test can hang.
 WATCHDOG = 30.0
-# How long a test waits for the gateway to record (or the upstream to notice) what happened.
+# How long a test waits for the upstream (or the gateway) to notice what happened.
 SETTLE = 10.0
 DONE = ("response.completed", "response.incomplete", "error")
-
-CODEX_INSTRUCTIONS = "You are Codex, a coding agent running in a terminal.\n" + (
-    "Follow the repository's conventions; keep changes small and explain them.\n" * 200
-)
-SHELL_TOOL: Any = {
-    "type": "function",
-    "name": "shell",
-    "description": "Runs a shell command and returns its output.",
-    "strict": False,
-    "parameters": {
-        "type": "object",
-        "properties": {"command": {"type": "array", "items": {"type": "string"}}},
-        "required": ["command"],
-        "additionalProperties": False,
-    },
-}
-
-Build = Callable[[contextlib.AsyncExitStack], Awaitable[Any]]
-Serve = Callable[..., LiveGateway]
-
-
-class WebSocketServer(threading.Thread):
-    """uvicorn serving an app in a thread with an event loop of its own, as ``run_server``
-    configures it: ``GuardedHttpToolsProtocol`` for HTTP, uvicorn's WebSocket protocol on."""
-
-    def __init__(self, build: Build, *, loop: Loop) -> None:
-        super().__init__(name="leapasgi-ws-test-server", daemon=True)
-        self._build_app = build
-        self._loop_kind = loop
-        self.ready = threading.Event()
-        self.server: ReportingServer | None = None
-        self.port = 0
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        factory = uvloop.new_event_loop if self._loop_kind == "uvloop" else None
-        try:
-            with asyncio.Runner(loop_factory=factory) as runner:
-                runner.run(self.serve())
-        except BaseException as exc:  # handed to the test thread
-            self.error = exc
-        finally:
-            self.ready.set()
-
-    async def serve(self) -> None:
-        async with contextlib.AsyncExitStack() as stack:
-            config = uvicorn.Config(
-                await self._build_app(stack),
-                host=HOST,
-                port=0,
-                log_level="warning",
-                http=GuardedHttpToolsProtocol,
-                ws="auto",
-                timeout_graceful_shutdown=2,
-            )
-            self.server = ReportingServer(config, on_started=self.listening)
-            await self.server.serve()
-
-    def listening(self, server: uvicorn.Server) -> None:
-        self.port = server.servers[0].sockets[0].getsockname()[1]
-        self.ready.set()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.should_exit = True
-        self.join(STOP_TIMEOUT)
-        assert not self.is_alive(), "the test server did not stop in time"
-        if self.error is not None:
-            raise RuntimeError("the test server failed") from self.error
-
-
-@contextlib.contextmanager
-def ws_gateway(
-    providers: Callable[[Sequence[FakeUpstream]], list[ProviderConfig]] | None = None,
-    *,
-    upstreams: Sequence[FakeUpstream] = (),
-    loop: Loop = "asyncio",
-    idle_timeout: float | None = None,
-    **options: Any,
-) -> Iterator[LiveGateway]:
-    """A gateway (the mock provider unless ``providers`` says otherwise) served on loopback;
-    with ``idle_timeout``, only its Responses WebSocket, closing idle connections that soon."""
-    options.setdefault("health", HealthConfig(interval=0))
-    built: list[Gateway] = []
-
-    async def build(stack: contextlib.AsyncExitStack) -> Any:
-        for upstream in upstreams:
-            await stack.enter_async_context(upstream)
-        configs = providers(upstreams) if providers is not None else [mock_config()]
-        gateway = Gateway(config=GatewayConfig(providers=configs, **options))
-        built.append(gateway)
-        if idle_timeout is None:
-            return gateway.app
-        await stack.enter_async_context(gateway)
-        socket_app = ResponsesSocket(gateway, idle_timeout=idle_timeout)
-        return Starlette(routes=[WebSocketRoute("/v1/responses", socket_app)])
-
-    thread = WebSocketServer(build, loop=loop)
-    thread.start()
-    try:
-        assert thread.ready.wait(START_TIMEOUT), "the test server did not start in time"
-        if thread.error is not None:
-            raise RuntimeError("the test server failed to start") from thread.error
-        yield LiveGateway(built[0], thread.port, upstreams)
-    finally:
-        thread.stop()
 
 
 @pytest.fixture(params=LOOPS)
 def serve(request: pytest.FixtureRequest) -> Iterator[Serve]:
-    """Start gateways on each event loop; all stop after the test."""
-    with contextlib.ExitStack() as stack:
-        yield lambda *args, **options: stack.enter_context(
-            ws_gateway(*args, loop=request.param, **options)
-        )
+    """Start gateways served as ``leapasgi serve`` serves them (``GuardedHttpToolsProtocol``,
+    uvicorn's WebSocket protocol) on each event loop; all stop after the test."""
+    with gateways(loop=request.param, http=GuardedHttpToolsProtocol, ws="auto") as start:
+        yield start
+
+
+def socket_only(idle_timeout: float) -> AppFactory:
+    """A host app serving only the gateway's Responses WebSocket, closing connections idle
+    for ``idle_timeout`` seconds."""
+
+    def host(gateway: Gateway) -> Starlette:
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with gateway:  # mounted apps get no lifespan: the host runs the gateway's
+                yield
+
+        socket_app = ResponsesSocket(gateway, idle_timeout=idle_timeout)
+        return Starlette(routes=[WebSocketRoute("/v1/responses", socket_app)], lifespan=lifespan)
+
+    return host
 
 
 @contextlib.contextmanager
@@ -209,30 +117,10 @@ def turn(connection: ResponsesConnection, **body: Any) -> list[Any]:
     return until_done(connection)
 
 
-def user(text: str) -> dict[str, Any]:
-    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
-
-
 def text_of(events: list[Any]) -> str:
     final = events[-1]
     assert final.type == "response.completed", final
     return str(final.response.output_text)
-
-
-def recorded(live: LiveGateway, count: int) -> list[dict[str, str]]:
-    """The ``leap_requests_total`` series of /metrics, one entry per request, once ``count``
-    requests are recorded."""
-    deadline = time.monotonic() + SETTLE
-    with httpx.Client(base_url=f"http://{HOST}:{live.port}") as http:
-        while True:
-            found = []
-            for line in http.get("/metrics").text.splitlines():
-                if line.startswith("leap_requests_total{"):
-                    labels, value = line.rsplit(" ", 1)
-                    found.extend([dict(re.findall(r'(\w+)="([^"]*)"', labels))] * int(float(value)))
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.02)
 
 
 def eventually(check: Callable[[], bool]) -> bool:
@@ -252,23 +140,13 @@ def test_one_response(serve: Serve) -> None:
     kinds = [event.type for event in events]
     deltas = kinds.count("response.output_text.delta")
     assert deltas >= 2
-    assert kinds == [
-        "response.created",
-        "response.in_progress",
-        "response.output_item.added",
-        "response.content_part.added",
-        *["response.output_text.delta"] * deltas,
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-        "response.completed",
-    ]
+    assert kinds == text_order(deltas)
     assert [event.sequence_number for event in events] == list(range(len(events)))
     ids = {events[0].response.id, events[1].response.id, events[-1].response.id}
     assert len(ids) == 1
     text = "".join(event.delta for event in events if event.type.endswith(".delta"))
     assert text == text_of(events) == "You said: hello there"
-    [request] = recorded(live, 1)
+    [request] = live.requests_recorded(1)
     assert (request["status"], request["stream"], request["provider"]) == ("200", "true", "mock")
     # Stored as over HTTP (store defaults to true), and retrievable once the socket is gone.
     with live.client() as client:
@@ -348,7 +226,7 @@ def test_codex_warmup_turn_and_tool_round_trip(serve: Serve) -> None:
         "tool",
     ]
     assert requests[1]["messages"][2]["tool_calls"][0]["id"] == call.call_id
-    statuses = [r["status"] for r in recorded(live, 3)]
+    statuses = [r["status"] for r in live.requests_recorded(3)]
     assert statuses == ["200", "200", "200"]
     # Once the connection is gone, nothing of its store: false responses is left.
     with live.client() as client:
@@ -428,7 +306,7 @@ def test_bad_frames_are_error_events_and_the_connection_goes_on(serve: Serve) ->
         assert error.error.type == "invalid_request_error"
     assert text_of(events) == "You said: still here"
     # Every frame is one request in the metrics and the access log.
-    statuses = sorted(r["status"] for r in recorded(live, 6))
+    statuses = sorted(r["status"] for r in live.requests_recorded(6))
     assert statuses == ["200", "400", "400", "400", "400", "404"]
 
 
@@ -466,7 +344,7 @@ def test_the_client_leaving_mid_stream_cancels_the_upstream(serve: Serve) -> Non
     assert eventually(lambda: seen.client_went_away)
     registry = live.gateway.manager.registry
     assert eventually(lambda: registry.snapshot("up0").in_flight == 0)
-    [request] = recorded(live, 1)
+    [request] = live.requests_recorded(1)
     assert request["status"] == "499"
 
 
@@ -494,12 +372,12 @@ def test_auth_at_the_handshake(serve: Serve) -> None:
 @pytest.mark.parametrize("denial", [True, False])
 async def test_a_foreign_host_is_refused_before_the_handshake(denial: bool) -> None:
     gateway = Gateway(config=GatewayConfig(providers=[mock_config()]))
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "websocket.connect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {
@@ -559,7 +437,7 @@ def test_too_many_waiting_frames_close_the_connection(serve: Serve) -> None:
 def test_an_idle_connection_is_closed(serve: Serve) -> None:
     # The answer takes longer than the idle timeout: only silence counts as idle.
     slow = mock_config(chunks=6, chunk_delay=0.1)
-    live = serve(lambda ups: [slow], idle_timeout=0.3)
+    live = serve(lambda ups: [slow], app=socket_only(0.3))
     with connect(live) as connection:
         events = turn(connection, model="mock-chat", input="take your time")
         with pytest.raises(ConnectionClosedOK) as closed:
