@@ -1,7 +1,7 @@
 """Providers: the contract, the OpenAI-compatible client, presets, the mock provider, and
 retries for a provider used on its own."""
 
-from .base import Capabilities, Provider, Timeouts, WireProtocol
+from .base import Capabilities, NativeProvider, Provider, Timeouts, WireProtocol
 from .compatible import OpenAICompatibleProvider
 from .mock import Fault, MockProvider
 from .presets import PRESETS, Preset, get_preset
@@ -13,6 +13,7 @@ __all__ = [
     "Capabilities",
     "Fault",
     "MockProvider",
+    "NativeProvider",
     "OpenAICompatibleProvider",
     "Preset",
     "Provider",
