@@ -38,6 +38,7 @@ from .exceptions import (
 )
 from .native import EventBatch, NativeReply, ProtocolRequest
 from .outcome import Outcome
+from .providers.base import NativeProvider
 from .registry import Lease, ProviderEntry, ProviderStatus, Registry
 from .retry import RetryPolicy
 from .routing import Route, RouteTable
@@ -263,8 +264,8 @@ class Dispatcher:
     ) -> NativeReply | ChatCompletion:
         deadline = attempts.deadline
         answer: NativeReply | ChatCompletion
-        native = entry.native
-        if native is not None and request.native.protocol in entry.capabilities.protocols:
+        native = _speaker(entry, request)
+        if native is not None:
             reply = native.send(request.native.for_model(route.model), deadline=deadline)
             answer = await (
                 reply
@@ -292,9 +293,9 @@ class Dispatcher:
         started: float,
     ) -> UpstreamStream[Batch]:
         deadline = attempts.deadline
-        native = entry.native
+        native = _speaker(entry, request)
         batches: AsyncGenerator[Batch, None]
-        if native is not None and request.native.protocol in entry.capabilities.protocols:
+        if native is not None:
             batches = native.open(request.native.for_model(route.model), deadline=deadline)
         else:
             chat = _chat_form(request, attempts.trail, route)
@@ -465,6 +466,14 @@ class Dispatcher:
                 max_retry_after=routing.max_retry_after,
             )
         return policy
+
+
+def _speaker(entry: ProviderEntry, request: ProtocolRequest) -> NativeProvider | None:
+    """The provider, when it speaks the request's protocol natively."""
+    native = entry.native
+    if native is not None and request.native.protocol in entry.capabilities.protocols:
+        return native
+    return None
 
 
 def has_content(batch: Batch) -> bool:
