@@ -41,6 +41,8 @@ logger = logging.getLogger("leapasgi")
 # Client headers a native Messages upstream receives; nothing else of the client's passes.
 FORWARDED_HEADERS = (b"anthropic-version", b"anthropic-beta")
 PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+# The longest forwarded header value (anthropic-beta lists run to a few hundred bytes).
+MAX_FORWARDED_VALUE = 4096
 
 
 async def send_anthropic_error(send: Send, error: LeapError, outcome: Outcome) -> None:
@@ -57,11 +59,14 @@ def _headers(outcome: Outcome) -> list[tuple[bytes, bytes]]:
 
 
 def forwarded(scope: Scope) -> dict[str, str]:
-    """The allow-listed client headers, for a native upstream."""
+    """The allow-listed client headers, for a native upstream: printable ASCII, capped (a
+    value that is not is dropped, never passed on mangled)."""
     return {
-        name.decode(): value.decode("latin-1")
+        name.decode(): value.decode("ascii")
         for name, value in scope["headers"]
         if name in FORWARDED_HEADERS
+        and len(value) <= MAX_FORWARDED_VALUE
+        and all(32 <= byte < 127 for byte in value)
     }
 
 
