@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from ..access import AccessPolicy, bearer_token
 from ..conversations import ResponseStore, StoredResponse, history_of
 from ..dispatch import Batch
-from ..exceptions import LeapError, NotFoundError
+from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from ..native import EventBatch, NativeCall, NativeReply, ProtocolRequest, WireProtocol
 from ..outcome import Outcome
 from ..protocols.responses import (
@@ -100,6 +100,14 @@ async def prepare_turn(
     """Parse a ``response.create`` body (``raw``: the bytes it was read from) and rebuild its
     history from ``stores``; ``stream`` overrides the body's."""
     request = parse_responses_request(data, raw=raw)
+    if data.get("background") is True:
+        # A background response lives on at one upstream, polled there; the gateway answers
+        # each response itself, so it cannot offer that.
+        raise InvalidRequestError(
+            "Background responses are not supported by the gateway",
+            param="background",
+            code="invalid_value",
+        )
     if stream is None:
         stream = bool(request.stream)
     items = input_items(request)

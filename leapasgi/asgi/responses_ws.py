@@ -266,12 +266,6 @@ class _Connection:
 
     async def _create(self, data: dict[str, Any], stream_id: str | None, outcome: Outcome) -> None:
         body = {key: value for key, value in data.items() if key not in _ENVELOPE}
-        if body.get("background") is True:
-            raise InvalidRequestError(
-                "Background responses are not supported over WebSocket",
-                param="background",
-                code="invalid_value",
-            )
         turn = await prepare_turn(body, owner=self._owner, stores=self._stores, stream=True)
         shared = self._gateway.response_store if turn.request.store is not False else None
         kept = _Kept(self._local, shared)

@@ -281,3 +281,10 @@ def test_a_chain_across_protocols(serve: Serve, stream: bool) -> None:
         user(PEOPLE),
     ]
     assert [item["type"] for item in turns[0]["output"]] == ["reasoning", "message"]
+
+
+def test_background_responses_are_refused_not_left_at_one_upstream(live: LiveGateway) -> None:
+    with live.client() as client, pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="mock-chat", input="hi", background=True)
+    assert caught.value.param == "background"
+    assert_openai_error_body(caught.value.response)
