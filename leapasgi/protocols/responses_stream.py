@@ -3,6 +3,9 @@
 One writer per response: one response id throughout, and a ``sequence_number`` on every event,
 counting from 0. Items open when their first delta arrives and close in ``complete()``; a
 message closes early when a tool call begins, since chat sends text before calls.
+
+Delta events are most of a stream, so their JSON is written from pieces encoded when their
+part or call opens (``_Delta``): a delta costs one string encoding, not a whole event's.
 """
 
 from __future__ import annotations
@@ -30,12 +33,45 @@ from .responses_request import ResponsesRequest
 
 __all__ = ["ResponsesStreamWriter"]
 
+# Stateless, and built once: json.dumps with options builds an encoder per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# Per part kind: its delta events' type, and the members that follow the delta.
+_DELTA_KINDS = {
+    "output_text": ("response.output_text.delta", ',"logprobs":[]'),
+    "refusal": ("response.refusal.delta", ""),
+}
+
+
+def _head(kind: str) -> str:
+    """An event up to its sequence number; the event names need no JSON escaping."""
+    return f'event: {kind}\ndata: {{"type":"{kind}","sequence_number":'
+
+
+@dataclass(frozen=True, slots=True)
+class _Delta:
+    """The delta events of one part or call, encoded but for the sequence number and delta."""
+
+    head: str
+    middle: str
+    tail: str
+
+    @classmethod
+    def of(cls, kind: str, where: dict[str, Any], after: str = "") -> _Delta:
+        """``kind`` events with the fields ``where`` before the delta and the JSON members
+        ``after`` (``,"key":value...``) after it."""
+        return cls(_head(kind), "," + _JSON.encode(where)[1:-1] + ',"delta":', after + "}\n\n")
+
+    def frame(self, sequence: int, delta: str) -> bytes:
+        """The event numbered ``sequence`` carrying ``delta``."""
+        return f"{self.head}{sequence}{self.middle}{_JSON.encode(delta)}{self.tail}".encode()
+
 
 @dataclass(slots=True)
 class _Part:
     """One content part of a message: output text or a refusal, in pieces."""
 
     kind: str
+    delta: _Delta
     pieces: list[str] = field(default_factory=list)
 
     def text(self) -> str:
@@ -60,6 +96,11 @@ class _Message:
         return message_item(self.item_id, [p.wire() for p in self.parts], status=self.status)
 
 
+def _in_part(message: _Message, index: int) -> dict[str, Any]:
+    """The fields that place an event in content part ``index`` of ``message``."""
+    return {"item_id": message.item_id, "output_index": message.index, "content_index": index}
+
+
 @dataclass(slots=True)
 class _Call:
     """A function call item being written; announced once its name is known."""
@@ -71,6 +112,7 @@ class _Call:
     pieces: list[str] = field(default_factory=list)
     status: str = "in_progress"
     namespace: str | None = None
+    delta: _Delta | None = None
 
     def wire(self) -> dict[str, Any]:
         return function_call_item(
@@ -119,10 +161,9 @@ class ResponsesStreamWriter:
         if self._started:
             return b""
         self._started = True
-        response = self._snapshot("in_progress", [])
-        return self._event("response.created", response=response) + self._event(
-            "response.in_progress", response=response
-        )
+        # The same response in both events: encoded once.
+        fields = _JSON.encode({"response": self._snapshot("in_progress", [])})
+        return self._frame("response.created", fields) + self._frame("response.in_progress", fields)
 
     def feed(self, chunks: Sequence[ChatCompletionChunk]) -> bytes:
         """The events for ``chunks`` (choice 0; others are not asked for); may be b""."""
@@ -207,33 +248,28 @@ class ResponsesStreamWriter:
         )
 
     def _text(self, kind: str, delta: str) -> bytes:
-        out = []
         message = self._message
+        # Most chunks carry more of the open part: one frame, nothing to open or close.
+        if message is not None and message.parts and message.parts[-1].kind == kind:
+            part = message.parts[-1]
+            part.pieces.append(delta)
+            return part.delta.frame(self._next(), delta) if delta else b""
+        out = []
         if message is None:
             message = _Message(len(self._output), new_message_id())
             self._message = message
             self._output.append(message)
             out.append(self._event("response.output_item.added", **self._at(message)))
-        if not message.parts or message.parts[-1].kind != kind:
-            if message.parts:
-                out.append(self._close_part(message))
-            message.parts.append(_Part(kind))
-            out.append(
-                self._event(
-                    "response.content_part.added",
-                    item_id=message.item_id,
-                    output_index=message.index,
-                    content_index=len(message.parts) - 1,
-                    part=message.parts[-1].wire(),
-                )
-            )
-        message.parts[-1].pieces.append(delta)
+        if message.parts:
+            out.append(self._close_part(message))
+        where = _in_part(message, len(message.parts))
+        event, after = _DELTA_KINDS[kind]
+        part = _Part(kind, _Delta.of(event, where, after))
+        message.parts.append(part)
+        out.append(self._event("response.content_part.added", **where, part=part.wire()))
+        part.pieces.append(delta)
         if delta:
-            name = (
-                "response.output_text.delta" if kind == "output_text" else "response.refusal.delta"
-            )
-            extra: dict[str, Any] = {"logprobs": []} if kind == "output_text" else {}
-            out.append(self._event(name, **self._in_part(message), delta=delta, **extra))
+            out.append(part.delta.frame(self._next(), delta))
         return b"".join(out)
 
     def _call(self, delta: ChoiceDeltaToolCall) -> bytes:
@@ -247,11 +283,11 @@ class ResponsesStreamWriter:
             call.call_id = call.call_id or delta.id
             call.name = call.name or (function.name if function else None)
         arguments = function.arguments if function else None
-        if call.index is not None:
+        if call.delta is not None:
             if not arguments:
                 return b""
             call.pieces.append(arguments)
-            return self._arguments(call, arguments)
+            return call.delta.frame(self._next(), arguments)
         if arguments:
             call.pieces.append(arguments)
         return self._announce(call) if call.name else b""
@@ -264,22 +300,18 @@ class ResponsesStreamWriter:
         call.item_id = new_function_call_id()
         call.call_id = call.call_id or new_call_id()
         call.namespace = self._namespaces.get(call.name or "")
+        call.delta = _Delta.of(
+            "response.function_call_arguments.delta",
+            {"item_id": call.item_id, "output_index": call.index},
+        )
         self._output.append(call)
         buffered = "".join(call.pieces)
         call.pieces = []
         out.append(self._event("response.output_item.added", **self._at(call)))
         if buffered:
             call.pieces.append(buffered)
-            out.append(self._arguments(call, buffered))
+            out.append(call.delta.frame(self._next(), buffered))
         return b"".join(out)
-
-    def _arguments(self, call: _Call, delta: str) -> bytes:
-        return self._event(
-            "response.function_call_arguments.delta",
-            item_id=call.item_id,
-            output_index=call.index,
-            delta=delta,
-        )
 
     def _close(self, item: _Message | _Call, status: str) -> bytes:
         out = []
@@ -302,30 +334,26 @@ class ResponsesStreamWriter:
 
     def _close_part(self, message: _Message) -> bytes:
         part = message.parts[-1]
+        where = _in_part(message, len(message.parts) - 1)
         if part.kind == "output_text":
-            done = self._event(
-                "response.output_text.done", **self._in_part(message), text=part.text(), logprobs=[]
-            )
+            done = self._event("response.output_text.done", **where, text=part.text(), logprobs=[])
         else:
-            done = self._event(
-                "response.refusal.done", **self._in_part(message), refusal=part.text()
-            )
-        return done + self._event(
-            "response.content_part.done", **self._in_part(message), part=part.wire()
-        )
-
-    def _in_part(self, message: _Message) -> dict[str, Any]:
-        return {
-            "item_id": message.item_id,
-            "output_index": message.index,
-            "content_index": len(message.parts) - 1,
-        }
+            done = self._event("response.refusal.done", **where, refusal=part.text())
+        return done + self._event("response.content_part.done", **where, part=part.wire())
 
     def _at(self, item: _Message | _Call) -> dict[str, Any]:
         return {"output_index": item.index, "item": item.wire()}
 
+    def _next(self) -> int:
+        """The next event's sequence number."""
+        sequence = self._sequence
+        self._sequence = sequence + 1
+        return sequence
+
     def _event(self, kind: str, **fields: Any) -> bytes:
-        payload = {"type": kind, "sequence_number": self._sequence, **fields}
-        self._sequence += 1
-        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        return f"event: {kind}\ndata: {data}\n\n".encode()
+        return self._frame(kind, _JSON.encode(fields))
+
+    def _frame(self, kind: str, fields: str) -> bytes:
+        """The event ``kind`` with the fields of the JSON object ``fields`` after its type and
+        sequence number (``fields`` has at least one)."""
+        return f"{_head(kind)}{self._next()},{fields[1:]}\n\n".encode()
