@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
 from pydantic import SecretStr
 
 from leapasgi.config import ServerConfig
 from leapasgi.types import ToolMessage
-from tests.asgi.live_server import LiveGateway, Serve
+from tests.asgi.live_server import LiveGateway, Serve, mock_config
 from tests.asgi.messages_support import (
     HI,
     WEATHER_TOOL,
@@ -321,3 +322,28 @@ async def test_streams_carry_the_request_id(serve: Serve, path: str) -> None:
         headers = stream.response.headers
     assert headers["x-request-id"].startswith("req_")
     assert request_id == headers["x-request-id"]
+
+
+async def test_a_quiet_stream_gets_anthropic_pings_and_still_ends_whole(serve: Serve) -> None:
+    # The mock pauses between chunks longer than the keep-alive interval.
+    live = serve(
+        lambda ups: [mock_config(chunks=3, chunk_delay=0.3)],
+        server=ServerConfig(keepalive_interval=0.05),
+    )
+    body = {"model": "mock-chat", "max_tokens": 50, "stream": True, "messages": HI}
+    async with httpx.AsyncClient(base_url=live.origin) as http:
+        answer = await http.post("/v1/messages", json=body)
+    lines = answer.text.splitlines()
+    names = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    assert "ping" in names
+    assert names[-1] == "message_stop"
+    # Anthropic's own ping event, never an SSE comment.
+    assert not [line for line in lines if line.startswith(":")]
+    async with (
+        live.anthropic_client() as client,
+        client.messages.stream(model="mock-chat", max_tokens=50, messages=HI) as stream,
+    ):
+        message = await stream.get_final_message()
+    [block] = message.content
+    assert block.type == "text"
+    assert block.text == "You said: hi there"
