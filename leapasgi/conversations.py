@@ -45,6 +45,9 @@ class StoredResponse:
     input: tuple[dict[str, Any], ...]
     previous: str | None = None
     owner: str | None = None
+    # Its size in bytes when the caller knows it already (the bytes the request and the
+    # answer came in), so keeping it costs no encoding; else ``size()`` measures it.
+    nbytes: int | None = None
 
     @property
     def output(self) -> list[dict[str, Any]]:
@@ -56,6 +59,8 @@ class StoredResponse:
 
     def size(self) -> int:
         """Roughly its bytes, for the store's bound."""
+        if self.nbytes is not None:
+            return self.nbytes
         return len(json.dumps([self.response, self.input], separators=(",", ":")))
 
 

@@ -116,3 +116,13 @@ async def test_a_cycle_or_endless_chain_is_refused_not_walked_forever() -> None:
     await store.put(stored("b", "two", previous="a"))
     with pytest.raises(InvalidRequestError):
         await history_of("a", [store], owner=None)
+
+
+async def test_a_size_the_caller_knows_is_what_the_bound_counts() -> None:
+    store = MemoryResponseStore(max_bytes=10_000)
+    known = StoredResponse("r1", {"id": "r1", "output": []}, (user("one"),), nbytes=4_000)
+    await store.put(known)
+    assert store.bytes == 4_000
+    await store.put(StoredResponse("r2", {"id": "r2", "output": []}, (), nbytes=7_000))
+    assert await store.get("r1", owner=None) is None  # 11,000 > 10,000: the oldest went
+    assert store.bytes == 7_000

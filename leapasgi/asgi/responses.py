@@ -66,16 +66,23 @@ class Turn:
     response_id: str
     created_at: int
     owner: str | None
+    # The bytes of the request body, when it came as bytes (sizes the stored turn).
+    request_bytes: int | None = None
 
-    def stored(self, response: dict[str, Any]) -> StoredResponse:
-        """The response as the store keeps it, under the id the client was given."""
+    def stored(
+        self, response: dict[str, Any], *, answer_bytes: int | None = None
+    ) -> StoredResponse:
+        """The response as the store keeps it, under the id the client was given; with
+        ``answer_bytes`` (the encoded answer's length) its size needs no encoding."""
         response_id = response.get("id")
+        known = self.request_bytes
         return StoredResponse(
             response_id if isinstance(response_id, str) else self.response_id,
             response,
             tuple(self.items),
             self.request.previous_response_id,
             self.owner,
+            known + answer_bytes if known is not None and answer_bytes is not None else None,
         )
 
     def empty_response(self) -> dict[str, Any]:
@@ -126,6 +133,7 @@ async def prepare_turn(
         new_response_id(),
         int(time.time()),
         owner,
+        len(raw) if raw is not None else None,
     )
 
 
@@ -161,7 +169,7 @@ class ResponsesEndpoint(ProtocolEndpoint):
             )
             raw = json.dumps(response, separators=(",", ":")).encode()
         if keep:
-            await store.put(turn.stored(response))
+            await store.put(turn.stored(response, answer_bytes=len(raw)))
         await send_response(send, 200, raw, headers=outcome_headers(outcome))
         outcome.sent = True
 
@@ -218,6 +226,7 @@ class ResponsesEncoder:
         self._writer: ResponsesStreamWriter | None = None
         self._final: dict[str, Any] | None = None  # a native stream's finished response
         self._kept = False
+        self._final_bytes = 0
         self._sequence = 0
 
     @property
@@ -235,6 +244,7 @@ class ResponsesEncoder:
                 response = last.data.get("response")
                 if isinstance(response, dict):
                     self._final = response
+                    self._final_bytes = len(last.raw)
             return batch.sse()
         assert type(batch) is ChunkBatch
         writer = self._writer
@@ -253,20 +263,21 @@ class ResponsesEncoder:
         """Store a native stream's finished response, once, before its last event is sent."""
         if self._final is not None and not self._kept:
             self._kept = True
-            await self._keep(self._final)
+            await self._keep(self._final, self._final_bytes)
 
     async def end(self) -> bytes:
         writer = self._writer
         if writer is not None:
             tail = writer.complete()
-            await self._keep(writer.response)
+            # The last events carry the whole response: their length stands for its size.
+            await self._keep(writer.response, len(tail))
             return tail
         await self.keep()
         return b""
 
-    async def _keep(self, response: dict[str, Any]) -> None:
+    async def _keep(self, response: dict[str, Any], answer_bytes: int) -> None:
         if self._store is not None:
-            await self._store.put(self._turn.stored(response))
+            await self._store.put(self._turn.stored(response, answer_bytes=answer_bytes))
 
     def error_event(self, error: LeapError) -> bytes:
         code = error.code or "server_error"
