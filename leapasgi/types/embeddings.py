@@ -15,11 +15,10 @@ from array import array
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, cast
 
-from pydantic import Discriminator, Field, Strict, Tag, ValidationError
+from pydantic import Discriminator, Field, Strict, Tag
 
 from ._base import LIST_TAG, STR_TAG, TAG_MARK, CoreWireModel, WireModel
-from .guard import check_request_fields
-from .parsing import invalid_request_from
+from .parsing import parse_wire
 
 __all__ = [
     "MAX_EMBEDDING_INPUTS",
@@ -155,15 +154,7 @@ def _convert(vector: list[float] | str) -> list[float] | str:
 def parse_embedding_request(body: bytes | str | Mapping[str, Any]) -> EmbeddingRequest:
     """Validate an embeddings body; raise InvalidRequestError naming the field at fault, also
     for fields that would pick the upstream or its key."""
-    try:
-        if isinstance(body, bytes | str):
-            request = EmbeddingRequest.model_validate_json(body)
-        else:
-            request = EmbeddingRequest.model_validate(body)
-    except ValidationError as exc:
-        raise invalid_request_from(exc) from None
-    check_request_fields(body)
-    return request
+    return parse_wire(EmbeddingRequest, body)
 
 
 def encode_base64_embedding(vector: list[float]) -> str:

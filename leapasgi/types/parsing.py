@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..exceptions import InvalidRequestError
 from ._base import TAG_MARK
 from .guard import check_request_fields
 from .request import ChatCompletionRequest
 
-__all__ = ["invalid_request_from", "parse_chat_request"]
+__all__ = ["invalid_request_from", "parse_chat_request", "parse_wire"]
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def parse_chat_request(body: bytes | str | Mapping[str, Any]) -> ChatCompletionRequest:
     """Validate a request body; raise InvalidRequestError naming the field at fault, also for
     fields that would pick the upstream or its key (``api_base``, ``base_url``, ``api_key``)."""
+    return parse_wire(ChatCompletionRequest, body)
+
+
+def parse_wire(model: type[_M], body: bytes | str | Mapping[str, Any]) -> _M:
+    """``body`` validated as ``model``, with the forbidden-field guard: the one way request
+    bodies are parsed."""
     try:
         if isinstance(body, bytes | str):
-            request = ChatCompletionRequest.model_validate_json(body)
+            request = model.model_validate_json(body)
         else:
-            request = ChatCompletionRequest.model_validate(body)
+            request = model.model_validate(body)
     except ValidationError as exc:
         raise invalid_request_from(exc) from None
     # After validation, which has already refused JSON nested too deep to walk.
