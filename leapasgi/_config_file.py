@@ -68,6 +68,8 @@ def prepare(text: str, *, source: str, env: Mapping[str, str], base_dir: Path | 
     providers = raw.pop("providers", None)
     try:
         data: dict[str, Any] = _substitute(raw, (), env)
+        if "state" in data:
+            data["state"] = _key_file_from(data["state"], base_dir, "url_file")
         if not isinstance(providers, list):
             if providers is not None:
                 data["providers"] = _substitute(providers, ("providers",), env)
@@ -125,13 +127,13 @@ def _expand(text: str, path: tuple[str | int, ...], env: Mapping[str, str]) -> s
     return _REFERENCE.sub(replace, text)
 
 
-def _key_file_from(table: Any, base_dir: Path | None) -> Any:
-    if not isinstance(table, dict) or not isinstance(table.get("api_key_file"), str):
+def _key_file_from(table: Any, base_dir: Path | None, key: str = "api_key_file") -> Any:
+    if not isinstance(table, dict) or not isinstance(table.get(key), str):
         return table
-    path = Path(table["api_key_file"]).expanduser()
+    path = Path(table[key]).expanduser()
     if base_dir is not None and not path.is_absolute():
         path = base_dir / path
-    return {**table, "api_key_file": str(path)}
+    return {**table, key: str(path)}
 
 
 def key_path(loc: Sequence[str | int]) -> str:

@@ -72,6 +72,7 @@ class RequestAttempts:
         self._hints: list[float] = []
         self._last_error: LeapError | None = None
         self._busy: list[ProviderBusyError] | None = None
+        self._limited: RateLimitError | None = None
         # (seconds left, came with a 429) of the shortest hold that outlasts the deadline.
         self._held: tuple[float, bool] | None = None
 
@@ -158,6 +159,23 @@ class RequestAttempts:
         else:
             self._busy.append(error)
 
+    def record_rate_limited(self, route: Route, error: RateLimitError) -> None:
+        """Note a provider over its own RPM or TPM limit: skipped, not its failure; the request
+        ends with a 429 when nothing else serves it."""
+        self.trail.attempts.append(
+            Attempt(
+                route.provider,
+                route.model,
+                type(error).__name__,
+                status=429,
+                message=error.message,
+                skipped=True,
+            )
+        )
+        soonest = self._limited
+        if soonest is None or (error.retry_after or 0) < (soonest.retry_after or 0):
+            self._limited = error
+
     def record_success(self, route: Route, latency: float) -> None:
         """Note the attempt that served the request."""
         self.trail.attempts.append(Attempt(route.provider, route.model, OK, latency=latency))
@@ -217,7 +235,7 @@ class RequestAttempts:
         """The error for a request nothing could serve: the last upstream error, else a 503
         (or a 429 when every provider is holding off after a 429); it carries the smallest
         Retry-After any upstream gave, and a default one for a 429 or 503 without a hint."""
-        error = self._last_error or self._overflow() or self._nothing_available()
+        error = self._last_error or self._limited or self._overflow() or self._nothing_available()
         retry_after = min(self._hints) if self._hints else None
         if retry_after is None and error.retry_after is None and error.http_status in (429, 503):
             retry_after = UNAVAILABLE_RETRY_AFTER

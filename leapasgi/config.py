@@ -54,6 +54,7 @@ from .providers.settings import (
 )
 from .providers.urls import check_base_url
 from .redact import public_url
+from .state.memory import DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MAX_ENTRIES
 from .retry import DEFAULT_MAX_RETRIES, INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 
 __all__ = [
@@ -76,13 +77,16 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "STRATEGIES",
     "AliasConfig",
+    "CacheConfig",
     "ConnectionLimits",
     "GatewayConfig",
     "HealthConfig",
     "ProviderConfig",
+    "RateLimitConfig",
     "ResponsesConfig",
     "RoutingConfig",
     "ServerConfig",
+    "StateConfig",
     "load_config",
     "parse_config",
 ]
@@ -97,6 +101,14 @@ DEFAULT_REQUEST_TIMEOUT = DEFAULT_TOTAL_TIMEOUT
 DEFAULT_FIRST_TOKEN_TIMEOUT = 60.0
 DEFAULT_HEALTH_INTERVAL = 30.0
 DEFAULT_HEALTH_TIMEOUT = 5.0
+DEFAULT_STICKY_TTL = 3600.0
+DEFAULT_SESSION_HEADERS = ("x-session-id", "x-claude-code-session-id")
+DEFAULT_OP_TIMEOUT = 0.1
+DEFAULT_SYNC_INTERVAL = 0.25
+DEFAULT_RECOVER_INTERVAL = 1.0
+DEFAULT_CACHE_TTL = 300.0
+DEFAULT_CACHE_ENTRY_BYTES = 1024 * 1024
+CACHEABLE_ROUTES = ("/v1/chat/completions", "/v1/responses", "/v1/messages", "/v1/embeddings")
 
 STRATEGIES: tuple[str, ...] = tuple(Strategy)
 
@@ -135,6 +147,13 @@ def _provider_of(target: str) -> str | None:
     return provider if slash else None
 
 
+class RateLimitConfig(_Config):
+    """Requests and tokens per minute for one model of a provider."""
+
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+
+
 class ProviderConfig(_Config):
     """One provider as the manager registers it."""
 
@@ -168,6 +187,11 @@ class ProviderConfig(_Config):
     # slot, up to the request's deadline; beyond that a request fails over at once.
     max_in_flight: int | None = Field(default=None, ge=1)
     max_waiting: int = Field(default=0, ge=0)
+    # Requests and tokens per minute to this provider (unset: no limit), exact across
+    # replicas with a shared state backend; per model too. Over one: fail over, else a 429.
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    model_limits: dict[str, RateLimitConfig] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     optional: bool = False
     reply: str | None = None
@@ -340,6 +364,8 @@ class AliasConfig(_Config):
 
     targets: list[Annotated[str, AfterValidator(_check_target)]] = Field(min_length=1)
     strategy: Strategy | None = None
+    # Keep a session on the provider that served it (unset: routing.sticky).
+    sticky: bool | None = None
 
 
 class RoutingConfig(_Config):
@@ -354,6 +380,19 @@ class RoutingConfig(_Config):
     retry_initial_delay: float = Field(default=INITIAL_RETRY_DELAY, ge=0)
     retry_max_delay: float = Field(default=MAX_RETRY_DELAY, ge=0)
     max_retry_after: float = Field(default=MAX_RETRY_AFTER, ge=0)
+    # Sticky routing for providers' prompt caches: a session (a session header, the Responses
+    # chain, the user field, else its system prompt and first turn) stays on the provider
+    # that served it while that one is healthy. Off by default; an alias may switch it.
+    sticky: bool = False
+    sticky_ttl: float = Field(default=DEFAULT_STICKY_TTL, gt=0)
+    session_headers: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")]] = Field(
+        default_factory=lambda: list(DEFAULT_SESSION_HEADERS), max_length=8
+    )
+
+    @field_validator("session_headers")
+    @classmethod
+    def _lower_headers(cls, value: list[str]) -> list[str]:
+        return [name.lower() for name in value]
 
     @field_validator("aliases", mode="before")
     @classmethod
@@ -497,6 +536,91 @@ class ResponsesConfig(_Config):
     store_max_bytes: int = Field(default=DEFAULT_STORE_BYTES, ge=1024)
 
 
+class StateConfig(_Config):
+    """Where state beyond one request lives: this process (``memory``, the default) or a
+    Redis/Valkey server shared by every replica (``redis``: breakers and holds, rate limits,
+    the response cache, sticky sessions, Responses conversations, the health prober's lock).
+
+    The URL may carry credentials: give it as ``url`` (``${REDIS_URL}``), ``url_env`` (a
+    variable's name) or ``url_file``; it is never logged or shown."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: SecretStr | None = None
+    url_env: str | None = Field(default=None, pattern=_ENV_NAME_PATTERN)
+    url_file: Path | None = None
+    # Keys are named "<prefix>:..." so several gateways can share one server.
+    prefix: str = Field(default="leap", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # Seconds one state operation may take before the gateway runs on local state.
+    op_timeout: float = Field(default=DEFAULT_OP_TIMEOUT, gt=0, le=10)
+    # Replicas sharing the limits: while degraded each enforces limit / replicas.
+    replicas: int = Field(default=1, ge=1)
+    # Seconds between breaker syncs, and between reconnection attempts while degraded.
+    sync_interval: float = Field(default=DEFAULT_SYNC_INTERVAL, gt=0, le=5)
+    recover_interval: float = Field(default=DEFAULT_RECOVER_INTERVAL, gt=0, le=5)
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> Self:
+        given = [n for n in ("url", "url_env", "url_file") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"{', '.join(given)}: give the URL one way")
+        if self.backend == "redis" and not given:
+            raise ValueError("backend = 'redis' needs url, url_env or url_file")
+        return self
+
+    def resolve_url(self, env: Mapping[str, str] | None = None) -> SecretStr:
+        """The backend's URL (with its credentials), from wherever it was given."""
+        if self.url is not None:
+            return self.url
+        if self.url_file is not None:
+            try:
+                text = self.url_file.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or type(exc).__name__
+                raise ConfigurationError(
+                    f"state: cannot read url_file {self.url_file}: {reason}"
+                ) from None
+            if text:
+                return SecretStr(text)
+            raise ConfigurationError(f"state: url_file {self.url_file} is empty")
+        variable = self.url_env or ""
+        value = (os.environ if env is None else env).get(variable)
+        if not value:
+            raise ConfigurationError(f"state: set {variable} to the backend's URL")
+        return SecretStr(value)
+
+
+class CacheConfig(_Config):
+    """The exact response cache: which requests it serves by default (``models``: model and
+    alias names, ``"*"`` for all; ``routes``: paths), how long and how big entries are, and
+    whose they are (``tenant``: each client key its own; ``global``: everyone's)."""
+
+    enabled: bool = False
+    models: list[str] = Field(default_factory=list)
+    routes: list[str] = Field(default_factory=list)
+    ttl: float = Field(default=DEFAULT_CACHE_TTL, gt=0)
+    max_entry_bytes: int = Field(default=DEFAULT_CACHE_ENTRY_BYTES, ge=1024)
+    max_bytes: int = Field(default=DEFAULT_CACHE_MAX_BYTES, ge=1024)
+    max_entries: int = Field(default=DEFAULT_CACHE_MAX_ENTRIES, ge=1)
+    scope: Literal["tenant", "global"] = "tenant"
+    # Identical misses at once make one upstream call; the others wait for its answer.
+    coalesce: bool = True
+
+    @field_validator("routes")
+    @classmethod
+    def _known_routes(cls, value: list[str]) -> list[str]:
+        unknown = [route for route in value if route not in CACHEABLE_ROUTES]
+        if unknown:
+            raise ValueError(
+                f"not cacheable: {', '.join(unknown)}; cacheable: {', '.join(CACHEABLE_ROUTES)}"
+            )
+        return value
+
+
 class GatewayConfig(_Config):
     """Providers, routing, health and server settings of one gateway."""
 
@@ -505,6 +629,8 @@ class GatewayConfig(_Config):
     health: HealthConfig = Field(default_factory=HealthConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     # Optional providers dropped while loading a file (an unset variable), with the reason.
     _skipped: dict[str, str] = PrivateAttr(default_factory=dict)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from enum import Enum
@@ -33,6 +34,7 @@ from .exceptions import (
     FirstByteTimeoutError,
     LeapError,
     ProviderBusyError,
+    RateLimitError,
     StreamInterruptedError,
     UpstreamUnavailableError,
 )
@@ -42,6 +44,9 @@ from .providers.base import NativeProvider
 from .registry import Lease, ProviderEntry, ProviderStatus, Registry
 from .retry import RetryPolicy
 from .routing import Route, RouteTable
+from .sessions import request_session
+from .state import Bucket, MemoryState, RateLimiter, Reservation, StateBackend, StickyTable
+from .tokens import estimate_tokens
 from .streaming import ChunkBatch
 from .trail import RoutingTrail
 from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
@@ -57,7 +62,7 @@ class _Answer(Protocol):
 
 
 _T = TypeVar("_T", bound=_Answer)
-_R = TypeVar("_R")
+_R = TypeVar("_R", bound=ChatCompletionRequest | ProtocolRequest)
 # A stream's batches: chat chunks, or the events of a protocol spoken natively.
 Batch = ChunkBatch | EventBatch
 _B = TypeVar("_B", bound=Batch)
@@ -103,6 +108,14 @@ class Dispatcher:
         self._rng = rng
         self._cursors: dict[str, itertools.count[int]] = {}
         self._policies: dict[int, RetryPolicy] = {}
+        state = MemoryState(clock=clock)
+        self._limiter: RateLimiter = state.limiter
+        self._sticky: StickyTable = state.sticky
+
+    def use_state(self, state: StateBackend) -> None:
+        """Take rate limits and sticky sessions from ``state``."""
+        self._limiter = state.limiter
+        self._sticky = state.sticky
 
     async def complete(
         self, request: ChatCompletionRequest, outcome: Outcome, *, prefer: str | None = None
@@ -176,21 +189,36 @@ class Dispatcher:
         """Try routes until one attempt succeeds, and settle the request's outcome; raises
         the error the request ends with."""
         outcome.model = model
+        session = None
         try:
-            attempts = self._plan(routes_of(request), model, outcome.trail, prefer)
+            routes = routes_of(request)
+            if prefer is None and self._routes.sticky_anywhere and self._routes.is_sticky(model):
+                session = outcome.session or request_session(request)
+                if session is not None:
+                    prefer = await self._sticky.get(session)
+            attempts = self._plan(routes, model, outcome.trail, prefer)
             clock = self._clock
             while True:
                 route = await attempts.next()
                 if route is None:
                     raise attempts.exhausted_error()
                 entry = self._registry.get(route.provider)
+                reserved = None
+                if entry.rated and (buckets := entry.buckets(route.model)):
+                    reserved = await self._reserve(entry, route, buckets, request, attempts)
+                    if reserved is None:
+                        continue
                 if entry.limit is not None:
                     slot = await self._take_slot(entry, route, attempts)
-                    if slot is _Slot.OUT_OF_TIME:
-                        raise attempts.exhausted_error()
                     if slot is not _Slot.TAKEN:
+                        if reserved is not None:
+                            self._limiter.settle(reserved, None)
+                        if slot is _Slot.OUT_OF_TIME:
+                            raise attempts.exhausted_error()
                         continue
                 lease = entry.lease(expires_at=attempts.deadline.at)
+                if reserved is not None:
+                    lease.reserved = (self._limiter, reserved)
                 started = clock.monotonic()
                 try:
                     result = await attempt(entry, route, request, attempts, lease, started)
@@ -211,7 +239,35 @@ class Dispatcher:
             raise
         outcome.upstream_request_id = result.request_id
         outcome.settle()
+        if session is not None and route.provider != prefer:
+            # The session's provider from now on (its first, or it moved on a failure).
+            await self._sticky.set(session, route.provider, self._routing.sticky_ttl)
         return result
+
+    async def _reserve(
+        self,
+        entry: ProviderEntry,
+        route: Route,
+        buckets: tuple[Bucket, ...],
+        request: ChatCompletionRequest | ProtocolRequest,
+        attempts: RequestAttempts,
+    ) -> Reservation | None:
+        """Take the request's share of ``entry``'s rate limits; None when one is spent (the
+        provider is skipped, and noted in the trail)."""
+        tokens = estimate_tokens(request) if any(b.tpm for b in buckets) else 0
+        granted = await self._limiter.reserve(buckets, tokens)
+        if isinstance(granted, Reservation):
+            return granted
+        attempts.record_rate_limited(
+            route,
+            RateLimitError(
+                f"Provider {entry.name!r} is at its rate limit for {route.model!r}",
+                provider=entry.name,
+                retry_after=max(1.0, math.ceil(granted)),
+                code="rate_limit_exceeded",
+            ),
+        )
+        return None
 
     async def _complete(
         self,

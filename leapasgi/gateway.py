@@ -14,12 +14,14 @@ from typing import Protocol, Self
 
 from .access import AccessPolicy
 from .config import GatewayConfig, load_config
-from .conversations import MemoryResponseStore, ResponseStore
+from .cache import ResponseCache
+from .conversations import ResponseStore
 from .manager import ProviderManager
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
 from .providers.base import Provider
 from .recorder import OutcomeRecorder
+from .state import StateBackend, build_state
 
 __all__ = ["GatewayCore", "Service"]
 
@@ -47,16 +49,34 @@ class GatewayCore:
         providers: Iterable[Provider] | None = None,
         env: Mapping[str, str] | None = None,
         response_store: ResponseStore | None = None,
+        state: StateBackend | None = None,
     ) -> None:
-        self.config = config or GatewayConfig()
-        self.manager = manager or ProviderManager.from_config(self.config, env=env)
-        responses = self.config.responses
-        # The Responses API's conversations; another backend (Redis) can be given instead.
-        self.response_store: ResponseStore = response_store or MemoryResponseStore(
+        self.config = config = config or GatewayConfig()
+        clock = manager.registry.clock if manager is not None else None
+        # Breakers, limits, the cache, sessions and conversations: in this process, or shared.
+        self.state: StateBackend = state or build_state(
+            config.state, config.cache, clock=clock, env=env
+        )
+        self.manager = manager or ProviderManager.from_config(config, env=env)
+        self.manager.use_state(self.state)
+        responses = config.responses
+        # The Responses API's conversations, kept by the state backend unless one is given.
+        self.response_store: ResponseStore = response_store or self.state.responses(
             ttl=responses.store_ttl,
             max_entries=responses.store_max_entries,
             max_bytes=responses.store_max_bytes,
-            clock=self.manager.registry.clock,
+        )
+        # The exact response cache: None when switched off (then it costs nothing).
+        self.cache: ResponseCache | None = (
+            ResponseCache(config.cache, self.state.cache, clock=self.manager.registry.clock)
+            if config.cache.enabled
+            else None
+        )
+        # Session headers, read only when some route routes sticky.
+        self.session_headers: tuple[bytes, ...] = (
+            tuple(name.encode() for name in config.routing.session_headers)
+            if self.manager.routes.sticky_anywhere
+            else ()
         )
         for provider in providers or ():
             self.manager.register_provider(provider)
@@ -96,7 +116,7 @@ class GatewayCore:
     async def start(self) -> None:
         """Start the manager (model discovery, health checks) and the services; safe to call
         twice."""
-        await self.manager.start()
+        await self.manager.start()  # it starts the state backend first
         for service in self._services:
             await service.start()
 

@@ -230,6 +230,34 @@ class CircuitBreaker:
         elif self._state is BreakerState.CLOSED:
             self._eject()
 
+    def adopt(
+        self, *, open_until: float | None, hold_until: float | None, times_ejected: int, at: float
+    ) -> None:
+        """Apply another replica's view of this provider (monotonic times on this clock; ``at``
+        is when it was true): an ejection ending later than ours ejects us until then, an end
+        of ejection newer than our last ejection closes us, a longer hold holds us too."""
+        now = self._clock.monotonic()
+        if open_until is not None:
+            if open_until > now and (
+                self._state is BreakerState.CLOSED
+                or self._open_until is None
+                or open_until > self._open_until
+            ):
+                self._known = True
+                self._state = BreakerState.OPEN
+                self._ejected_at = at
+                self._open_until = open_until
+                self._times_ejected = max(self._times_ejected, times_ejected)
+                self._closed_at = None
+        elif self._state is not BreakerState.CLOSED and (
+            self._ejected_at is None or self._ejected_at <= at
+        ):
+            self._consecutive_failures = 0
+            self._close()
+        if hold_until is not None and hold_until > now:
+            if self._hold_until is None or hold_until > self._hold_until:
+                self._hold_until = hold_until
+
     def _eject(self) -> None:
         now = self._clock.monotonic()
         self._times_ejected = self._decayed_times_ejected(now) + 1

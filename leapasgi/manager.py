@@ -22,7 +22,7 @@ from .clock import Clock, SystemClock
 from .config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
 from .dispatch import Batch, Dispatcher, UpstreamStream
 from .exceptions import LeapError
-from .health import BreakerPolicy
+from .health import BreakerPolicy, BreakerState
 from .managed_stream import ManagedStream
 from .native import NativeReply, ProtocolRequest
 from .outcome import Outcome
@@ -31,6 +31,7 @@ from .providers.presets import PRESETS
 from .redact import public_url
 from .registry import ProviderEntry, ProviderStatus, Registry, RouteSettings
 from .routing import Alias, RouteTable
+from .state import BreakerEvent, MemoryState, StateBackend
 from .streaming import ChunkBatch
 from .trail import RoutingTrail
 from .types import ChatCompletion, ChatCompletionRequest, Model
@@ -79,9 +80,10 @@ class ProviderManager:
         self.routes = RouteTable(
             self.registry,
             {
-                name: Alias(tuple(alias.targets), alias.strategy)
+                name: Alias(tuple(alias.targets), alias.strategy, alias.sticky)
                 for name, alias in self.routing.aliases.items()
             },
+            sticky=self.routing.sticky,
         )
         self.dispatcher = Dispatcher(
             self.registry,
@@ -91,6 +93,7 @@ class ProviderManager:
             clock=self._clock,
             rng=rng or random.Random(),
         )
+        self.state: StateBackend = MemoryState(clock=self._clock)
         self._worker: asyncio.Task[None] | None = None
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -113,6 +116,45 @@ class ProviderManager:
             manager.register(provider, env=env)
         return manager
 
+    def use_state(self, state: StateBackend) -> None:
+        """Keep breakers, holds, rate limits and sessions in ``state`` (before ``start``);
+        a shared one hears of every ejection and tells the other replicas."""
+        self.state = state
+        self.dispatcher.use_state(state)
+        self.registry.observe(None if isinstance(state, MemoryState) else self._publish)
+
+    def _publish(self, entry: ProviderEntry) -> None:
+        """Tell the other replicas of ``entry``'s ejection, hold or recovery."""
+        breaker = entry.breaker
+        clock = self._clock
+        offset = clock.time() - clock.monotonic()
+        until = breaker.open_until if breaker.state is not BreakerState.CLOSED else None
+        held = breaker.held_until
+        self.state.board.publish(
+            BreakerEvent(
+                entry.name,
+                at=clock.time(),
+                open_until=until + offset if until is not None else None,
+                hold_until=held + offset if held is not None else None,
+                rate_limited=entry.held_for_rate_limit,
+                times_ejected=breaker.times_ejected,
+            )
+        )
+
+    def _adopt(self, event: BreakerEvent) -> None:
+        """Apply another replica's breaker event."""
+        if event.provider not in self.registry:
+            return
+        clock = self._clock
+        offset = clock.monotonic() - clock.time()
+        self.registry.get(event.provider).adopt(
+            open_until=None if event.open_until is None else event.open_until + offset,
+            hold_until=None if event.hold_until is None else event.hold_until + offset,
+            rate_limited=event.rate_limited,
+            times_ejected=event.times_ejected,
+            at=event.at + offset,
+        )
+
     # Registration
 
     def register(
@@ -131,6 +173,11 @@ class ProviderManager:
             base_url=public_url(url) if (url := config.resolved_base_url) else None,
             max_in_flight=config.max_in_flight,
             max_waiting=config.max_waiting,
+            rpm=config.rpm,
+            tpm=config.tpm,
+            model_limits=tuple(
+                (model, limit.rpm, limit.tpm) for model, limit in config.model_limits.items()
+            ),
         )
         return self.register_provider(provider, settings)
 
@@ -241,6 +288,7 @@ class ProviderManager:
         async with self._start_lock:
             if self._started:
                 return
+            await self.state.start(self._adopt)
             await self.discover_models()
             if self.health.interval > 0 and self._worker is None:
                 self._worker = asyncio.create_task(self._health_loop(), name="leapasgi-health")
@@ -257,6 +305,7 @@ class ProviderManager:
         retired, self._retired = self._retired, []
         providers = [entry.provider for entry in self.registry]
         await asyncio.gather(*(p.aclose() for p in (*providers, *retired)), *self._closing)
+        await self.state.aclose()
 
     async def discover_models(self) -> None:
         """Ask every provider without a configured model list for its models."""
@@ -302,9 +351,12 @@ class ProviderManager:
         return HealthResult(entry.name, error is None, self._clock.monotonic() - started, error)
 
     async def _health_loop(self) -> None:
+        # One replica checks at a time; the others learn the results from the state backend.
+        lease = max(2 * self.health.interval, self.health.interval + self.health.timeout)
         while True:
             try:
-                await self.check_health()
+                if await self.state.lock.acquire("health", lease):
+                    await self.check_health()
                 now = self._clock.monotonic()
                 for entry in self.registry:
                     entry.reclaim(now)

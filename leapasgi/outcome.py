@@ -45,6 +45,7 @@ class Outcome:
     __slots__ = (
         "_id",
         "_sink",
+        "cache",
         "completion_tokens",
         "error",
         "first_token_at",
@@ -53,6 +54,7 @@ class Outcome:
         "operation",
         "prompt_tokens",
         "sent",
+        "session",
         "started",
         "stream",
         "trail",
@@ -72,6 +74,10 @@ class Outcome:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.upstream_request_id: str | None = None
+        # The client's session (a session header's value), for sticky routing.
+        self.session: str | None = None
+        # What the response cache did: "hit", "miss" or "bypass"; None without a cache.
+        self.cache: str | None = None
         # How it ended: the error answered, the client gone, or the answer sent whole.
         self.error: LeapError | None = None
         self.gone = False

@@ -28,6 +28,7 @@ from .native import WireProtocol
 from .providers.base import Capabilities, NativeProvider, Provider
 from .redact import public_url
 from .retry import DEFAULT_MAX_RETRIES
+from .state.base import Bucket, RateLimiter, Reservation
 from .stats import ProviderStats, Quantiles
 
 __all__ = [
@@ -83,6 +84,10 @@ class RouteSettings:
     # Requests at once (None: no limit), and how many more may wait for a slot.
     max_in_flight: int | None = None
     max_waiting: int = 0
+    # Requests and tokens per minute (None: no limit), and per model: (model, rpm, tpm).
+    rpm: int | None = None
+    tpm: int | None = None
+    model_limits: tuple[tuple[str, int | None, int | None], ...] = ()
 
 
 def _native(provider: Provider, capabilities: Capabilities) -> NativeProvider | None:
@@ -104,6 +109,7 @@ class ProviderEntry:
 
     __slots__ = (
         "_admin",
+        "_buckets",
         "_clock",
         "_effective",
         "_kept",
@@ -114,7 +120,9 @@ class ProviderEntry:
         "held_for_rate_limit",
         "limit",
         "native",
+        "observer",
         "provider",
+        "rated",
         "sampled_at",
         "settings",
         "stats",
@@ -149,6 +157,11 @@ class ProviderEntry:
         # Leases handed to a stream's consumer, which might never close it; see reclaim().
         self._kept: set[Lease] = set()
         self._on_idle: Callable[[], None] | None = None
+        # Told of every ejection, hold and recovery here (a shared state backend's board).
+        self.observer: Callable[[ProviderEntry], None] | None = None
+        # Whether requests here are rate limited (RPM/TPM), and the buckets per model.
+        self.rated = bool(settings.rpm or settings.tpm or settings.model_limits)
+        self._buckets: dict[str, tuple[Bucket, ...]] = {}
         self._note(ProviderStatus.ACTIVE, "registered")
 
     @property
@@ -200,6 +213,20 @@ class ProviderEntry:
             lease.abandoned()
         return len(expired)
 
+    def buckets(self, model: str) -> tuple[Bucket, ...]:
+        """The rate limits a request for ``model`` (the provider's name for it) counts against."""
+        buckets = self._buckets.get(model)
+        if buckets is None:
+            settings = self.settings
+            found = []
+            if settings.rpm or settings.tpm:
+                found.append(Bucket(f"p:{self.name}", settings.rpm, settings.tpm))
+            for name, rpm, tpm in settings.model_limits:
+                if name == model:
+                    found.append(Bucket(f"m:{self.name}:{name}", rpm, tpm))
+            buckets = self._buckets[model] = tuple(found)
+        return buckets
+
     def when_idle(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once no request is in flight here (now, if none is)."""
         if self.stats.in_flight == 0:
@@ -239,6 +266,8 @@ class ProviderEntry:
         if error.retry_after:
             self.breaker.hold(error.retry_after)
             self.held_for_rate_limit = isinstance(error, RateLimitError)
+            if self.observer is not None:
+                self.observer(self)
             if self.held_for_rate_limit:
                 self.breaker.release_probe()
                 return
@@ -248,6 +277,8 @@ class ProviderEntry:
             if self._admin is ProviderStatus.ACTIVE:
                 # Every ejection is recorded, a repeated one (a failed probe) included.
                 self._note(self.status, cause)
+            if self.observer is not None:
+                self.observer(self)
 
     def refused(self, error: LeapError) -> None:
         """Record an error that is the caller's, not the provider's (400, 404, 413, 422...)."""
@@ -268,10 +299,31 @@ class ProviderEntry:
         self.refresh(cause)
 
     def refresh(self, cause: str) -> None:
-        """Record a transition if the effective status changed."""
+        """Record a transition if the effective status changed (and tell the observer)."""
         status = self.status
         if status is not self._effective:
             self._note(status, cause)
+            if self.observer is not None:
+                self.observer(self)
+
+    def adopt(
+        self,
+        *,
+        open_until: float | None,
+        hold_until: float | None,
+        rate_limited: bool,
+        times_ejected: int,
+        at: float,
+    ) -> None:
+        """Apply another replica's ejection, hold or recovery (monotonic times here)."""
+        self.breaker.adopt(
+            open_until=open_until, hold_until=hold_until, times_ejected=times_ejected, at=at
+        )
+        if hold_until is not None:
+            self.held_for_rate_limit = rate_limited
+        status = self.status
+        if status is not self._effective:
+            self._note(status, "seen by another replica")
 
     def _note(self, status: ProviderStatus, cause: str) -> None:
         self._effective = status
@@ -283,12 +335,14 @@ class Lease:
     the provider has a limit) from the start of the attempt until its outcome is recorded.
     Whatever ends it first records the outcome; later calls do nothing."""
 
-    __slots__ = ("entry", "expires_at", "live")
+    __slots__ = ("entry", "expires_at", "live", "reserved")
 
     def __init__(self, entry: ProviderEntry, expires_at: float) -> None:
         self.entry = entry
         self.expires_at = expires_at
         self.live = True
+        # The rate limits this attempt holds, settled when it ends.
+        self.reserved: tuple[RateLimiter, Reservation] | None = None
 
     def succeeded(
         self,
@@ -300,6 +354,10 @@ class Lease:
     ) -> None:
         """The attempt served the request."""
         if self._end():
+            if self.reserved is not None:
+                limiter, reservation = self.reserved
+                used = prompt_tokens + completion_tokens
+                limiter.settle(reservation, used or reservation.tokens)
             self.entry.succeeded(
                 latency, ttft=ttft, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
             )
@@ -307,16 +365,19 @@ class Lease:
     def failed(self, error: LeapError, latency: float) -> None:
         """The attempt failed through the provider's fault."""
         if self._end():
+            self._give_back()
             self.entry.failed(error, latency)
 
     def refused(self, error: LeapError) -> None:
         """The attempt failed through the caller's fault (400, 404...)."""
         if self._end():
+            self._give_back()
             self.entry.refused(error)
 
     def abandoned(self) -> None:
         """The attempt ended without a verdict (the caller went away, or dropped a stream)."""
         if self._end():
+            self._give_back()
             self.entry.abandoned()
 
     def _end(self) -> bool:
@@ -325,6 +386,11 @@ class Lease:
         self.live = False
         self.entry.end(self)
         return True
+
+    def _give_back(self) -> None:
+        if self.reserved is not None:
+            limiter, reservation = self.reserved
+            limiter.settle(reservation, None)
 
     def __repr__(self) -> str:
         return f"Lease({self.entry.name!r}, live={self.live})"
@@ -369,6 +435,10 @@ class ProviderSnapshot:
     # The concurrency limit (None: none), requests waiting for a slot, and those turned away.
     max_in_flight: int | None = None
     max_waiting: int = 0
+    # Requests and tokens per minute (None: no limit), and per model: (model, rpm, tpm).
+    rpm: int | None = None
+    tpm: int | None = None
+    model_limits: tuple[tuple[str, int | None, int | None], ...] = ()
     waiting: int = 0
     overflows: int = 0
 
@@ -396,6 +466,15 @@ class Registry:
         self._entries: dict[str, ProviderEntry] = {}
         # Bumped whenever the set of providers or their model lists change; caches key on it.
         self.version = 0
+        # Told of every provider's ejections, holds and recoveries (see ``observe``).
+        self.observer: Callable[[ProviderEntry], None] | None = None
+
+    def observe(self, observer: Callable[[ProviderEntry], None] | None) -> None:
+        """Tell ``observer`` of every ejection, hold and recovery, now and for providers
+        registered later."""
+        self.observer = observer
+        for entry in self._entries.values():
+            entry.observer = observer
 
     @property
     def clock(self) -> Clock:
@@ -419,6 +498,7 @@ class Registry:
         entry = ProviderEntry(
             provider, settings or RouteSettings(), policy=self._policy, clock=self._clock
         )
+        entry.observer = self.observer
         self._entries[name] = entry
         self.version += 1
         return entry

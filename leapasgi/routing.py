@@ -34,14 +34,25 @@ class Alias:
 
     targets: tuple[str, ...]
     strategy: str | None = None
+    # Keep a session on one provider (None: the gateway's default).
+    sticky: bool | None = None
 
 
 class RouteTable:
     """Resolves a request's model to the routes that can serve it."""
 
-    def __init__(self, registry: Registry, aliases: Mapping[str, Alias] | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        aliases: Mapping[str, Alias] | None = None,
+        *,
+        sticky: bool = False,
+    ) -> None:
         self._registry = registry
         self.aliases: dict[str, Alias] = dict(aliases or {})
+        # Sticky routing by default, and whether any model routes sticky at all.
+        self.sticky = sticky
+        self.sticky_anywhere = sticky or any(a.sticky for a in self.aliases.values())
         # Resolved routes per model name, valid while the registry's version is unchanged.
         self._cache: dict[str, list[Route]] = {}
         self._cache_version = -1
@@ -49,6 +60,13 @@ class RouteTable:
         # provider/model for those), rebuilt when the registry changes.
         self._listed: frozenset[str] = frozenset()
         self._listed_version = -1
+
+    def is_sticky(self, model: str) -> bool:
+        """Whether requests for ``model`` keep their session on one provider."""
+        alias = self.aliases.get(model)
+        if alias is not None and alias.sticky is not None:
+            return alias.sticky
+        return self.sticky
 
     def routes(self, request: ChatCompletionRequest) -> list[Route]:
         """Routes for ``request``, in preference order; 404 for an unknown model, 400 when no

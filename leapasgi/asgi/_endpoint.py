@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..exceptions import InvalidRequestError, LeapError
 from ..outcome import Outcome
+from ..sessions import session_header
 from ._http import ClientGone, read_body, send_error
 from .relay import DisconnectGuard
 
@@ -42,6 +43,8 @@ class ProtocolEndpoint:
         self.access = gateway.access
         self.max_body = gateway.config.server.max_body_bytes
         self.keepalive = gateway.config.server.keepalive_interval
+        # Headers naming a client's session, read only when sticky routing is on somewhere.
+        self.session_headers = gateway.session_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with Outcome(sink=self.recorder) as outcome:
@@ -60,6 +63,8 @@ class ProtocolEndpoint:
         if refused is not None:
             await self.send_error(send, refused, outcome)
             return
+        if self.session_headers:
+            outcome.session = session_header(scope, self.session_headers)
         try:
             body = await read_body(receive, scope, self.max_body)
         except ClientGone:

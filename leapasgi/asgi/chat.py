@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
 
 from ..exceptions import LeapError
 from ..outcome import Outcome
+from ..sessions import session_header
 from ..types import ChatCompletionRequest, parse_chat_request
 from ._endpoint import ProtocolEndpoint
 from ._http import ClientGone, outcome_headers, read_body, send_error, send_response
 from .relay import CHAT_ENCODER, DisconnectGuard, SSERelay
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["ChatEndpoint"]
 
@@ -36,6 +33,8 @@ class ChatEndpoint(ProtocolEndpoint):
         if refused is not None:
             await send_error(send, refused, outcome)
             return
+        if self.session_headers:
+            outcome.session = session_header(scope, self.session_headers)
         try:
             body = await read_body(receive, scope, self.max_body)
             request = parse_chat_request(body)
