@@ -121,7 +121,7 @@ class ProviderManager:
         a shared one hears of every ejection and tells the other replicas."""
         self.state = state
         self.dispatcher.use_state(state)
-        self.registry.observe(None if isinstance(state, MemoryState) else self._publish)
+        self.registry.observe(None if state.kind == "memory" else self._publish)
 
     def _publish(self, entry: ProviderEntry) -> None:
         """Tell the other replicas of ``entry``'s ejection, hold or recovery."""
