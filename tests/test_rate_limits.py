@@ -10,7 +10,7 @@ import pytest
 
 from leapasgi.clock import FakeClock
 from leapasgi.config import HealthConfig, RoutingConfig, parse_config
-from leapasgi.exceptions import RateLimitError
+from leapasgi.exceptions import InvalidRequestError, RateLimitError
 from leapasgi.gateway import GatewayCore
 from leapasgi.manager import ProviderManager
 from leapasgi.providers.mock import Fault, MockProvider
@@ -34,7 +34,8 @@ def manager(clock: FakeClock, **limits: RouteSettings) -> ProviderManager:
         routing=RoutingConfig(), health=HealthConfig(interval=0), clock=clock, rng=random.Random(1)
     )
     for name, settings in limits.items():
-        m.register_provider(MockProvider(name=name, models=["m"], reply=name, clock=clock), settings)
+        provider = MockProvider(name=name, models=["m"], reply=name, clock=clock)
+        m.register_provider(provider, settings)
     return m
 
 
@@ -144,7 +145,7 @@ async def test_a_failed_attempt_gives_its_reservation_back() -> None:
     m = ProviderManager(health=HealthConfig(interval=0), clock=clock)
     m.register_provider(provider, RouteSettings(models=("m",), rpm=1))
 
-    with pytest.raises(Exception, match="400|invalid|Bad"):
+    with pytest.raises(InvalidRequestError):
         await m.chat(req())
     completion = await m.chat(req())  # the failed one took nothing
 

@@ -145,18 +145,6 @@ class MemoryLimiter:
                 window.tokens += tokens - use.tokens
                 use.tokens = tokens
 
-    def sweep(self) -> None:
-        """Forget settled reservations' bookkeeping whose window has passed."""
-        now = self._clock.monotonic()
-        for key, window in list(self._windows.items()):
-            window.prune(now)
-            if not window.uses:
-                del self._windows[key]
-        start = now - RATE_WINDOW
-        for rid, uses in list(self._uses.items()):
-            if uses and uses[0][1].at <= start:
-                del self._uses[rid]
-
 
 class MemoryCacheStore:
     """Entries in this process, least recently used evicted first past ``max_entries`` or
