@@ -1,16 +1,18 @@
 """Throughput, latency, CPU and memory of the gateway next to a direct call and a bare forwarder.
 
     python benchmarks/gateway.py [--duration 5 | --quick] [--rounds 1] [--json results.json]
-        [--modes json,stream,messages,messages_stream,responses,responses_stream]
+        [--modes json,stream,messages,messages_stream,responses,responses_stream,
+                 cache_hit,cache_hit_stream,cache_miss]
 
 Starts three processes on 127.0.0.1: the fake upstream (benchmarks/upstream.py), the floor
 (benchmarks/forwarder.py: Starlette + aiohttp passing bytes through) and ``leapasgi serve`` with
 two providers pointing at the upstream: ``bench`` speaks Messages and Responses natively
-(``protocols = ["messages", "responses"]``), ``bench-chat`` only chat completions. wrk
-(installed with apt-get when missing) POSTs at 1, 16 and 64 connections to each target; the CPU
-per request is the serving process's own utime + stime. With ``--rounds N`` the whole sweep runs
-N times and each figure is the median: on a busy machine one sweep is noisy. The run ends with
-the targets checked; the exit status is 0 whether they pass or not.
+(``protocols = ["messages", "responses"]``), ``bench-chat`` only chat completions. The cache
+and state modes add gateways of their own (below). wrk (installed with apt-get when missing)
+POSTs at 1, 16 and 64 connections to each target; the CPU per request is the serving process's
+own utime + stime. With ``--rounds N`` the whole sweep runs N times and each figure is the
+median: on a busy machine one sweep is noisy. The run ends with the targets checked; the exit
+status is 0 whether they pass or not.
 
 Modes: ``json`` and ``stream`` are a chat completion request, plain and streaming (20 chunks),
 against the upstream itself (direct), the floor and the gateway. ``messages`` and
@@ -22,6 +24,23 @@ Responses bodies say ``"store": false``: the gateway stores responses by default
 response per request would grow its memory through the run. Native pass-through must cost at
 most 1.2x the chat path's CPU per request of the same shape (JSON or stream); the translated
 paths' ratios are reported beside it.
+
+``cache_hit`` and ``cache_hit_stream`` send ``json``'s and ``stream``'s body, the same on every
+request, to the floor and to a gateway with the response cache on for every model (row
+``cached``): after the first, every request is a hit, the stream replayed from the cache. Hits
+must serve at least the floor's req/s. ``cache_miss`` sends a chat completion whose text
+carries a counter (benchmarks/wrk_unique.lua), so no two requests are alike, to the floor and to
+two gateways with the cache on and rate limits too high to refuse (``rpm`` and ``tpm`` on both
+providers): ``memory`` keeps its state in the process, ``redis`` in a redis-server the run
+starts on a free port (``--save ''``, no append-only file; needs Debian's redis-server). Each
+request there looks the cache up, misses, claims the key (coalescing), reserves and settles a
+rate limit, calls the upstream and stores the answer. The Redis backend may cost at most
+0.15 ms of CPU per request more than the memory one; redis-server's own CPU and its commands
+per request (those its Lua scripts run included) are reported beside it. A redis run during
+which the gateway fell back to local state (as its log says) is flagged and fails the check:
+its figures are partly the memory backend's. Every gateway with the cache on answers
+``x-leap-cache``; the smoke test asks for ``hit`` or ``miss`` as its mode expects, and the
+results the gateway counted during the timed runs (from ``/metrics``) are reported.
 
 The upstream writes its events back to back, so on loopback they mostly arrive in one or two
 reads and the floor relays them as such; the gateway decodes and re-sends each event. The
@@ -43,14 +62,18 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
+
+from redis_server import command_counts, redis_command
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LUA = HERE / "wrk_post.lua"
+UNIQUE_LUA = HERE / "wrk_unique.lua"
 PATH = "/v1/chat/completions"
 # The model of the provider speaking Messages and Responses natively, and of the chat-only one.
 NATIVE_MODEL = "bench"
@@ -62,6 +85,9 @@ WARMUP = 1
 STARTUP_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 IMPORT_RUNS = 5
+# Rate limits no run reaches: every request still reserves and settles them.
+BENCH_RPM = 100_000_000
+BENCH_TPM = 10_000_000_000
 
 MIN_JSON_RATIO = 0.6
 MIN_STREAM_RATIO = 0.5
@@ -70,37 +96,103 @@ MAX_NATIVE_CPU_RATIO = 1.2
 MAX_ADDED_P50_MS = 0.5
 MAX_RSS_MB = 100.0
 MAX_IMPORT_MS = 300.0
+MIN_CACHE_HIT_RATIO = 1.0
+MAX_REDIS_ADDED_CPU_MS = 0.15
 
 _TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
 _DURATION = r"([\d.]+)(us|ms|s|m|h)"
+_CACHE_RESULTS = ("hit", "miss", "bypass")
+# What leapasgi/state/redis.py logs when a failed or slow operation sends it to local state,
+# and when Redis is back.
+DEGRADED_LOG = "running on local state"
+RESTORED_LOG = "state is shared again"
+_CACHE_METRIC = re.compile(r'^leap_cache_requests_total\{result="(\w+)"\} ([\d.e+]+)$', re.M)
+
+# The targets of the chat modes, of the other protocols' (translation is their question), of
+# the cache-hit modes and of the cache-miss mode (the state backends side by side).
+CHAT_TARGETS = ("direct", "floor", "gateway")
+PROTOCOL_TARGETS = ("floor", "gateway", "translated")
+CACHE_TARGETS = ("floor", "cached")
+STATE_TARGETS = ("floor", "memory", "redis")
 
 
 @dataclass(frozen=True)
 class Mode:
-    """What a run sends: a body (``{model}`` filled in by the target) to a path, and the
-    chat mode of the same shape its CPU is compared with (None for the chat modes)."""
+    """What a run sends: a body (``{model}`` filled in by the target, ``{n}`` by each request)
+    to a path; the chat mode of the same shape its CPU is compared with (None for the chat
+    modes); its targets when not the chat or protocol ones, and the ``x-leap-cache`` answer its
+    requests get from a gateway with the cache on."""
 
     name: str
     path: str
     template: str
     expect: bytes  # in every whole answer, native or translated
     chat: str | None = None
+    targets: tuple[str, ...] | None = None
+    cache: str | None = None
 
-    def body(self, model: str) -> bytes:
-        return self.template.replace("{model}", model).encode()
+    @property
+    def unique(self) -> bool:
+        """Whether every request sends a body of its own (its ``{n}`` filled in)."""
+        return "{n}" in self.template
+
+    def wire(self, model: str) -> str:
+        """The body for ``model``, its ``{n}`` left in."""
+        return self.template.replace("{model}", model)
+
+    def body(self, model: str, n: str = "") -> bytes:
+        return self.wire(model).replace("{n}", n).encode()
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where a run goes: a server, and the model its bodies name."""
+    """Where a run goes: a server, the model its bodies name, and the process keeping its
+    state when that is not the server (its CPU and commands are measured too)."""
 
     name: str
     server: str
     model: str = NATIVE_MODEL
+    helper: str | None = None
+
+
+@dataclass(frozen=True)
+class Setup:
+    """A ``leapasgi serve`` server: what it adds to the plain gateway."""
+
+    cache: bool = False  # the response cache on for every model
+    limits: bool = False  # BENCH_RPM and BENCH_TPM on both providers
+    backend: Literal["memory", "redis"] | None = None  # [state] backend; None: the default
+
+    def config(
+        self,
+        upstream_port: int,
+        port: int,
+        *,
+        redis_url: str | None = None,
+        state: Mapping[str, str | float] | None = None,
+    ) -> str:
+        """The server's configuration; ``state`` adds keys to its ``[state]`` table."""
+        table: dict[str, str | float] = {}
+        if self.backend is not None:
+            table["backend"] = self.backend
+            if self.backend == "redis":
+                if redis_url is None:
+                    raise ValueError("a redis gateway needs redis_url")
+                table["url"] = redis_url
+            table.update(state or {})
+        return gateway_config(
+            upstream_port,
+            port,
+            protocols=True,
+            cache=self.cache,
+            limits=self.limits,
+            state=table or None,
+        )
 
 
 # Bodies without their closing brace; "store": false keeps the gateway's response store empty.
 _CHAT = '{"model":"{model}","messages":[{"role":"user","content":"hi"}]'
+_UNIQUE_CHAT = '{"model":"{model}","messages":[{"role":"user","content":"hi {n}"}]'
 _MESSAGES = '{"model":"{model}","max_tokens":64,"messages":[{"role":"user","content":"hi"}]'
 _RESPONSES = '{"model":"{model}","input":"hi","store":false'
 _STREAM = ',"stream":true}'
@@ -121,6 +213,23 @@ MODES = {
             b"event: response.completed",
             "stream",
         ),
+        Mode("cache_hit", PATH, _CHAT + "}", b'"choices"', targets=CACHE_TARGETS, cache="hit"),
+        Mode(
+            "cache_hit_stream",
+            PATH,
+            _CHAT + _STREAM,
+            b"data: [DONE]",
+            targets=CACHE_TARGETS,
+            cache="hit",
+        ),
+        Mode(
+            "cache_miss",
+            PATH,
+            _UNIQUE_CHAT + "}",
+            b'"choices"',
+            targets=STATE_TARGETS,
+            cache="miss",
+        ),
     )
 }
 BODY = MODES["json"].body(NATIVE_MODEL)
@@ -132,16 +241,30 @@ TARGETS = {
         Target("floor", "floor"),
         Target("gateway", "gateway"),
         Target("translated", "gateway", CHAT_MODEL),
+        Target("cached", "cached"),
+        Target("memory", "memory"),
+        Target("redis", "redis", helper="redis-server"),
     )
 }
-# The upstream's own cost is the question for chat only; translation is for the other protocols.
-CHAT_TARGETS = ("direct", "floor", "gateway")
-PROTOCOL_TARGETS = ("floor", "gateway", "translated")
+# The gateway servers by name; "gateway" always runs, the others when a target needs them.
+GATEWAYS = {
+    "gateway": Setup(),
+    "cached": Setup(cache=True),
+    "memory": Setup(cache=True, limits=True, backend="memory"),
+    "redis": Setup(cache=True, limits=True, backend="redis"),
+}
 
 
 def targets_of(mode: Mode) -> tuple[str, ...]:
     """The targets a mode runs against."""
+    if mode.targets is not None:
+        return mode.targets
     return CHAT_TARGETS if mode.chat is None else PROTOCOL_TARGETS
+
+
+def servers_of(modes: Sequence[Mode]) -> set[str]:
+    """The servers the targets of ``modes`` run on."""
+    return {TARGETS[name].server for mode in modes for name in targets_of(mode)}
 
 
 @dataclass
@@ -159,6 +282,14 @@ class Run:
     cpu_ms_per_request: float
     vs_floor: float | None = None
     added_p50_ms: float | None = None
+    # The target's state process (redis-server): its CPU and the commands it ran, per request.
+    state_cpu_ms_per_request: float | None = None
+    state_commands_per_request: float | None = None
+    state_commands: dict[str, float] | None = None  # per request, by command
+    # What the gateway's response cache did with the timed requests ("hit": count), if on.
+    cache_results: dict[str, int] | None = None
+    # Spells a shared state backend ran on local state during the timed run.
+    degraded: int | None = None
 
 
 @dataclass
@@ -281,10 +412,21 @@ def _accepts(port: int) -> bool:
     return True
 
 
-def gateway_config(upstream_port: int, port: int, *, protocols: bool = False) -> str:
+def gateway_config(
+    upstream_port: int,
+    port: int,
+    *,
+    protocols: bool = False,
+    cache: bool = False,
+    limits: bool = False,
+    state: Mapping[str, str | float] | None = None,
+) -> str:
     """One provider, ``bench``, at the upstream; with ``protocols`` it speaks Messages and
-    Responses natively, and a second, chat-only one serves the model ``bench-chat``."""
+    Responses natively, and a second, chat-only one serves the model ``bench-chat``. With
+    ``cache`` the response cache is on for every model, with ``limits`` every provider has
+    BENCH_RPM and BENCH_TPM, and ``state`` is the ``[state]`` table."""
     native = 'protocols = ["messages", "responses"]\n' if protocols else ""
+    limited = f"rpm = {BENCH_RPM}\ntpm = {BENCH_TPM}\n" if limits else ""
     chat_only = (
         f"""
 [[providers]]
@@ -292,31 +434,36 @@ name = "{CHAT_MODEL}"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
 models = ["{CHAT_MODEL}"]
 timeout = 30
-"""
+{limited}"""
         if protocols
         else ""
     )
+    sections = '\n[cache]\nenabled = true\nmodels = ["*"]\n' if cache else ""
+    if state:
+        sections += "\n[state]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in state.items())
     return f"""\
 [[providers]]
 name = "{NATIVE_MODEL}"
 base_url = "http://127.0.0.1:{upstream_port}/v1"
 models = ["{NATIVE_MODEL}"]
 timeout = 30
-{native}{chat_only}
+{native}{limited}{chat_only}
 [health]
 interval = 0
 
 [server]
 host = "127.0.0.1"
 port = {port}
-"""
+{sections}"""
 
 
 @contextmanager
 def servers(workdir: Path, modes: Sequence[Mode]) -> Iterator[dict[str, Server]]:
-    """The upstream, the forwarder and the gateway, running and answering ``modes``; all
-    stopped on the way out."""
+    """The upstream, the forwarder, the gateway and the other servers ``modes`` need (a
+    redis-server for the redis gateway), running and answering ``modes``; all stopped on the
+    way out."""
     python = sys.executable
+    needed = servers_of(modes)
     with ExitStack() as stack:
         started: dict[str, Server] = {}
 
@@ -331,11 +478,19 @@ def servers(workdir: Path, modes: Sequence[Mode]) -> Iterator[dict[str, Server]]
         port = free_port()
         forwarder = [python, str(HERE / "forwarder.py"), "--upstream", upstream]
         start("floor", [*forwarder, "--port", str(port)], port)
-        port = free_port()
-        config = workdir / "gateway.toml"
-        config.write_text(gateway_config(started["direct"].port, port, protocols=True))
-        command = [python, "-m", "leapasgi", "serve", "--config", str(config), "--workers", "1"]
-        start("gateway", [*command, "--port", str(port)], port)
+        redis_url = None
+        if "redis" in needed:
+            port = free_port()
+            start("redis-server", redis_command(port, workdir), port)
+            redis_url = f"redis://127.0.0.1:{port}/0"
+        for name, setup in GATEWAYS.items():
+            if name != "gateway" and name not in needed:
+                continue
+            port = free_port()
+            config = workdir / f"{name}.toml"
+            config.write_text(setup.config(started["direct"].port, port, redis_url=redis_url))
+            command = [python, "-m", "leapasgi", "serve", "--config", str(config)]
+            start(name, [*command, "--workers", "1", "--port", str(port)], port)
         for mode in modes:
             for name in targets_of(mode):
                 target = TARGETS[name]
@@ -344,14 +499,41 @@ def servers(workdir: Path, modes: Sequence[Mode]) -> Iterator[dict[str, Server]]
 
 
 def smoke_test(server: Server, mode: Mode, target: Target) -> None:
-    """One request must come back whole, or the numbers would mean nothing."""
+    """One request must come back whole, or the numbers would mean nothing; from a gateway
+    with the cache on, a hit mode's second request must be a hit, a miss mode's first a miss."""
+    body = mode.body(target.model, f"smoke-{nonce()}")
+    cached = mode.cache is not None and GATEWAYS.get(target.server, Setup()).cache
+    tries = 3 if cached and mode.cache == "hit" else 1
+    for _ in range(tries):
+        answer, result = _post(server.url(mode.path), body)
+        if mode.expect not in answer or b"hello" not in answer:
+            raise RuntimeError(f"{target.name} {mode.name}: unexpected answer {answer[:300]!r}")
+        if not cached or result == mode.cache:
+            return
+        # The first request of a hit mode fills the entry; the next ones should hit.
+        time.sleep(0.1)
+    raise RuntimeError(f"{target.name} {mode.name}: x-leap-cache {result!r}, not {mode.cache!r}")
+
+
+def _post(url: str, body: bytes) -> tuple[bytes, str | None]:
+    """The answer to one POST of ``body``, and its x-leap-cache header."""
     headers = {"Content-Type": "application/json"}
-    body = mode.body(target.model)
-    request = urllib.request.Request(server.url(mode.path), data=body, headers=headers)
+    request = urllib.request.Request(url, data=body, headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
-        answer = response.read()
-    if mode.expect not in answer or b"hello" not in answer:
-        raise RuntimeError(f"{target.name} {mode.name}: unexpected answer {answer[:300]!r}")
+        return response.read(), response.headers.get("x-leap-cache")
+
+
+def nonce() -> str:
+    """A short random text: bodies made with different ones differ."""
+    return os.urandom(4).hex()
+
+
+def cache_results(server: Server) -> dict[str, int]:
+    """What the gateway's response cache did so far, by result, from its ``/metrics``."""
+    with urllib.request.urlopen(server.url("/metrics"), timeout=10) as response:
+        text = response.read().decode()
+    found = {result: int(float(n)) for result, n in _CACHE_METRIC.findall(text)}
+    return {result: found.get(result, 0) for result in _CACHE_RESULTS}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -392,7 +574,16 @@ def parse_wrk(output: str) -> tuple[int, float, float, float, int]:
     return requests, rps, p50, p99, errors + (int(non_2xx[1]) if non_2xx else 0)
 
 
-def wrk(binary: str, url: str, *, body: bytes, connections: int, seconds: int, threads: int) -> str:
+def wrk(
+    binary: str,
+    url: str,
+    *,
+    script: Path,
+    args: Sequence[str],
+    connections: int,
+    seconds: int,
+    threads: int,
+) -> str:
     command = [
         binary,
         f"-t{min(threads, connections)}",
@@ -400,10 +591,10 @@ def wrk(binary: str, url: str, *, body: bytes, connections: int, seconds: int, t
         f"-d{seconds}s",
         "--latency",
         "-s",
-        str(LUA),
+        str(script),
         url,
         "--",
-        body.decode(),
+        *args,
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
@@ -420,16 +611,40 @@ def measure(
     connections: int,
     seconds: int,
     threads: int,
+    helper: Server | None = None,
 ) -> Run:
-    """A warm-up, then one timed wrk run with the serving process's CPU time around it."""
+    """A warm-up, then one timed wrk run with the serving process's CPU time around it (and
+    the state process's, ``helper``, with the commands it ran)."""
     url = server.url(mode.path)
-    body = mode.body(target.model)
-    wrk(binary, url, body=body, connections=connections, seconds=WARMUP, threads=threads)
+    script = UNIQUE_LUA if mode.unique else LUA
+    wire = mode.wire(target.model)
+
+    def args() -> list[str]:
+        return [wire, nonce()] if mode.unique else [wire]
+
+    def load(duration: int) -> str:
+        return wrk(
+            binary,
+            url,
+            script=script,
+            args=args(),
+            connections=connections,
+            seconds=duration,
+            threads=threads,
+        )
+
+    setup = GATEWAYS.get(target.server, Setup())
+    shared = setup.backend == "redis"
+    load(WARMUP)
+    log_before = server.log.read_text() if shared else ""
+    results_before = cache_results(server) if setup.cache else None
+    helper_before = _usage(helper)
     before = cpu_seconds(server.pid)
-    output = wrk(binary, url, body=body, connections=connections, seconds=seconds, threads=threads)
+    output = load(seconds)
     cpu = cpu_seconds(server.pid) - before
+    helper_after = _usage(helper)
     requests, rps, p50, p99, errors = parse_wrk(output)
-    return Run(
+    run = Run(
         target=target.name,
         mode=mode.name,
         connections=connections,
@@ -440,11 +655,46 @@ def measure(
         errors=errors,
         cpu_ms_per_request=cpu * 1000 / max(requests, 1),
     )
+    if helper_before is not None and helper_after is not None:
+        (cpu_before, commands_before), (cpu_after, commands_after) = helper_before, helper_after
+        run.state_cpu_ms_per_request = (cpu_after - cpu_before) * 1000 / max(requests, 1)
+        run.state_commands = {
+            command: (n - commands_before.get(command, 0)) / max(requests, 1)
+            for command, n in sorted(commands_after.items(), key=lambda item: -item[1])
+            if n > commands_before.get(command, 0)
+        }
+        run.state_commands_per_request = sum(run.state_commands.values())
+    if shared:
+        run.degraded = _degraded_spells(log_before, server.log.read_text())
+    if results_before is not None:
+        after = cache_results(server)
+        run.cache_results = {k: after[k] - results_before[k] for k in _CACHE_RESULTS}
+    return run
+
+
+def _degraded_spells(before: str, after: str) -> int:
+    """The spells on local state the log shows between two readings, one already begun
+    at the first included."""
+    begun = before.rfind(DEGRADED_LOG) > before.rfind(RESTORED_LOG)
+    return after.count(DEGRADED_LOG) - before.count(DEGRADED_LOG) + begun
+
+
+def _usage(helper: Server | None) -> tuple[float, dict[str, int]] | None:
+    """A state process's CPU seconds and the commands it has run (None without one)."""
+    if helper is None:
+        return None
+    return cpu_seconds(helper.pid), command_counts(helper.port)
 
 
 def median_run(runs: list[Run]) -> Run:
-    """Each measure's median over the rounds; requests and errors are totals."""
+    """Each measure's median over the rounds; requests, errors and cache results are totals."""
     first = runs[0]
+    cache: dict[str, int] | None = None
+    for r in runs:
+        if r.cache_results is not None:
+            cache = cache or dict.fromkeys(_CACHE_RESULTS, 0)
+            for result, n in r.cache_results.items():
+                cache[result] += n
     return Run(
         target=first.target,
         mode=first.mode,
@@ -455,7 +705,27 @@ def median_run(runs: list[Run]) -> Run:
         p99_ms=statistics.median(r.p99_ms for r in runs),
         errors=sum(r.errors for r in runs),
         cpu_ms_per_request=statistics.median(r.cpu_ms_per_request for r in runs),
+        state_cpu_ms_per_request=_median(r.state_cpu_ms_per_request for r in runs),
+        state_commands_per_request=_median(r.state_commands_per_request for r in runs),
+        state_commands=_median_counts([r.state_commands for r in runs]),
+        cache_results=cache,
+        degraded=sum(r.degraded for r in runs if r.degraded is not None)
+        if any(r.degraded is not None for r in runs)
+        else None,
     )
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _median_counts(counts: list[dict[str, float] | None]) -> dict[str, float] | None:
+    known = [c for c in counts if c is not None]
+    if not known:
+        return None
+    names = dict.fromkeys(name for c in known for name in c)
+    return {name: statistics.median(c.get(name, 0.0) for c in known) for name in names}
 
 
 def compare(runs: list[Run]) -> None:
@@ -463,7 +733,7 @@ def compare(runs: list[Run]) -> None:
     index = {(r.target, r.mode, r.connections): r for r in runs}
     for run in runs:
         floor = index.get(("floor", run.mode, run.connections))
-        if run.target in ("gateway", "translated") and floor is not None and floor.rps:
+        if run.target not in ("direct", "floor") and floor is not None and floor.rps:
             run.vs_floor = run.rps / floor.rps
         direct = index.get(("direct", run.mode, 1))
         if run.target != "direct" and run.connections == 1 and direct is not None:
@@ -532,7 +802,59 @@ def checks(results: Results) -> list[Check]:
                 ratio <= MAX_NATIVE_CPU_RATIO,
             )
         )
+    return found + cache_checks(results.runs)
+
+
+def cache_checks(runs: list[Run]) -> list[Check]:
+    """Cache hits' req/s over the floor's and the Redis backend's CPU per request over the
+    memory one's, at RATIO_CONNECTIONS (for the modes this sweep ran)."""
+    index = {(r.target, r.mode, r.connections): r for r in runs}
+    c = RATIO_CONNECTIONS
+    found = []
+    for name in ("cache_hit", "cache_hit_stream"):
+        run = index.get(("cached", name, c))
+        if run is not None:
+            ratio = run.vs_floor or 0.0
+            found.append(
+                Check(
+                    f"{name} req/s at c={c} >= {MIN_CACHE_HIT_RATIO}x floor",
+                    f"{ratio:.2f}x",
+                    ratio >= MIN_CACHE_HIT_RATIO,
+                )
+            )
+    pair = redis_pairs(runs).get(c)
+    if pair is not None:
+        redis, memory = pair
+        added = redis.cpu_ms_per_request - memory.cpu_ms_per_request
+        found.append(
+            Check(
+                f"cache_miss redis CPU/req at c={c} <= memory + {MAX_REDIS_ADDED_CPU_MS} ms",
+                _added_text(redis, memory),
+                added <= MAX_REDIS_ADDED_CPU_MS and not redis.degraded,
+            )
+        )
     return found
+
+
+def redis_pairs(runs: list[Run]) -> dict[int, tuple[Run, Run]]:
+    """By connections: the redis and the memory gateway's runs on the cache-miss path."""
+    index = {(r.target, r.mode, r.connections): r for r in runs}
+    found = {}
+    for connections in CONNECTIONS:
+        memory = index.get(("memory", "cache_miss", connections))
+        redis = index.get(("redis", "cache_miss", connections))
+        if memory is not None and redis is not None:
+            found[connections] = (redis, memory)
+    return found
+
+
+def _added_text(redis: Run, memory: Run) -> str:
+    mine, theirs = redis.cpu_ms_per_request, memory.cpu_ms_per_request
+    text = f"{mine - theirs:+.3f} ms ({mine:.3f} ms redis, {theirs:.3f} ms memory)"
+    if redis.degraded:
+        # Its figures are partly the fallback's: the memory backend's, without round trips.
+        text += f"; redis fell back to local state {redis.degraded} times: not measured"
+    return text
 
 
 def cpu_ratios(runs: list[Run], target: str) -> list[tuple[Mode, float]]:
@@ -563,6 +885,41 @@ def reports(results: Results) -> list[Report]:
     for name, mode in MODES.items():
         if mode.chat is not None and (name, c) in ran and (mode.chat, c) not in ran:
             found.append(Report(f"{name} not compared with chat", f"add {mode.chat} to --modes"))
+    return found + cache_reports(results.runs)
+
+
+def cache_reports(runs: list[Run]) -> list[Report]:
+    """What the cache checks leave out: the other connection counts, redis-server's own CPU
+    and commands per request, and what the cache did with the timed requests."""
+    c = RATIO_CONNECTIONS
+    found = []
+    for run in sorted(runs, key=_row_order):
+        if run.target == "cached" and run.connections != c and run.vs_floor is not None:
+            name = f"{run.mode} req/s at c={run.connections} over floor"
+            found.append(Report(name, f"{run.vs_floor:.2f}x"))
+    for connections, (redis, memory) in redis_pairs(runs).items():
+        if connections != c:
+            name = f"cache_miss redis CPU/req at c={connections} over memory"
+            found.append(Report(name, _added_text(redis, memory)))
+    for run in sorted(runs, key=_row_order):
+        cpu, commands = run.state_cpu_ms_per_request, run.state_commands_per_request
+        if cpu is not None and commands is not None:
+            mix = ", ".join(f"{n:.2f} {c}" for c, n in (run.state_commands or {}).items())
+            name = f"redis-server for {run.target} {run.mode} at c={run.connections}"
+            text = f"{cpu:.3f} ms CPU/req, {commands:.2f} commands/req ({mix})"
+            found.append(Report(name, text))
+    totals: dict[tuple[str, str], dict[str, int]] = {}
+    for run in runs:
+        if run.cache_results is not None:
+            total = totals.setdefault((run.target, run.mode), dict.fromkeys(_CACHE_RESULTS, 0))
+            for result, n in run.cache_results.items():
+                total[result] += n
+    for (target, mode), total in totals.items():
+        expected = MODES[mode].cache or ""
+        share = total.get(expected, 0) / max(sum(total.values()), 1)
+        counts = ", ".join(f"{n} {result}" for result, n in total.items())
+        name = f"x-leap-cache of {target} {mode}'s timed requests"
+        found.append(Report(name, f"{share:.2%} {expected} ({counts})"))
     return found
 
 
@@ -582,10 +939,11 @@ def print_table(runs: list[Run]) -> None:
 
 
 def _row_order(run: Run) -> tuple[int, int, int, int]:
-    """The chat modes by target, then each protocol mode with its targets together."""
+    """The chat modes by target, then each other mode with its targets together."""
     modes, targets = list(MODES), list(TARGETS)
     mode = modes.index(run.mode)
-    group = 0 if MODES[run.mode].chat is None else mode
+    chat = MODES[run.mode].chat is None and MODES[run.mode].targets is None
+    group = 0 if chat else mode
     return group, targets.index(run.target), mode, run.connections
 
 
@@ -640,6 +998,7 @@ def run(args: argparse.Namespace) -> Results:
                             connections=connections,
                             seconds=seconds,
                             threads=args.threads,
+                            helper=procs.get(target.helper) if target.helper else None,
                         )
                         samples.setdefault((name, mode.name, connections), []).append(result)
                         print(

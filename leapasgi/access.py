@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from .exceptions import AuthenticationError, LeapError, NotFoundError, PermissionDeniedError
 
-__all__ = ["AccessPolicy", "Role", "bearer_token"]
+__all__ = ["AccessPolicy", "Role", "bearer_token", "owner_of"]
 
 
 class Role(IntEnum):
@@ -42,6 +42,13 @@ def bearer_token(scope: Mapping[str, Any]) -> bytes | None:
         if name == b"x-api-key":
             api_key = bytes(value).strip() or None
     return api_key
+
+
+def owner_of(scope: Mapping[str, Any]) -> str | None:
+    """Whose a request is (its stored responses, its cache entries): a digest of the client's
+    key, None when it sent none."""
+    token = bearer_token(scope)
+    return hashlib.sha256(token).hexdigest()[:32] if token else None
 
 
 class _Digests:

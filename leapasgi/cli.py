@@ -74,7 +74,7 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int) -> int:
     if workers > 1 and config.state.backend == "memory":
         logging.getLogger("leapasgi").warning(
             "%d workers with the memory state backend: each worker keeps its own breakers, "
-            "rate limits, cache, sessions and conversations; set [state] backend = \"redis\" "
+            'rate limits, cache, sessions and conversations; set [state] backend = "redis" '
             "to share them",
             workers,
         )

@@ -54,8 +54,8 @@ from .providers.settings import (
 )
 from .providers.urls import check_base_url
 from .redact import public_url
-from .state.memory import DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MAX_ENTRIES
 from .retry import DEFAULT_MAX_RETRIES, INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
+from .state.memory import DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MAX_ENTRIES
 
 __all__ = [
     "DEFAULT_BASE_EJECTION",

@@ -46,8 +46,8 @@ from .retry import RetryPolicy
 from .routing import Route, RouteTable
 from .sessions import request_session
 from .state import Bucket, MemoryState, RateLimiter, Reservation, StateBackend, StickyTable
-from .tokens import estimate_tokens
 from .streaming import ChunkBatch
+from .tokens import estimate_tokens
 from .trail import RoutingTrail
 from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 

@@ -13,8 +13,8 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from .access import AccessPolicy
-from .config import GatewayConfig, load_config
 from .cache import ResponseCache
+from .config import GatewayConfig, load_config
 from .conversations import ResponseStore
 from .manager import ProviderManager
 from .outcome import Outcome

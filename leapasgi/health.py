@@ -254,9 +254,12 @@ class CircuitBreaker:
         ):
             self._consecutive_failures = 0
             self._close()
-        if hold_until is not None and hold_until > now:
-            if self._hold_until is None or hold_until > self._hold_until:
-                self._hold_until = hold_until
+        if (
+            hold_until is not None
+            and hold_until > now
+            and (self._hold_until is None or hold_until > self._hold_until)
+        ):
+            self._hold_until = hold_until
 
     def _eject(self) -> None:
         now = self._clock.monotonic()

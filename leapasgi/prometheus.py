@@ -15,10 +15,14 @@ import re
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from itertools import pairwise
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .health import BreakerState
 from .registry import ProviderSnapshot, ProviderStatus
+
+if TYPE_CHECKING:
+    from .cache import CacheSnapshot
+    from .state.base import StateStatus
 
 __all__ = [
     "CONTENT_TYPE",
@@ -195,6 +199,9 @@ class _Gauge(_Family[float]):
     def set(self, value: float, *label_values: str) -> None:
         self._series[label_values] = value
 
+    def _new(self) -> float:
+        return 0.0
+
     def _samples(self, pairs: str, value: float) -> Iterator[str]:
         yield _sample(self.name, pairs, value)
 
@@ -202,7 +209,7 @@ class _Gauge(_Family[float]):
 class GatewayMetrics:
     """Everything /metrics shows: per-request counters and histograms, provider gauges."""
 
-    __slots__ = ("duration", "errors", "overhead", "requests", "tokens", "ttft")
+    __slots__ = ("cache", "duration", "errors", "overhead", "requests", "tokens", "ttft")
 
     def __init__(self, *, max_series: int = MAX_SERIES) -> None:
         self.requests = Counter(
@@ -241,6 +248,12 @@ class GatewayMetrics:
             ("provider", "kind"),
             max_series=max_series,
         )
+        # Shown only by a gateway with the response cache on.
+        self.cache = Counter(
+            "leap_cache_requests_total",
+            "Requests on the response cache's routes, by result: hit, miss or bypass.",
+            ("result",),
+        )
 
     def record(
         self,
@@ -271,8 +284,20 @@ class GatewayMetrics:
         """Count one error of ``kind``; ``provider`` is "" when no provider was reached."""
         self.errors.inc(provider, kind)
 
-    def render(self, snapshots: Iterable[ProviderSnapshot]) -> str:
-        """The exposition text: recorded families and provider gauges, sorted by family name."""
+    def record_cache(self, result: str) -> None:
+        """Count what the response cache did with one request ("hit", "miss", "bypass")."""
+        self.cache.inc(result)
+
+    def render(
+        self,
+        snapshots: Iterable[ProviderSnapshot],
+        *,
+        cache: CacheSnapshot | None = None,
+        state: StateStatus | None = None,
+    ) -> str:
+        """The exposition text: recorded families, provider gauges and, with ``cache``, the
+        response cache's families, and with ``state`` the state backend's, sorted by family
+        name."""
         families: list[_Family[Any]] = [
             self.requests,
             self.duration,
@@ -282,6 +307,10 @@ class GatewayMetrics:
             self.errors,
             *_provider_gauges(snapshots),
         ]
+        if cache is not None:
+            families += [self.cache, *_cache_families(cache)]
+        if state is not None:
+            families += _state_families(state)
         families.sort(key=lambda family: family.name)
         return "".join(family.render() for family in families)
 
@@ -322,6 +351,50 @@ def _provider_gauges(snapshots: Iterable[ProviderSnapshot]) -> list[_Gauge | Cou
         waiting.set(snap.waiting, name)
         overflows.inc(name, amount=snap.overflows)
     return [in_flight, up, breaker, ewma, errors, waiting, overflows]
+
+
+def _cache_families(cache: CacheSnapshot) -> list[_Gauge | Counter]:
+    coalesced = Counter(
+        "leap_cache_coalesced_total",
+        "Requests that waited for an identical request's answer instead of calling upstream.",
+        (),
+    )
+    stores = Counter("leap_cache_stores_total", "Answers stored in the response cache.", ())
+    too_large = Counter(
+        "leap_cache_too_large_total",
+        "Complete answers not stored because they were over max_entry_bytes.",
+        (),
+    )
+    errors = Counter("leap_cache_store_errors_total", "Cache store operations that failed.", ())
+    entries = _Gauge("leap_cache_entries", "Entries the response cache holds here.", ())
+    size = _Gauge("leap_cache_bytes", "Bytes the response cache holds here.", ())
+    coalesced.inc(amount=cache.coalesced)
+    stores.inc(amount=cache.stored)
+    too_large.inc(amount=cache.too_large)
+    errors.inc(amount=cache.store_errors)
+    entries.set(cache.entries)
+    size.set(cache.bytes)
+    return [coalesced, stores, too_large, errors, entries, size]
+
+
+def _state_families(state: StateStatus) -> list[_Gauge | Counter]:
+    degraded = _Gauge(
+        "leap_state_degraded",
+        "1 while a shared state backend is unreachable and this replica runs on local state.",
+        ("backend",),
+    )
+    shared = _Gauge(
+        "leap_state_shared", "1 while state is shared with the other replicas.", ("backend",)
+    )
+    errors = Counter(
+        "leap_state_errors_total",
+        "State backend operations that failed or timed out.",
+        ("backend",),
+    )
+    degraded.set(1 if state.degraded else 0, state.backend)
+    shared.set(1 if state.shared else 0, state.backend)
+    errors.inc(state.backend, amount=state.errors)
+    return [degraded, shared, errors]
 
 
 def _sample(name: str, pairs: str, value: float) -> str:

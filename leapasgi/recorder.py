@@ -79,6 +79,10 @@ class OutcomeRecorder:
             stream=outcome.stream,
         )
         kind = f" error={type(error).__name__}" if error is not None else ""
+        cache = outcome.cache
+        if cache is not None:
+            self.metrics.record_cache(cache)
+            kind += f" cache={cache}"
         self._log.info(
             "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s",
             outcome.operation,

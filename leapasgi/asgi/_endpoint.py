@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.types import Receive, Scope, Send
 
+from ..config import CACHEABLE_ROUTES
 from ..exceptions import InvalidRequestError, LeapError
 from ..outcome import Outcome
 from ..sessions import session_header
+from ._cache import CacheStep
 from ._http import ClientGone, read_body, send_error
 from .relay import DisconnectGuard
 
@@ -36,7 +38,7 @@ class ProtocolEndpoint:
 
     send_error: ErrorSender = staticmethod(send_error)
 
-    def __init__(self, gateway: GatewayCore) -> None:
+    def __init__(self, gateway: GatewayCore, *, route: str | None = None) -> None:
         self.gateway = gateway
         self.manager = gateway.manager
         self.recorder = gateway.recorder
@@ -45,6 +47,12 @@ class ProtocolEndpoint:
         self.keepalive = gateway.config.server.keepalive_interval
         # Headers naming a client's session, read only when sticky routing is on somewhere.
         self.session_headers = gateway.session_headers
+        # The response cache before ``handle``, on a cacheable ``route`` (the path this
+        # endpoint serves) while the cache is on; None costs nothing.
+        cache = gateway.cache
+        self.cache: CacheStep | None = None
+        if cache is not None and route is not None and route in CACHEABLE_ROUTES:
+            self.cache = CacheStep(cache, route, gateway.config.routing.request_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with Outcome(sink=self.recorder) as outcome:
@@ -73,6 +81,15 @@ class ProtocolEndpoint:
         except LeapError as error:
             await self.send_error(send, error, outcome)
             return
+        if self.cache is not None:
+            await self.cache.serve(scope, receive, send, body, outcome, self.answer)
+            return
+        await self.answer(scope, receive, send, body, outcome)
+
+    async def answer(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
+    ) -> None:
+        """``handle``, with a LeapError raised before the response began answered."""
         try:
             await self.handle(scope, receive, send, body, outcome)
         except LeapError as error:

@@ -106,8 +106,8 @@ def error_headers(error: LeapError) -> list[tuple[bytes, bytes]]:
 
 
 def outcome_headers(outcome: Outcome) -> list[tuple[bytes, bytes]]:
-    """The request's id, how many attempts it took, which provider served it, and the
-    gateway's own time so far."""
+    """The request's id, how many attempts it took, which provider served it, the gateway's
+    own time so far, and what the response cache did (when it is on)."""
     trail = outcome.trail
     headers = [
         (b"x-request-id", outcome.request_id.encode()),
@@ -117,6 +117,8 @@ def outcome_headers(outcome: Outcome) -> list[tuple[bytes, bytes]]:
     if served is not None:
         headers.append((b"x-leap-provider", served.provider.encode()))
     headers.append((b"x-leap-overhead-ms", f"{outcome.overhead() * 1000:.2f}".encode()))
+    if outcome.cache is not None:
+        headers.append((b"x-leap-cache", outcome.cache.encode()))
     return headers
 
 

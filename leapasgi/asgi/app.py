@@ -93,11 +93,11 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
     stored = ResponseResource(gateway.response_store, gateway.access)
     # POSTs served past Starlette; it still lists them, for 405s and the OpenAPI document.
     posts: dict[str, ASGIApp] = {
-        CHAT_PATH: ChatEndpoint(gateway),
-        "/v1/responses": ResponsesEndpoint(gateway),
-        "/v1/messages": MessagesEndpoint(gateway),
+        CHAT_PATH: ChatEndpoint(gateway, route=CHAT_PATH),
+        "/v1/responses": ResponsesEndpoint(gateway, route="/v1/responses"),
+        "/v1/messages": MessagesEndpoint(gateway, route="/v1/messages"),
         "/v1/messages/count_tokens": CountTokensEndpoint(gateway),
-        "/v1/embeddings": EmbeddingsEndpoint(gateway),
+        "/v1/embeddings": EmbeddingsEndpoint(gateway, route="/v1/embeddings"),
     }
 
     @contextlib.asynccontextmanager
@@ -118,6 +118,8 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
             Route("/v1/providers", routes.providers, methods=["GET"]),
             Route("/v1/providers/health", routes.run_health_checks, methods=["POST"]),
             Route("/v1/providers/{name}/status", routes.set_status, methods=["PUT"]),
+            Route("/v1/cache", routes.clear_cache, methods=["DELETE"]),
+            Route("/v1/cache/{key}", routes.forget_cached, methods=["DELETE"]),
             Route("/health", routes.health, methods=["GET"]),
             Route("/health/ready", routes.ready, methods=["GET"]),
             Route("/metrics", routes.metrics, methods=["GET"]),

@@ -37,10 +37,23 @@ class ChatEndpoint(ProtocolEndpoint):
             outcome.session = session_header(scope, self.session_headers)
         try:
             body = await read_body(receive, scope, self.max_body)
-            request = parse_chat_request(body)
         except ClientGone:
             outcome.gone = True
             return
+        except LeapError as error:
+            await send_error(send, error, outcome)
+            return
+        if self.cache is not None:
+            await self.cache.serve(scope, receive, send, body, outcome, self.handle)
+            return
+        await self.handle(scope, receive, send, body, outcome)
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
+    ) -> None:
+        """Parse the body and answer it: JSON, or SSE."""
+        try:
+            request = parse_chat_request(body)
         except LeapError as error:
             await send_error(send, error, outcome)
             return

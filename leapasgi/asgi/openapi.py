@@ -58,6 +58,15 @@ _ERROR_HEADERS = {
     "x-should-retry": _header("false once the gateway has already retried and failed over."),
     "x-leap-attempts": _header("Upstream attempts this request took.", "integer"),
 }
+# On the model routes while the response cache is on.
+_CACHE_HEADERS = {
+    "x-leap-cache": _header("With the response cache on: hit, miss or bypass."),
+    "x-leap-cache-key": _header(
+        "The answer's cache key (hit or miss): DELETE /v1/cache/{key} forgets it."
+    ),
+    "age": _header("On a hit: seconds since the answer was stored.", "integer"),
+}
+_ANSWER_HEADERS = {**_TRAIL_HEADERS, **_CACHE_HEADERS}
 # The anthropic SDK reads a request's id from ``request-id``.
 _REQUEST_ID = {"request-id": _header("The request's id (also sent as x-request-id).")}
 _OPENAI_ERROR = {**_json(ERROR_BODY, "An OpenAI-shaped error."), "headers": _ERROR_HEADERS}
@@ -132,8 +141,11 @@ _ANTHROPIC_PAGE = [
 _RESPONSE_ID = _path_parameter("response_id", "A response id; only the key that made it sees it.")
 
 
-def openapi_document(*, api_auth: bool, admin: bool, server_url: str = "/") -> dict[str, Any]:
-    """The OpenAPI 3.1 document; ``api_auth``/``admin`` say whether keys are asked for."""
+def openapi_document(
+    *, api_auth: bool, admin: bool, cache: bool = False, server_url: str = "/"
+) -> dict[str, Any]:
+    """The OpenAPI 3.1 document; ``api_auth``/``admin`` say whether keys are asked for,
+    ``cache`` whether the response cache (and its admin routes) is on."""
     # Without configured keys a route lets everyone in: the empty requirement says so.
     anyone: list[dict[str, list[str]]] = [] if api_auth else [{}]
     api: list[dict[str, list[str]]] = [{"apiKey": []}, *anyone]
@@ -151,7 +163,7 @@ def openapi_document(*, api_auth: bool, admin: bool, server_url: str = "/") -> d
                         "carrying a ChatCompletionChunk as JSON, then `data: [DONE]`. An error "
                         'after the first event arrives as one `data: {"error": ...}` event '
                         "and the stream ends without [DONE].",
-                        "headers": _TRAIL_HEADERS,
+                        "headers": _ANSWER_HEADERS,
                         "content": {
                             "application/json": {"schema": ref("ChatCompletion")},
                             "text/event-stream": {"schema": event_schema()},
@@ -172,7 +184,7 @@ def openapi_document(*, api_auth: bool, admin: bool, server_url: str = "/") -> d
                         "description": "The response; with stream true, SSE events from "
                         "response.created to response.completed, each carrying JSON that names "
                         "its type. An error after the first event arrives as an `error` event.",
-                        "headers": _TRAIL_HEADERS,
+                        "headers": _ANSWER_HEADERS,
                         "content": {
                             "application/json": {"schema": ref("Response")},
                             "text/event-stream": {"schema": typed_event_schema()},
@@ -215,7 +227,7 @@ def openapi_document(*, api_auth: bool, admin: bool, server_url: str = "/") -> d
                         "description": "The message; with stream true, SSE events from "
                         "message_start to message_stop, each carrying JSON that names its type. "
                         "An error after the first event arrives as an `error` event.",
-                        "headers": {**_TRAIL_HEADERS, **_REQUEST_ID},
+                        "headers": {**_ANSWER_HEADERS, **_REQUEST_ID},
                         "content": {
                             "application/json": {"schema": ref("Message")},
                             "text/event-stream": {"schema": typed_event_schema()},
@@ -256,7 +268,7 @@ def openapi_document(*, api_auth: bool, admin: bool, server_url: str = "/") -> d
                 {
                     "200": {
                         **_json(ref("EmbeddingResponse"), "The embeddings."),
-                        "headers": _TRAIL_HEADERS,
+                        "headers": _ANSWER_HEADERS,
                     }
                 },
                 tags=["embeddings"],
@@ -360,6 +372,8 @@ def openapi_document(*, api_auth: bool, admin: bool, server_url: str = "/") -> d
             )
         },
     }
+    if cache:
+        paths.update(_cache_paths(admin_only, not_served))
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -397,6 +411,38 @@ def openapi_document(*, api_auth: bool, admin: bool, server_url: str = "/") -> d
     }
 
 
+_DELETED = {
+    "type": "object",
+    "required": ["deleted"],
+    "properties": {"deleted": {"type": "integer", "minimum": 0}},
+}
+
+
+def _cache_paths(security: list[dict[str, list[str]]], not_served: str) -> dict[str, Any]:
+    """The response cache's admin routes."""
+    key = _path_parameter("key", "A cache key, as the x-leap-cache-key header showed it.")
+    key["schema"] = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+    return {
+        "/v1/cache": {
+            "delete": _operation(
+                "Forget every cached answer (admin)." + not_served,
+                {"200": _json(_DELETED, "How many entries there were.")},
+                tags=["admin"],
+                security=security,
+            )
+        },
+        "/v1/cache/{key}": {
+            "delete": _operation(
+                "Forget one cached answer (admin); 400 for a malformed key." + not_served,
+                {"200": _json(_DELETED, "1 when the entry was there, else 0.")},
+                tags=["admin"],
+                security=security,
+                parameters=[key],
+            )
+        },
+    }
+
+
 class OpenAPIEndpoint:
     """Serves the document of one gateway, built on its first request and then kept."""
 
@@ -417,6 +463,7 @@ class OpenAPIEndpoint:
             document = openapi_document(
                 api_auth=gateway.access.keys_required,
                 admin=gateway.access.has_admin,
+                cache=gateway.cache is not None,
                 server_url=root or "/",
             )
             body = self._rendered[root] = json.dumps(document, separators=(",", ":")).encode()

@@ -10,7 +10,6 @@ its chat form, and the answer is translated back with the gateway's own response
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..access import AccessPolicy, bearer_token
+from ..access import AccessPolicy, owner_of
 from ..conversations import ResponseStore, StoredResponse, history_of
 from ..dispatch import Batch
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
@@ -43,17 +42,11 @@ from ._http import outcome_headers, send_error, send_response
 from .relay import SSERelay
 from .routes import error_response
 
-__all__ = ["ResponseResource", "ResponsesEndpoint", "Turn", "owner_of", "prepare_turn"]
+__all__ = ["ResponseResource", "ResponsesEndpoint", "Turn", "prepare_turn"]
 
 # Fields of the client's body a native upstream never sees: the gateway keeps the chain.
 _GATEWAY_FIELDS = ("previous_response_id", "generate")
 _TERMINAL = frozenset({"response.completed", "response.incomplete"})
-
-
-def owner_of(scope: Scope) -> str | None:
-    """Whose responses these are: a digest of the client's key (None when it sent none)."""
-    token = bearer_token(scope)
-    return hashlib.sha256(token).hexdigest()[:32] if token else None
 
 
 @dataclass(slots=True)

@@ -36,12 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import Receive, Scope, Send
 
+from ..access import owner_of
 from ..conversations import DEFAULT_TTL, MemoryResponseStore, ResponseStore, StoredResponse
 from ..exceptions import InvalidRequestError, LeapError, RequestTooLargeError
 from ..native import EventBatch
 from ..outcome import Outcome
 from ._http import JSON, error_headers
-from .responses import ResponsesEncoder, empty_events, owner_of, prepare_turn
+from .responses import ResponsesEncoder, empty_events, prepare_turn
 
 if TYPE_CHECKING:
     from ..dispatch import Batch

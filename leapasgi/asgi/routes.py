@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from ..access import Role
-from ..exceptions import InvalidRequestError, LeapError, ModelNotFoundError
+from ..cache import is_cache_key
+from ..exceptions import InvalidRequestError, LeapError, ModelNotFoundError, NotFoundError
 from ..outcome import CLIENT_CLOSED
 from ..prometheus import CONTENT_TYPE
 from ..protocols.messages import anthropic_error
@@ -144,6 +145,15 @@ class Routes:
         body: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
         if self._may_see_details(request):
             body["providers"] = providers
+            # Degraded still serves (on local state); the detail says so.
+            status = self.gateway.state.status()
+            body["state"] = {
+                "backend": status.backend,
+                "shared": status.shared,
+                "degraded": status.degraded,
+                "detail": status.detail,
+                "replicas": status.replicas,
+            }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     def _may_see_details(self, request: Request) -> bool:
@@ -154,7 +164,13 @@ class Routes:
         if (refused := self._refuse(request)) is not None:
             return refused
         snapshots = self.gateway.manager.registry.snapshots()
-        text = self.gateway.metrics.render(snapshots)
+        cache = self.gateway.cache
+        state = self.gateway.state
+        text = self.gateway.metrics.render(
+            snapshots,
+            cache=cache.snapshot() if cache is not None else None,
+            state=state.status() if state.kind != "memory" else None,
+        )
         return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
     async def providers(self, request: Request) -> Response:
@@ -197,6 +213,36 @@ class Routes:
             return refused
         results = await self.gateway.manager.check_health()
         return JSONResponse({"object": "list", "data": [_plain(r) for r in results]})
+
+    async def clear_cache(self, request: Request) -> Response:
+        """``DELETE /v1/cache`` (admin): forget every cached answer."""
+        if (refused := self._refuse(request, admin=True)) is not None:
+            return refused
+        cache = self.gateway.cache
+        if cache is None:
+            return error_response(_cache_off())
+        return JSONResponse({"deleted": await cache.clear()})
+
+    async def forget_cached(self, request: Request) -> Response:
+        """``DELETE /v1/cache/{key}`` (admin): forget one cached answer, by the key its
+        x-leap-cache-key header showed."""
+        if (refused := self._refuse(request, admin=True)) is not None:
+            return refused
+        cache = self.gateway.cache
+        if cache is None:
+            return error_response(_cache_off())
+        key = request.path_params["key"]
+        if not is_cache_key(key):
+            refusal = InvalidRequestError(
+                "Not a cache key: send the x-leap-cache-key header's value (64 hex digits)",
+                param="key",
+            )
+            return error_response(refusal)
+        return JSONResponse({"deleted": int(await cache.forget(key))})
+
+
+def _cache_off() -> NotFoundError:
+    return NotFoundError("The response cache is off ([cache] enabled = false)", code="not_found")
 
 
 def _plain(value: Any) -> Any:

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from .base import (
-    Bucket,
     BreakerEvent,
+    Bucket,
     CacheStore,
     ClusterLock,
     HealthBoard,

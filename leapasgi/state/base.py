@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from ..conversations import ResponseStore
 
 __all__ = [
-    "Bucket",
     "BreakerEvent",
+    "Bucket",
     "CacheStore",
     "ClusterLock",
     "HealthBoard",

@@ -26,6 +26,8 @@ __all__ = [
 
 DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_CACHE_MAX_ENTRIES = 10_000
+# Open reservations past which lapsed ones (never settled, their window gone) are forgotten.
+_MAX_OPEN = 10_000
 # Sessions remembered for sticky routing; the least recently used go first.
 MAX_SESSIONS = 100_000
 
@@ -117,6 +119,8 @@ class MemoryLimiter:
         if wait:
             return wait
         rid = f"m{next(self._ids)}"
+        if len(self._uses) >= _MAX_OPEN:
+            self._forget_lapsed(now)
         uses = []
         for window, counts_tokens in windows:
             use = _Use(now, tokens if counts_tokens else 0)
@@ -126,6 +130,12 @@ class MemoryLimiter:
             uses.append((window, use))
         self._uses[rid] = uses
         return Reservation(rid, buckets, tokens)
+
+    def _forget_lapsed(self, now: float) -> None:
+        # Every reservation should be settled; one never settled lapses with its window.
+        start = now - RATE_WINDOW
+        for rid in [rid for rid, uses in self._uses.items() if not uses or uses[0][1].at <= start]:
+            del self._uses[rid]
 
     def settle(self, reservation: Reservation, tokens: int | None) -> None:
         if reservation.settled:

@@ -70,6 +70,15 @@ ROWS: dict[str, tuple[str, str]] = {
         "slow readers (1 KB/s) beside normal traffic",
         "RSS growth < 10 MB per slow stream; normal traffic's p99 barely moves",
     ),
+    "16": (
+        "two gateway processes sharing state through a real redis-server, over U1-U3: an "
+        "ejection, an RPM limit, cached answers, identical misses at once, another tenant; Redis "
+        "frozen (SIGSTOP 8 s) and killed under 20 req/s",
+        "ejection seen by the other replica within 1 s; RPM 100 across both lets exactly 100 of "
+        "160 through; cached plain and streamed answers served by the other replica; 30 "
+        "identical misses make 1 upstream call; another tenant misses; 0 hung requests and 0 "
+        "errors caused by the store; shared limits back within 5 s",
+    ),
     "17": (
         "canary provider keys, upstreams echoing keys in 401 bodies, DEBUG logging",
         "0 occurrences, raw, URL-encoded or base64, in any response, log line, metric, repr, "
