@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from .balancing import (
         Strategy,
     )
+    from .cache import (
+        ResponseCache,
+    )
     from .clock import (
         Clock,
         FakeClock,
@@ -39,12 +42,15 @@ if TYPE_CHECKING:
     )
     from .config import (
         AliasConfig,
+        CacheConfig,
         ConnectionLimits,
         GatewayConfig,
         HealthConfig,
         ProviderConfig,
+        RateLimitConfig,
         ResponsesConfig,
         RoutingConfig,
+        StateConfig,
         load_config,
         parse_config,
     )
@@ -148,6 +154,14 @@ if TYPE_CHECKING:
         GuardedHttpToolsProtocol,
         run_server,
     )
+    from .state import (
+        MemoryState,
+        StateBackend,
+        StateStatus,
+    )
+    from .state.redis import (
+        RedisState,
+    )
     from .stats import (
         Quantiles,
     )
@@ -177,6 +191,7 @@ __all__ = [
     "Attempt",
     "AuthenticationError",
     "BreakerPolicy",
+    "CacheConfig",
     "Capabilities",
     "ChatCompletion",
     "ChatCompletionAccumulator",
@@ -213,6 +228,7 @@ __all__ = [
     "MalformedStreamError",
     "ManagedStream",
     "MemoryResponseStore",
+    "MemoryState",
     "MisdirectedRequestError",
     "MockProvider",
     "Model",
@@ -238,10 +254,13 @@ __all__ = [
     "ProviderSnapshot",
     "ProviderStatus",
     "Quantiles",
+    "RateLimitConfig",
     "RateLimitError",
     "Redactor",
+    "RedisState",
     "Registry",
     "RequestTooLargeError",
+    "ResponseCache",
     "ResponseStore",
     "ResponseTooLargeError",
     "ResponsesConfig",
@@ -251,6 +270,9 @@ __all__ = [
     "RouteSettings",
     "RoutingConfig",
     "RoutingTrail",
+    "StateBackend",
+    "StateConfig",
+    "StateStatus",
     "StoredResponse",
     "Strategy",
     "StreamError",
@@ -286,6 +308,7 @@ _EXPORTS: dict[str, str] = {
     "Attempt": ".trail",
     "AuthenticationError": ".exceptions",
     "BreakerPolicy": ".health",
+    "CacheConfig": ".config",
     "Capabilities": ".providers",
     "ChatCompletion": ".types",
     "ChatCompletionAccumulator": ".accumulate",
@@ -322,6 +345,7 @@ _EXPORTS: dict[str, str] = {
     "MalformedStreamError": ".exceptions",
     "ManagedStream": ".managed_stream",
     "MemoryResponseStore": ".conversations",
+    "MemoryState": ".state",
     "MisdirectedRequestError": ".exceptions",
     "MockProvider": ".providers",
     "Model": ".types",
@@ -347,10 +371,13 @@ _EXPORTS: dict[str, str] = {
     "ProviderSnapshot": ".registry",
     "ProviderStatus": ".registry",
     "Quantiles": ".stats",
+    "RateLimitConfig": ".config",
     "RateLimitError": ".exceptions",
     "Redactor": ".redact",
+    "RedisState": ".state.redis",
     "Registry": ".registry",
     "RequestTooLargeError": ".exceptions",
+    "ResponseCache": ".cache",
     "ResponseStore": ".conversations",
     "ResponseTooLargeError": ".exceptions",
     "ResponsesConfig": ".config",
@@ -360,6 +387,9 @@ _EXPORTS: dict[str, str] = {
     "RouteSettings": ".registry",
     "RoutingConfig": ".config",
     "RoutingTrail": ".trail",
+    "StateBackend": ".state",
+    "StateConfig": ".config",
+    "StateStatus": ".state",
     "StoredResponse": ".conversations",
     "Strategy": ".balancing",
     "StreamError": ".exceptions",

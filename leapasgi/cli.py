@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from ._logging import configure_server_logging
@@ -14,7 +15,10 @@ from .exceptions import LeapError
 from .providers.presets import PRESETS
 from .redact import public_url
 
-__all__ = ["app_from_env", "main"]
+if TYPE_CHECKING:
+    from .config import GatewayConfig
+
+__all__ = ["app_from_env", "main", "warn_unshared"]
 
 # How ``serve --workers N`` tells each worker process which config to load.
 CONFIG_ENV = "LEAPASGI_CONFIG"
@@ -62,6 +66,17 @@ def app_from_env() -> object:
 
 # Bytes a WebSocket frame may exceed the body limit by and still be read (and refused).
 WS_FRAME_SLACK = 64 * 1024
+
+
+def warn_unshared(config: GatewayConfig, workers: int) -> None:
+    """Say, once, that several workers on the memory backend do not share their state."""
+    if workers > 1 and config.state.backend == "memory":
+        logging.getLogger("leapasgi").warning(
+            "%d workers with the memory state backend: each worker keeps its own breakers, "
+            'rate limits, cache, sessions and conversations; set [state] backend = "redis" '
+            "to share them",
+            workers,
+        )
 
 
 def _serve(path: Path, host: str | None, port: int | None, workers: int) -> int:
