@@ -58,6 +58,11 @@ models = ["mc"]
 [routing]
 request_timeout = 5
 
+[routing.aliases.sticky-ms]
+targets = ["u1/ms", "u3/ms"]
+strategy = "round_robin"
+sticky = true
+
 [health]
 interval = 0
 failure_threshold = 3
@@ -68,10 +73,11 @@ max_ejection = 40
 name = "u1"
 base_url = "{u1}"
 api_key = "sk-rel-u1-0123456789abcdef"
-models = ["mc", "m4", "m5", "m6"]
+models = ["mc", "m4", "m5", "m6", "ms", "mw"]
 model_limits.m4 = {{ rpm = 10 }}
 model_limits.m5 = {{ rpm = 100000000, tpm = 10000000000 }}
 model_limits.m6 = {{ rpm = 10 }}
+model_limits.mw = {{ rpm = 10 }}
 
 [[providers]]
 name = "u2"
@@ -85,7 +91,7 @@ max_retries = 0
 name = "u3"
 base_url = "{u3}"
 api_key = "sk-rel-u3-0123456789abcdef"
-models = ["m2", "m3"]
+models = ["m2", "m3", "ms"]
 priority = 1
 model_limits = {{ m3 = {{ rpm = 100 }} }}
 """
@@ -136,6 +142,7 @@ class Cluster:
     fakes: list[FakeUpstream]
     replicas: list[str]  # base URLs of the two gateway processes
     logs: list[Path]  # what each replica wrote to stdout and stderr
+    config: Path
 
     def client(self, key: str = TENANT_A, *, timeout: float = 10.0) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -145,12 +152,12 @@ class Cluster:
         )
 
 
-def _gateway(config: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+def _gateway(config: Path, port: int, log: Path, *, workers: int = 1) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     command = [sys.executable, "-m", "leapasgi", "serve", "--config", str(config)]
     with log.open("wb") as out:
         return subprocess.Popen(
-            [*command, "--port", str(port)],
+            [*command, "--port", str(port), "--workers", str(workers)],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -194,7 +201,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             processes.append(_gateway(config, port, log))
         for port in ports:
             _wait_up(port)
-        yield Cluster(redis, fakes, [f"http://127.0.0.1:{port}" for port in ports], logs)
+        replicas = [f"http://127.0.0.1:{port}" for port in ports]
+        yield Cluster(redis, fakes, replicas, logs, config)
     finally:
         for process in processes:
             process.send_signal(signal.SIGINT)
@@ -366,6 +374,65 @@ async def test_30_identical_misses_at_once_make_one_upstream_call(
     assert [answer.status_code for answer in answers] == [200] * 30
     assert contents == {"one answer for all"}
     assert calls == 1
+
+
+async def test_a_session_stays_on_one_provider_whichever_replica_it_reaches(
+    cluster: Cluster, figures: Figures
+) -> None:
+    served: dict[str, set[str]] = {}
+    async with cluster.client() as client:
+        for session in ("s-1", "s-2", "s-3", "s-4"):
+            for i in range(6):
+                answer = await client.post(
+                    f"{cluster.replicas[i % 2]}/v1/chat/completions",
+                    json=chat("sticky-ms", f"turn {i}"),
+                    headers={"x-session-id": session},
+                )
+                assert answer.status_code == 200
+                served.setdefault(session, set()).add(answer.headers["x-leap-provider"])
+    providers = {session: sorted(names) for session, names in served.items()}
+
+    figures.record(
+        ROW,
+        "sticky alias (round robin over U1, U3), 4 sessions x 6 turns alternating replicas: "
+        "providers per session",
+        ", ".join(f"{s}: {'+'.join(p)}" for s, p in providers.items()),
+        passed=all(len(p) == 1 for p in providers.values()),
+        target="one each",
+    )
+    assert all(len(names) == 1 for names in providers.values())
+
+
+async def test_serve_with_workers_shares_limits_between_them(
+    cluster: Cluster, figures: Figures, tmp_path: Path
+) -> None:
+    port = _free_port()
+    log = tmp_path / "workers.log"
+    process = _gateway(cluster.config, port, log, workers=2)
+    try:
+        _wait_up(port)
+        async with cluster.client() as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        f"http://127.0.0.1:{port}/v1/chat/completions", json=chat("mw", f"w{i}")
+                    )
+                    for i in range(20)
+                )
+            )
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+    admitted = [answer.status_code for answer in answers].count(200)
+
+    figures.record(
+        ROW,
+        "leapasgi serve --workers 2 on Redis, RPM 10, 20 concurrent requests: admitted",
+        admitted,
+        passed=admitted == 10,
+        target="10",
+    )
+    assert admitted == 10
 
 
 @contextlib.asynccontextmanager
