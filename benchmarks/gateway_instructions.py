@@ -24,9 +24,10 @@ again and again: hits after the warm-up) through the floor and a gateway with th
 store every time, with rate limits reserved and settled) through the floor and two gateways,
 one keeping its state in memory and one in a redis-server started for the run (not under
 callgrind). Its line gives redis over memory: the repeatable view of the Redis target
-benchmarks/gateway.py checks on CPU time. Callgrind counts the redis-py client's work in the
-gateway (commands built, replies parsed, its asyncio plumbing) but neither redis-server's
-work nor the kernel's for the extra round trips, which CPU time does count. Under callgrind
+benchmarks/gateway.py checks on CPU time. Callgrind counts the Redis client's work
+(state/_resp.py) in the gateway (commands built, replies parsed, its asyncio plumbing) but
+neither redis-server's work nor the kernel's for the extra round trips, which CPU time does
+count. Under callgrind
 the redis gateway gets ``op_timeout = 10`` (a slowed process would otherwise time its
 operations out and fall back to memory) and ``sync_interval = 5``, so the breaker sync in the
 background adds little to the count.
@@ -249,7 +250,7 @@ def main() -> None:
         if "redis" in needed:
             print(
                 f"  (the redis target, on CPU time: redis <= memory + {MAX_REDIS_ADDED_CPU_MS} ms"
-                " per request;\n   counted here: the gateway's Python, redis-py included,"
+                " per request;\n   counted here: the gateway's Python, its Redis client included,"
                 " not redis-server nor the kernel)"
             )
 

@@ -91,6 +91,8 @@ class MemoryLimiter:
         self._windows: dict[str, _Window] = {}
         self._uses: dict[str, list[tuple[_Window, _Use]]] = {}
         self._ids = count(1)
+        # Open reservations at which lapsed ones are looked for next (doubling: amortized).
+        self._sweep_at = _MAX_OPEN
 
     def _limit(self, value: int | None) -> int | None:
         if value is None or self._divisor == 1:
@@ -119,8 +121,9 @@ class MemoryLimiter:
         if wait:
             return wait
         rid = f"m{next(self._ids)}"
-        if len(self._uses) >= _MAX_OPEN:
+        if len(self._uses) >= self._sweep_at:
             self._forget_lapsed(now)
+            self._sweep_at = max(_MAX_OPEN, 2 * len(self._uses))
         uses = []
         for window, counts_tokens in windows:
             use = _Use(now, tokens if counts_tokens else 0)

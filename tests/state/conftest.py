@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from leapasgi.state._resp import Arg, RedisClient
 from leapasgi.state.base import BreakerEvent
 from leapasgi.state.redis import RedisState
 from tests.redis_server import RedisServer, redis_server
 
-__all__ = ["Replicas", "eventually", "redis_server", "replica"]
+__all__ = ["Replicas", "eventually", "raw", "redis_server", "replica"]
 
 # Short intervals so recovery and sync show within a test's patience. The op_timeout is the
 # product's 0.1 s times five: a busy CI machine can stall a process longer than 0.1 s, and
@@ -25,6 +26,15 @@ FAST = {"op_timeout": 0.5, "sync_interval": 0.05, "recover_interval": 0.1}
 def replica(url: str, **options: Any) -> RedisState:
     """A RedisState with the tests' fast intervals (``options`` override them)."""
     return RedisState(SecretStr(url), **{**FAST, **options})
+
+
+async def raw(url: str, *command: Arg) -> Any:
+    """The reply to ``command``, sent on a connection of its own (to look behind a state)."""
+    client = RedisClient(SecretStr(url), connect_timeout=5)
+    try:
+        return await client.execute(*command)
+    finally:
+        await client.aclose()
 
 
 async def eventually(check: Callable[[], bool], *, within: float = 5.0) -> float:

@@ -17,7 +17,7 @@ from leapasgi.state.base import BreakerEvent, Bucket, Reservation
 from leapasgi.state.redis import RedisState
 from tests.redis_server import RedisServer, free_port
 
-from .conftest import Replicas, eventually, replica
+from .conftest import Replicas, eventually, raw, replica
 
 pytestmark = pytest.mark.anyio
 
@@ -106,6 +106,98 @@ async def test_a_frozen_server_hangs_nothing_and_shared_state_returns_after_thaw
     assert await admitted(state, Bucket("p:shared", rpm=10), 12) == 10
     assert state.status().errors == errors
     assert await state.cache.get("local") is None  # the local fallback's entries are gone
+
+
+async def connections(url: str) -> list[bytes]:
+    """The ids of the server's client connections, but the one asking."""
+    listing: bytes = await raw(url, "CLIENT", "LIST")
+    fields = [dict(f.split(b"=", 1) for f in line.split(b" ")) for line in listing.splitlines()]
+    return [f[b"id"] for f in fields if f[b"cmd"] != b"client|list"]
+
+
+async def test_degraded_mode_gives_up_its_connection_and_recovers_on_a_fresh_one(
+    replicas: Replicas,
+) -> None:
+    state = await replicas.start(op_timeout=OP_TIMEOUT)
+    url = replicas.server.url
+    await state.sticky.set("s", "p", 10)
+    (before,) = await connections(url)
+    replicas.server.freeze()
+    await state.sticky.get("s")  # times out: degraded
+    assert state.status().degraded
+
+    replicas.server.thaw()
+    await eventually(lambda: state.status().shared)
+    assert await state.sticky.get("s") == "p"
+    (after,) = await connections(url)  # the frozen one was closed, never used again
+    assert after != before
+
+
+class Silencer:
+    """A TCP proxy to a server whose open connections can be silenced (half-open: what is
+    sent is swallowed, nothing answers, nothing closes) while new ones still pass."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._round = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    def silence(self) -> None:
+        self._round += 1
+
+    async def aclose(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self._writers += (writer, up_writer)
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(source, sink, self._round))
+            self._tasks.add(task)
+
+    async def _pump(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, born: int
+    ) -> None:
+        while data := await source.read(65536):
+            if self._round == born:
+                sink.write(data)
+
+
+async def test_a_half_open_connection_is_never_used_again(replicas: Replicas) -> None:
+    proxy = Silencer(replicas.server.port)
+    state = await replicas.start(await proxy.start(), op_timeout=OP_TIMEOUT)
+    try:
+        await state.sticky.set("s", "p", 10)
+        proxy.silence()
+        await state.sticky.get("s")  # times out: degraded
+        assert state.status().degraded
+        await eventually(lambda: state.status().shared, within=2)  # on a new connection
+        assert await state.sticky.get("s") == "p"
+    finally:
+        await state.aclose()
+        await proxy.aclose()
+
+
+async def test_an_error_reply_is_named_by_its_code_alone(replicas: Replicas) -> None:
+    state = await replicas.start(op_timeout=OP_TIMEOUT)
+    await raw(replicas.server.url, "HSET", "leap:s:odd", "field", "value")  # not a string
+    assert await state.sticky.get("odd") is None  # answered locally
+    status = state.status()
+    assert status.degraded
+    assert status.detail == "server replied WRONGTYPE"
 
 
 async def test_a_killed_and_restarted_server_is_used_again(

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr
 
-from leapasgi.state._resp import RedisClient, RedisError, Script, encode
+from leapasgi.state._resp import RedisClient, RedisError, ReplyError, Script, encode
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -51,8 +51,9 @@ async def test_an_error_reply_raises_and_the_next_command_still_works(server: Re
     redis = client(server)
     await redis.execute("SET", "s", "text")
 
-    with pytest.raises(RedisError, match="WRONGTYPE"):
+    with pytest.raises(ReplyError, match="WRONGTYPE") as caught:
         await redis.execute("LPUSH", "s", "x")
+    assert caught.value.code == "WRONGTYPE"
     assert await redis.execute("GET", "s") == b"text"
     await redis.aclose()
 
@@ -95,8 +96,9 @@ async def test_a_lost_connection_fails_its_callers_and_the_next_command_reconnec
     await redis.execute("SET", "a", "1")
     server.kill()
 
-    with pytest.raises(RedisError):
+    with pytest.raises(RedisError) as caught:
         await redis.execute("GET", "a")
+    assert not isinstance(caught.value, ReplyError)
     server.restart()
 
     assert await redis.execute("SET", "a", "2") == b"OK"
