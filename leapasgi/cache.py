@@ -227,10 +227,11 @@ class ResponseCache:
         return None if entry is None else self._answer(entry)
 
     async def join(self, ticket: CacheTicket, *, wait: float) -> CachedAnswer | Flight | None:
-        """For a miss: the answer an identical request in flight made (waited for up to
-        ``wait`` seconds); else a Flight, when this request is the one to make it (end it
+        """The stored answer, or the one an identical request in flight made (waited for up
+        to ``wait`` seconds); else a Flight, when this request is the one to make it (end it
         with ``end``); None when it should go on alone (the other one failed, or the wait ran
-        out). Cancelling the wait leaves the others as they were."""
+        out). The store is asked once: its entry, else its claim. Cancelling the wait leaves
+        the others as they were."""
         key = ticket.key
         flight = self._flights.get(key)
         if flight is not None:
@@ -241,14 +242,14 @@ class ResponseCache:
         flight = self._flights[key] = Flight(key, asyncio.get_running_loop().create_future())
         try:
             try:
-                claimed = await self.store.claim(key, wait)
+                found = await self.store.lookup(key, claim=wait)
             except Exception as exc:
-                self._failed("claim", exc)
+                self._failed("lookup", exc)
                 return flight  # lead here; another replica may be making it too
-            if claimed:
+            if found is True:
                 flight.claimed = True
                 return flight
-            entry = await self._made_elsewhere(key, wait)
+            entry = found or await self._made_elsewhere(key, wait)
         except BaseException:
             self._drop(flight)
             raise
@@ -267,11 +268,15 @@ class ResponseCache:
         entry = b"".join([head, content_type, *body])
         if flight is not None and not flight.future.done():
             flight.future.set_result(entry)
+        release = flight is not None and flight.claimed
         try:
-            await self.store.put(ticket.key, entry, self._ttl)
+            # The claim goes with the same trip.
+            await self.store.put(ticket.key, entry, self._ttl, release=release)
         except Exception as exc:
             self._failed("put", exc)
             return
+        if flight is not None:
+            flight.claimed = False
         self.stats.stored += 1
 
     def too_large(self) -> None:

@@ -227,7 +227,7 @@ async def test_identical_misses_wait_for_one_leader() -> None:
     await cache.end(leader)
     assert all(isinstance(a, CachedAnswer) and a.body == b"answer" for a in answers)
     assert cache.snapshot().coalesced == 29
-    assert isinstance(await cache.join(found, wait=WAIT), Flight)  # the next miss leads
+    assert isinstance(await cache.join(found, wait=WAIT), CachedAnswer)  # kept: the next hits
 
 
 async def test_a_leader_that_keeps_nothing_releases_its_followers() -> None:
@@ -305,7 +305,10 @@ class BrokenStore(MemoryCacheStore):
     async def get(self, key: str) -> bytes | None:
         raise ConnectionError
 
-    async def put(self, key: str, value: bytes, ttl: float) -> None:
+    async def lookup(self, key: str, *, claim: float | None = None) -> bytes | bool:
+        raise ConnectionError
+
+    async def put(self, key: str, value: bytes, ttl: float, *, release: bool = False) -> None:
         raise ConnectionError
 
     async def claim(self, key: str, ttl: float) -> bool:

@@ -59,8 +59,8 @@ class CacheStep:
             return
         flight: Flight | None = None
         if ticket.read:
-            found = await cache.lookup(ticket)
-            if found is None and cache.coalescing:
+            found = None if cache.coalescing else await cache.lookup(ticket)
+            if cache.coalescing:
                 guard = DisconnectGuard(receive)
                 try:
                     joined = await cache.join(ticket, wait=self._wait)

@@ -12,7 +12,9 @@ __all__ = [
     "CACHE_CLEAR",
     "CACHE_DELETE",
     "CACHE_GET",
+    "CACHE_GET_OR_CLAIM",
     "CACHE_PUT",
+    "CACHE_PUT_RELEASE",
     "CLAIM_RELEASE",
     "LIMIT_RESERVE",
     "LIMIT_SETTLE",
@@ -224,6 +226,26 @@ end
 return evicted
 """
 )
+
+# CACHE_PUT, then the claim (KEYS[7]) given up when this caller's token (ARGV[7]) holds it.
+CACHE_PUT_RELEASE = CACHE_PUT.replace(
+    "\nreturn evicted\n",
+    "\nif redis.call('GET', KEYS[7]) == ARGV[7] then redis.call('DEL', KEYS[7]) end"
+    "\nreturn evicted\n",
+)
+
+# KEYS: the entry, the namespace's index and use counter, the entry's claim; ARGV: the
+# member, this caller's token, the claim's ms. The entry (marked as used last); else 1 when
+# this caller now holds the claim, 0 when another does.
+CACHE_GET_OR_CLAIM = """
+local value = redis.call('GET', KEYS[1])
+if value then
+  redis.call('ZADD', KEYS[2], 'XX', redis.call('INCR', KEYS[3]), ARGV[1])
+  return value
+end
+if redis.call('SET', KEYS[4], ARGV[2], 'NX', 'PX', ARGV[3]) then return 1 end
+return 0
+"""
 
 # KEYS: the entry, the namespace's index and use counter; ARGV[1]: the member. The entry,
 # marked as used last (a lapsed one's bookkeeping goes with the next put's sweep).

@@ -19,7 +19,9 @@ from .memory import MemoryCacheStore, MemorySticky
 __all__ = ["RedisCacheStore", "RedisLock", "RedisResponseStore", "RedisSticky"]
 
 _PUT = Script(_lua.CACHE_PUT)
+_PUT_RELEASE = Script(_lua.CACHE_PUT_RELEASE)
 _GET = Script(_lua.CACHE_GET)
+_GET_OR_CLAIM = Script(_lua.CACHE_GET_OR_CLAIM)
 _DELETE = Script(_lua.CACHE_DELETE)
 _CLEAR = Script(_lua.CACHE_CLEAR)
 _CLAIM_RELEASE = Script(_lua.CLAIM_RELEASE)
@@ -78,12 +80,35 @@ class RedisCacheStore:
             return self._fallback.get_now(key)
         return cast("bytes | None", value)
 
-    async def put(self, key: str, value: bytes, ttl: float) -> None:
+    async def lookup(self, key: str, *, claim: float | None = None) -> bytes | bool:
+        if claim is None:
+            return await self.get(key) or False
+        keys = [*self._ns.used_keys(key), self._claims + key]
+        found = await self._link.run(_GET_OR_CLAIM, keys, (key, self._token, ms(claim)))
+        if found is DOWN:
+            return await self._fallback.lookup(key, claim=claim)
+        return found if isinstance(found, bytes) else found == 1
+
+    async def put(self, key: str, value: bytes, ttl: float, *, release: bool = False) -> None:
         if len(value) > self.max_bytes or ttl <= 0:
+            if release:
+                await self.release(key)
             return
         ns = self._ns
-        args = (key, ns.prefix, value, ms(ttl), self.max_entries, self.max_bytes)
-        evicted = await self._link.run(_PUT, ns.keys(key), args)
+        args: tuple[str | bytes | int, ...] = (
+            key,
+            ns.prefix,
+            value,
+            ms(ttl),
+            self.max_entries,
+            self.max_bytes,
+        )
+        if release:
+            await self._fallback.release(key)
+            keys = [*ns.keys(key), self._claims + key]
+            evicted = await self._link.run(_PUT_RELEASE, keys, (*args, self._token))
+        else:
+            evicted = await self._link.run(_PUT, ns.keys(key), args)
         if evicted is DOWN:
             self._fallback.put_now(key, value, ttl)
         else:

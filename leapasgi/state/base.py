@@ -84,8 +84,14 @@ class CacheStore(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
-    async def put(self, key: str, value: bytes, ttl: float) -> None:
-        """Keep ``value`` for ``ttl`` seconds (within the store's bounds)."""
+    async def lookup(self, key: str, *, claim: float | None = None) -> bytes | bool:
+        """The entry under ``key``; without one, with ``claim`` (seconds), whether this
+        caller now fills it (True) or another does (False): a get and a claim at once."""
+        ...
+
+    async def put(self, key: str, value: bytes, ttl: float, *, release: bool = False) -> None:
+        """Keep ``value`` for ``ttl`` seconds (within the store's bounds); with ``release``,
+        give up this caller's claim on ``key`` too."""
         ...
 
     async def delete(self, key: str) -> bool: ...

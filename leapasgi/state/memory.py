@@ -193,8 +193,16 @@ class MemoryCacheStore:
         self._entries.move_to_end(key)
         return value
 
-    async def put(self, key: str, value: bytes, ttl: float) -> None:
+    async def lookup(self, key: str, *, claim: float | None = None) -> bytes | bool:
+        value = self.get_now(key)
+        if value is not None:
+            return value
+        return claim is not None and await self.claim(key, claim)
+
+    async def put(self, key: str, value: bytes, ttl: float, *, release: bool = False) -> None:
         self.put_now(key, value, ttl)
+        if release:
+            self._claims.pop(key, None)
 
     def put_now(self, key: str, value: bytes, ttl: float) -> None:
         """``put``, synchronously."""

@@ -88,6 +88,22 @@ async def test_cache(backend: StateBackend) -> None:
     assert not await cache.claimed("k")
 
 
+async def test_a_lookup_claims_a_miss_and_a_put_gives_the_claim_back(
+    backend: StateBackend,
+) -> None:
+    cache = backend.cache
+
+    assert await cache.lookup("q") is False  # no claim asked for
+    assert await cache.lookup("q", claim=10) is True
+    assert await cache.lookup("q", claim=10) is False  # someone fills it already
+    assert await cache.claimed("q")
+    await cache.put("q", b"answer", 10, release=True)
+
+    assert not await cache.claimed("q")
+    assert await cache.lookup("q", claim=10) == b"answer"
+    assert not await cache.claimed("q")  # a hit claims nothing
+
+
 async def test_sticky_lock_board_and_status(backend: StateBackend) -> None:
     await backend.sticky.set("s", "openai", 10)
     assert await backend.sticky.get("s") == "openai"
