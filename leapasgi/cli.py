@@ -86,13 +86,7 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int) -> int:
     config = load_config(path)  # fail fast, with the file and key, before binding anything
     os.environ[CONFIG_ENV] = str(path.resolve())
     configure_server_logging(sys.stderr)
-    if workers > 1 and config.state.backend == "memory":
-        logging.getLogger("leapasgi").warning(
-            "%d workers with the memory state backend: each worker keeps its own breakers, "
-            'rate limits, cache, sessions and conversations; set [state] backend = "redis" '
-            "to share them",
-            workers,
-        )
+    warn_unshared(config, workers)
     run_server(
         "leapasgi.cli:app_from_env",
         limits=config.server.connection_limits(),

@@ -5,7 +5,6 @@ sent, when it ended well: a 200, no in-band error, every byte sent, not too larg
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from starlette.types import Message, Receive, Scope, Send
@@ -14,7 +13,7 @@ from ..cache import BYPASS, HIT, MISS, CachedAnswer, CacheTicket, Flight, Respon
 from ..outcome import Outcome
 from ..sse import PING
 from ._http import outcome_headers
-from .relay import DisconnectGuard
+from .relay import guarded
 
 __all__ = ["KEY_HEADER", "PINGS", "Answer", "CacheStep"]
 
@@ -61,16 +60,9 @@ class CacheStep:
         if ticket.read:
             found = None if cache.coalescing else await cache.lookup(ticket)
             if cache.coalescing:
-                guard = DisconnectGuard(receive)
-                try:
-                    joined = await cache.join(ticket, wait=self._wait)
-                except asyncio.CancelledError:
-                    if not guard.absorb():
-                        raise
-                    outcome.gone = True
+                joined = await guarded(cache.join(ticket, wait=self._wait), receive, outcome)
+                if outcome.gone:
                     return
-                finally:
-                    guard.close()
                 if isinstance(joined, Flight):
                     flight = joined
                 else:

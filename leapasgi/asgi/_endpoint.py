@@ -4,7 +4,6 @@ own shape, never a traceback."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -19,12 +18,11 @@ from ..outcome import Outcome
 from ..sessions import session_header
 from ._cache import CacheStep
 from ._http import ClientGone, read_body, send_error
-from .relay import DisconnectGuard
 
 if TYPE_CHECKING:
     from ..gateway import GatewayCore
 
-__all__ = ["ErrorSender", "ProtocolEndpoint", "guarded", "json_object"]
+__all__ = ["ErrorSender", "ProtocolEndpoint", "json_object"]
 
 logger = logging.getLogger("leapasgi.access")
 
@@ -100,20 +98,6 @@ class ProtocolEndpoint:
     ) -> None:
         """Serve one request; a LeapError raised before the response began is answered."""
         raise NotImplementedError
-
-
-async def guarded(call: Awaitable[_T], receive: Receive, outcome: Outcome) -> _T | None:
-    """Await ``call``, cancelled at once if the client disconnects (then None)."""
-    guard = DisconnectGuard(receive)
-    try:
-        return await call
-    except asyncio.CancelledError:
-        if not guard.absorb():
-            raise
-        outcome.gone = True
-        return None
-    finally:
-        guard.close()
 
 
 def json_object(body: bytes) -> dict[str, Any]:

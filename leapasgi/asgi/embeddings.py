@@ -8,8 +8,9 @@ from starlette.types import Receive, Scope, Send
 from ..native import NativeCall, NativeReply, ProtocolRequest, WireProtocol
 from ..outcome import Outcome
 from ..types.embeddings import parse_embedding_request
-from ._endpoint import ProtocolEndpoint, guarded
+from ._endpoint import ProtocolEndpoint
 from ._http import outcome_headers, send_response
+from .relay import guarded
 
 __all__ = ["EmbeddingsEndpoint"]
 

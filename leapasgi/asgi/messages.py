@@ -30,9 +30,9 @@ from ..protocols.messages_chat import message_from_chat, messages_to_chat
 from ..protocols.messages_stream import MessagesStreamWriter
 from ..sse import encode_event
 from ..streaming import ChunkBatch
-from ._endpoint import ProtocolEndpoint, guarded, json_object
+from ._endpoint import ProtocolEndpoint, json_object
 from ._http import error_headers, outcome_headers, send_json, send_response
-from .relay import SSERelay
+from .relay import SSERelay, guarded
 
 __all__ = ["CountTokensEndpoint", "MessagesEndpoint", "send_anthropic_error"]
 

@@ -6,7 +6,7 @@ protocol writes."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from starlette.types import Receive, Send
@@ -20,7 +20,14 @@ if TYPE_CHECKING:
     from ..managed_stream import ManagedStream
     from ..outcome import Outcome
 
-__all__ = ["WATCH_AFTER", "ChatEncoder", "DisconnectGuard", "SSERelay", "StreamEncoder"]
+__all__ = [
+    "WATCH_AFTER",
+    "ChatEncoder",
+    "DisconnectGuard",
+    "SSERelay",
+    "StreamEncoder",
+    "guarded",
+]
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -31,6 +38,7 @@ SSE_HEADERS = [
 WATCH_AFTER = 0.02
 
 _B = TypeVar("_B", bound=Batch, contravariant=True)
+_T = TypeVar("_T")
 
 
 class StreamEncoder(Protocol[_B]):
@@ -290,3 +298,18 @@ class SSERelay(Generic[_B]):
         outcome.failed(error)
         event = self.encoder.error_event(error)
         await self.send({"type": "http.response.body", "body": event, "more_body": False})
+
+
+async def guarded(call: Awaitable[_T], receive: Receive, outcome: Outcome) -> _T | None:
+    """Await ``call``, cancelled at once if the client disconnects (then None, and the
+    outcome notes the client gone)."""
+    guard = DisconnectGuard(receive)
+    try:
+        return await call
+    except asyncio.CancelledError:
+        if not guard.absorb():
+            raise
+        outcome.gone = True
+        return None
+    finally:
+        guard.close()

@@ -37,9 +37,9 @@ from ..protocols.responses import (
 from ..protocols.responses_output import response_object
 from ..sse import PING, encode_event
 from ..streaming import ChunkBatch
-from ._endpoint import ProtocolEndpoint, guarded, json_object
+from ._endpoint import ProtocolEndpoint, json_object
 from ._http import outcome_headers, send_error, send_response
-from .relay import SSERelay
+from .relay import SSERelay, guarded
 from .routes import error_response
 
 __all__ = ["ResponseResource", "ResponsesEndpoint", "Turn", "prepare_turn"]
