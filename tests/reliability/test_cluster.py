@@ -376,6 +376,43 @@ async def test_30_identical_misses_at_once_make_one_upstream_call(
     assert calls == 1
 
 
+async def test_a_conversation_goes_on_at_the_other_replica(
+    cluster: Cluster, figures: Figures
+) -> None:
+    a, b = cluster.replicas
+    u1 = cluster.fakes[0]
+    async with cluster.client() as client:
+        first = await client.post(f"{a}/v1/responses", json={"model": "m5", "input": "first turn"})
+        follow_up = await client.post(
+            f"{b}/v1/responses",
+            json={
+                "model": "m5",
+                "input": "second turn",
+                "previous_response_id": first.json()["id"],
+            },
+        )
+        async with cluster.client(TENANT_B) as other:
+            foreign = await other.post(
+                f"{b}/v1/responses",
+                json={"model": "m5", "input": "x", "previous_response_id": first.json()["id"]},
+            )
+    history = [m["content"] for m in u1.chat_requests[-1].json["messages"]]
+
+    figures.record(
+        ROW,
+        "a Responses turn stored by replica A, continued at replica B: status; "
+        "another tenant naming it: status",
+        f"{follow_up.status_code}; {foreign.status_code}",
+        passed=follow_up.status_code == 200 and foreign.status_code == 404,
+        target="200; 404",
+    )
+    assert first.status_code == 200
+    assert follow_up.status_code == 200
+    assert history[0] == "first turn"
+    assert history[-1] == "second turn"
+    assert foreign.status_code == 404
+
+
 async def test_a_session_stays_on_one_provider_whichever_replica_it_reaches(
     cluster: Cluster, figures: Figures
 ) -> None:
