@@ -46,6 +46,7 @@ from typing import Any
 from .access import owner_of
 from .clock import Clock
 from .config import CacheConfig
+from .protocols.messages import FORWARDED_HEADERS
 from .state.base import CacheStore
 
 __all__ = [
@@ -85,7 +86,6 @@ _IRRELEVANT: dict[str, tuple[str, ...]] = {
     _MESSAGES: ("metadata",),
     "/v1/embeddings": ("user",),
 }
-_FORWARDED = (b"anthropic-version", b"anthropic-beta")
 # Bumped whenever the key's parts or the entry's layout change: old entries are then missed.
 _KEY_FORMAT = b"leap-cache-1"
 _ENTRY = struct.Struct(">2sdH")
@@ -185,7 +185,7 @@ class ResponseCache:
                     return None
                 if b"no-cache" in directives:
                     read = False
-            elif name in _FORWARDED:
+            elif name in FORWARDED_HEADERS:
                 forwarded.append(name + b":" + bytes(value))
         if switch == b"off":
             return None

@@ -45,7 +45,7 @@ from .registry import Lease, ProviderEntry, ProviderStatus, Registry
 from .retry import RetryPolicy
 from .routing import Route, RouteTable
 from .sessions import request_session
-from .state import Bucket, MemoryState, RateLimiter, Reservation, StateBackend, StickyTable
+from .state import Bucket, RateLimiter, Reservation, StateBackend, StickyTable
 from .streaming import ChunkBatch
 from .tokens import estimate_tokens
 from .trail import RoutingTrail
@@ -97,6 +97,7 @@ class Dispatcher:
         *,
         routing: RoutingConfig,
         health: HealthConfig,
+        state: StateBackend,
         clock: Clock,
         rng: random.Random,
     ) -> None:
@@ -108,7 +109,6 @@ class Dispatcher:
         self._rng = rng
         self._cursors: dict[str, itertools.count[int]] = {}
         self._policies: dict[int, RetryPolicy] = {}
-        state = MemoryState(clock=clock)
         self._limiter: RateLimiter = state.limiter
         self._sticky: StickyTable = state.sticky
 

@@ -57,8 +57,11 @@ class GatewayCore:
         self.state: StateBackend = state or build_state(
             config.state, config.cache, clock=clock, env=env
         )
-        self.manager = manager or ProviderManager.from_config(config, env=env)
-        self.manager.use_state(self.state)
+        if manager is None:
+            manager = ProviderManager.from_config(config, env=env, state=self.state)
+        else:
+            manager.use_state(self.state)
+        self.manager = manager
         responses = config.responses
         # The Responses API's conversations, kept by the state backend unless one is given.
         self.response_store: ResponseStore = response_store or self.state.responses(

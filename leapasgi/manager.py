@@ -67,6 +67,7 @@ class ProviderManager:
         health: HealthConfig | None = None,
         clock: Clock | None = None,
         rng: random.Random | None = None,
+        state: StateBackend | None = None,
     ) -> None:
         self._clock = clock or (registry.clock if registry is not None else SystemClock())
         self.routing = routing or RoutingConfig()
@@ -85,15 +86,18 @@ class ProviderManager:
             },
             sticky=self.routing.sticky,
         )
+        # Breakers' news, rate limits and sessions: this process's, unless a backend is given.
+        self.state: StateBackend = state or MemoryState(clock=self._clock)
         self.dispatcher = Dispatcher(
             self.registry,
             self.routes,
             routing=self.routing,
             health=self.health,
+            state=self.state,
             clock=self._clock,
             rng=rng or random.Random(),
         )
-        self.state: StateBackend = MemoryState(clock=self._clock)
+        self.registry.observe(None if self.state.kind == "memory" else self._publish)
         self._worker: asyncio.Task[None] | None = None
         self._started = False
         self._start_lock: asyncio.Lock | None = None
@@ -109,9 +113,12 @@ class ProviderManager:
         clock: Clock | None = None,
         rng: random.Random | None = None,
         env: Mapping[str, str] | None = None,
+        state: StateBackend | None = None,
     ) -> ProviderManager:
         """A manager with every enabled provider of ``config`` registered."""
-        manager = cls(routing=config.routing, health=config.health, clock=clock, rng=rng)
+        manager = cls(
+            routing=config.routing, health=config.health, clock=clock, rng=rng, state=state
+        )
         for provider in config.enabled_providers(env=env):
             manager.register(provider, env=env)
         return manager

@@ -11,6 +11,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..cache import BYPASS, HIT, MISS, CachedAnswer, CacheTicket, Flight, ResponseCache
 from ..outcome import Outcome
+from ..protocols.messages_stream import PING as MESSAGES_PING
 from ..sse import PING
 from ._http import outcome_headers
 from .relay import guarded
@@ -19,8 +20,8 @@ __all__ = ["KEY_HEADER", "PINGS", "Answer", "CacheStep"]
 
 KEY_HEADER = b"x-leap-cache-key"
 # The keep-alives SSERelay sends on a quiet stream: an SSE comment, and Anthropic's ping
-# event (``messages.PING``; a test holds the two equal). Never part of a stored answer.
-PINGS = frozenset({PING, b'event: ping\ndata: {"type": "ping"}\n\n'})
+# event. Never part of a stored answer.
+PINGS = frozenset({PING, MESSAGES_PING})
 _PING_SIZES = frozenset(len(ping) for ping in PINGS)
 _MESSAGES = "/v1/messages"
 

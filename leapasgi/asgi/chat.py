@@ -13,10 +13,9 @@ from starlette.types import Receive, Scope, Send
 
 from ..exceptions import LeapError
 from ..outcome import Outcome
-from ..sessions import session_header
 from ..types import ChatCompletionRequest, parse_chat_request
 from ._endpoint import ProtocolEndpoint
-from ._http import ClientGone, outcome_headers, read_body, send_error, send_response
+from ._http import outcome_headers, send_error, send_response
 from .relay import CHAT_ENCODER, DisconnectGuard, SSERelay
 
 __all__ = ["ChatEndpoint"]
@@ -25,38 +24,15 @@ logger = logging.getLogger("leapasgi.access")
 
 
 class ChatEndpoint(ProtocolEndpoint):
-    """The chat completions endpoint of one gateway: ``ProtocolEndpoint``'s outcome and
-    errors, with its own ``_serve`` (the hot path parses the body in one step)."""
-
-    async def _serve(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
-        refused = self.access.refusal(scope)
-        if refused is not None:
-            await send_error(send, refused, outcome)
-            return
-        if self.session_headers:
-            outcome.session = session_header(scope, self.session_headers)
-        try:
-            body = await read_body(receive, scope, self.max_body)
-        except ClientGone:
-            outcome.gone = True
-            return
-        except LeapError as error:
-            await send_error(send, error, outcome)
-            return
-        if self.cache is not None:
-            await self.cache.serve(scope, receive, send, body, outcome, self.handle)
-            return
-        await self.handle(scope, receive, send, body, outcome)
+    """The chat completions endpoint of one gateway: ``ProtocolEndpoint``'s access check,
+    body, cache step, outcome and errors; the body is parsed once, straight into the
+    request model."""
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
     ) -> None:
         """Parse the body and answer it: JSON, or SSE."""
-        try:
-            request = parse_chat_request(body)
-        except LeapError as error:
-            await send_error(send, error, outcome)
-            return
+        request = parse_chat_request(body)
         if request.stream:
             stream = self.manager.stream(request, outcome=outcome)
             await SSERelay(stream, self.keepalive, receive, send, CHAT_ENCODER).run()

@@ -19,6 +19,7 @@ from ..exceptions import LeapError, ModelNotFoundError
 from ..native import EventBatch, NativeCall, NativeReply, ProtocolRequest, WireProtocol
 from ..outcome import Outcome
 from ..protocols.messages import (
+    FORWARDED_HEADERS,
     MessagesRequest,
     anthropic_error,
     new_message_id,
@@ -27,7 +28,7 @@ from ..protocols.messages import (
     tokens_count,
 )
 from ..protocols.messages_chat import message_from_chat, messages_to_chat
-from ..protocols.messages_stream import MessagesStreamWriter
+from ..protocols.messages_stream import PING, MessagesStreamWriter
 from ..sse import encode_event
 from ..streaming import ChunkBatch
 from ._endpoint import ProtocolEndpoint, json_object
@@ -38,9 +39,6 @@ __all__ = ["CountTokensEndpoint", "MessagesEndpoint", "send_anthropic_error"]
 
 logger = logging.getLogger("leapasgi")
 
-# Client headers a native Messages upstream receives; nothing else of the client's passes.
-FORWARDED_HEADERS = (b"anthropic-version", b"anthropic-beta")
-PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 # The longest forwarded header value (anthropic-beta lists run to a few hundred bytes).
 MAX_FORWARDED_VALUE = 4096
 

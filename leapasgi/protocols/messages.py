@@ -35,6 +35,7 @@ from ..types._base import LIST_TAG, STR_TAG, TAG_MARK, WireModel, str_or_list
 from ..types.guard import check_request_fields
 
 __all__ = [
+    "FORWARDED_HEADERS",
     "BlockSource",
     "ContentBlock",
     "DocumentBlock",
@@ -57,6 +58,8 @@ __all__ = [
     "tokens_count",
 ]
 
+# Client headers a native Messages upstream receives; nothing else of the client's passes.
+FORWARDED_HEADERS = (b"anthropic-version", b"anthropic-beta")
 _CHARS_PER_TOKEN = 4
 # What one image or binary document is taken to cost, instead of its base64 length.
 _IMAGE_TOKENS = 1600

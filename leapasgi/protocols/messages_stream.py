@@ -23,9 +23,10 @@ from .events import EventKind
 from .messages import MessagesRequest, anthropic_error, new_tool_use_id
 from .messages_chat import stop_reason, tool_names, usage_fields
 
-__all__ = ["EventKind", "MessagesStreamWriter", "classify_event", "classify_type"]
+__all__ = ["PING", "EventKind", "MessagesStreamWriter", "classify_event", "classify_type"]
 
-_PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+# Anthropic's keep-alive event on a quiet stream (never SSE comments).
+PING = b'event: ping\ndata: {"type": "ping"}\n\n'
 _MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
 # Stateless, and built once: json.dumps with options builds an encoder per call.
 _JSON = json.JSONEncoder(separators=(",", ":"))
@@ -159,7 +160,7 @@ class MessagesStreamWriter:
 
     def ping(self) -> bytes:
         """A ``ping`` event, for keep-alives (the SDKs skip it wherever it comes)."""
-        return b"" if self._ended else _PING
+        return b"" if self._ended else PING
 
     def feed(self, chunks: Iterable[ChatCompletionChunk]) -> bytes:
         """The events for a batch of chunks; only choice 0 counts (Messages has no ``n``)."""
