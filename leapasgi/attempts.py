@@ -104,6 +104,9 @@ class RequestAttempts:
         if breaker.allow():
             return True
         held_until = breaker.held_until
+        # A hold that ended between the two reads of the clock: asked again, not ejected.
+        if held_until is None and breaker.allow():
+            return True
         if held_until is not None:
             self._hold(route, entry, held_until)
         else:

@@ -247,3 +247,23 @@ def test_each_failure_returns_the_decision_it_leads_to() -> None:
         "InvalidRequestError",
         "RateLimitError",
     ]
+
+
+class TickingClock(FakeClock):
+    """A clock that moves a microsecond on every read, as a real one does between two reads."""
+
+    def monotonic(self) -> float:
+        self.advance(1e-6)
+        return super().monotonic()
+
+
+async def test_a_hold_ending_between_two_reads_of_the_clock_admits_the_provider() -> None:
+    # The breaker refuses (held for one more tick), and by the time the hold's end is read it
+    # has passed: the provider is taken, not noted as ejected and dropped from the request.
+    clock = TickingClock()
+    registry = Registry(clock=clock)
+    entry = registry.register(MockProvider(name="p", models=["m"]), SETTINGS)
+    queue = attempts(registry, clock)
+    entry.breaker.hold(1.5e-6)
+    assert await queue.next() == Route("p", "m")
+    assert [a.outcome for a in queue.trail.attempts] == []
