@@ -35,6 +35,7 @@ from pydantic import (
 from ._config_file import SKIPPED_CONTEXT, format_errors, prepare, read_text
 from .balancing import Strategy
 from .clock import Clock
+from .tenants.policy import Budget, Period, TenantPolicy
 from .conversations import DEFAULT_MAX_BYTES as DEFAULT_STORE_BYTES
 from .conversations import DEFAULT_MAX_ENTRIES as DEFAULT_STORE_ENTRIES
 from .conversations import DEFAULT_TTL as DEFAULT_STORE_TTL
@@ -621,6 +622,139 @@ class CacheConfig(_Config):
         return value
 
 
+class BudgetConfig(_Config):
+    """A budget: at most ``usd`` per ``period`` (a UTC day, a UTC month, or all time); past
+    ``alert_at`` (a fraction, such as 0.8) an alert is logged and counted once per period."""
+
+    usd: float = Field(gt=0)
+    period: Literal["day", "month", "total"] = "month"
+    alert_at: float | None = Field(default=None, gt=0, lt=1)
+
+    def build(self) -> Budget:
+        return Budget(self.usd, Period(self.period), self.alert_at)
+
+
+class PolicyConfig(_Config):
+    """What a tenant may use: the models and aliases it may ask for (unset: all), requests and
+    tokens per minute, requests at once, and a budget."""
+
+    models: list[str] | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    max_in_flight: int | None = Field(default=None, ge=1)
+    budget: BudgetConfig | None = None
+
+    def build(self) -> TenantPolicy:
+        return TenantPolicy(
+            models=frozenset(self.models) if self.models is not None else None,
+            rpm=self.rpm,
+            tpm=self.tpm,
+            max_in_flight=self.max_in_flight,
+            budget=self.budget.build() if self.budget is not None else None,
+        )
+
+
+class PriceConfig(_Config):
+    """A model's price in USD per million tokens: prompt (``input``), completion (``output``)
+    and prompt tokens read from the provider's cache (``cached_input``; default: ``input``)."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+
+
+# JWS algorithms an access token may be signed with: asymmetric only. "none" and the HMAC
+# family are refused outright, so a public key can never be used as a shared secret.
+OAUTH_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
+
+
+class OAuthConfig(_Config):
+    """OAuth2 / OpenID Connect access tokens (JWTs) accepted on the HTTP API and /mcp.
+
+    Tokens are checked against ``issuer`` (its discovery document gives the JWKS URL unless
+    ``jwks_url`` is set): signature by a key of the issuer's JWKS, one of ``algorithms``,
+    ``iss``, ``aud`` (one of ``audience``), ``exp`` and ``nbf`` with ``leeway`` seconds.
+    The tenant is the ``tenant_claim``; its policy is ``policies[<policy_claim's value>]``,
+    else ``policies["default"]``, else no limits. ``resource`` is this gateway's URL as the
+    protected resource MCP hosts discover (default: from the request).
+    """
+
+    issuer: str
+    audience: list[str] = Field(min_length=1)
+    jwks_url: str | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "PS256", "EdDSA"])
+    tenant_claim: str = "sub"
+    policy_claim: str | None = None
+    policies: dict[str, PolicyConfig] = Field(default_factory=dict)
+    required_scopes: list[str] = Field(default_factory=list)
+    resource: str | None = None
+    leeway: float = Field(default=30.0, ge=0, le=300)
+    # Seconds the issuer's keys are kept; an unknown key id fetches them again, at most once
+    # per refresh_interval.
+    jwks_ttl: float = Field(default=600.0, gt=0)
+    refresh_interval: float = Field(default=30.0, ge=0)
+    http_timeout: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _one_audience(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        refused = [alg for alg in value if alg not in OAUTH_ALGORITHMS]
+        if refused:
+            raise ValueError(
+                f"not accepted: {', '.join(refused)} (only asymmetric signatures: "
+                f"{', '.join(OAUTH_ALGORITHMS)})"
+            )
+        if not value:
+            raise ValueError("name at least one algorithm")
+        return value
+
+    @field_validator("issuer", "jwks_url", "resource")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        scheme, _, rest = value.partition("://")
+        host = rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        loopback = host in ("127.0.0.1", "localhost", "::1")
+        if scheme != "https" and not (scheme == "http" and loopback):
+            raise ValueError("an https:// URL (http:// only on loopback)")
+        return value
+
+
+class TenantsConfig(_Config):
+    """Virtual keys, usage and budgets. ``database`` is the SQLite file keys, usage and spend
+    are kept in with the memory state backend (unset: in memory, lost at exit); with the Redis
+    backend they are kept in Redis. ``policy`` applies to callers with a static API key (or no
+    key at all); ``completion_estimate`` is the completion tokens a budget reserves for a
+    request that gives no ``max_tokens``."""
+
+    database: Path | None = None
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    # Seconds a looked-up key is trusted before it is read again: a revoked key is refused
+    # everywhere within this.
+    key_cache_ttl: float = Field(default=0.5, gt=0, le=5)
+    completion_estimate: int = Field(default=1024, ge=1)
+    # Seconds between writes of usage to the store, and days of usage kept.
+    flush_interval: float = Field(default=1.0, gt=0, le=60)
+    retention_days: int = Field(default=400, ge=1)
+
+
 class GatewayConfig(_Config):
     """Providers, routing, health and server settings of one gateway."""
 
@@ -631,6 +765,10 @@ class GatewayConfig(_Config):
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     state: StateConfig = Field(default_factory=StateConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    tenants: TenantsConfig = Field(default_factory=TenantsConfig)
+    oauth: OAuthConfig | None = None
+    # Prices (USD per million tokens) by model, over the shipped table.
+    prices: dict[str, PriceConfig] = Field(default_factory=dict)
     # Optional providers dropped while loading a file (an unset variable), with the reason.
     _skipped: dict[str, str] = PrivateAttr(default_factory=dict)
 

@@ -83,6 +83,8 @@ __all__ = [
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
     "error_for_status",
+    "BudgetExceededError",
+    "StoreUnavailableError",
 ]
 
 
@@ -265,6 +267,24 @@ class RateLimitError(LeapError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+    retryable_by_default = True
+
+
+class BudgetExceededError(RateLimitError):
+    """Raised when a tenant's budget for the period is spent; ``retry_after`` is the time
+    until the period ends (None for a total budget). Never retried by the gateway."""
+
+    default_code = "budget_exceeded"
+    retryable_by_default = False
+
+
+class StoreUnavailableError(LeapError):
+    """Raised when the store of keys, usage or spend cannot be reached: the request cannot be
+    authorized or accounted now."""
+
+    status_code = 503
+    error_type = "server_error"
+    default_code = "store_unavailable"
     retryable_by_default = True
 
 

@@ -106,6 +106,24 @@ class RedisState:
         self.lock = RedisLock(link, prefix, token=self.origin)
         self.board = RedisBoard(link, prefix, origin=self.origin)
 
+    @property
+    def link(self) -> Link:
+        """The connection and its degraded mode, for the stores built on this backend
+        (tenancy's keys, usage and ledger)."""
+        return self._link
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` in the background until it ends or the backend closes."""
+        return self._spawn(coro)
+
     def responses(self, *, ttl: float, max_entries: int, max_bytes: int) -> RedisResponseStore:
         fallback = MemoryResponseStore(
             ttl=ttl, max_entries=max_entries, max_bytes=max_bytes, clock=self._clock

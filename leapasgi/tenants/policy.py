@@ -1,0 +1,119 @@
+"""Who a caller is, and what it may use: ``Tenant`` and ``TenantPolicy``. Pure data, no I/O.
+
+Every request is made by one tenant: a team or app with a virtual key, a user signed in with
+OAuth2, a user of the host application (its ``authenticate`` hook), the holder of a static API
+key, or nobody in particular (``ANONYMOUS``, when the gateway asks for no key). The tenant's
+policy says which models it may call, its rate and concurrency limits and its budget.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "ANONYMOUS",
+    "OPEN",
+    "Budget",
+    "Period",
+    "Tenant",
+    "TenantPolicy",
+    "period_key",
+]
+
+
+class Period(StrEnum):
+    """What a budget is counted over: a UTC day, a UTC calendar month, or all time."""
+
+    DAY = "day"
+    MONTH = "month"
+    TOTAL = "total"
+
+
+def period_key(period: Period, wall: float) -> str:
+    """The name of the period ``wall`` (``time.time()``) falls in: "2026-12-06", "2026-12" or
+    "total"; spend is counted per (subject, period key)."""
+    if period is Period.TOTAL:
+        return "total"
+    day = dt.datetime.fromtimestamp(wall, dt.UTC)
+    return day.strftime("%Y-%m-%d" if period is Period.DAY else "%Y-%m")
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """At most ``usd`` per ``period``; past ``alert_at`` (a fraction of it) an alert is raised
+    once per period, and requests go on."""
+
+    usd: float
+    period: Period = Period.MONTH
+    alert_at: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.usd > 0:
+            raise ValueError("a budget is more than 0 USD")
+        if self.alert_at is not None and not 0 < self.alert_at < 1:
+            raise ValueError("alert_at is a fraction of the budget, between 0 and 1")
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    """What a tenant may use. ``models`` lists the model and alias names it may ask for (None:
+    every one); limits of None are no limit."""
+
+    models: frozenset[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    max_in_flight: int | None = None
+    budget: Budget | None = None
+
+    def allows(self, model: str) -> bool:
+        """Whether the tenant may ask for ``model`` (a model, alias or provider/model name)."""
+        models = self.models
+        if models is None or model in models:
+            return True
+        # "provider/model" is allowed when its model is ("openai/gpt-4o" for "gpt-4o").
+        _, slash, bare = model.partition("/")
+        return bool(slash) and bare in models
+
+    @property
+    def limited(self) -> bool:
+        """Whether anything here needs the ledger or the limiter (a request of an unlimited
+        tenant skips both)."""
+        return (
+            self.rpm is not None
+            or self.tpm is not None
+            or self.max_in_flight is not None
+            or self.budget is not None
+        )
+
+
+OPEN = TenantPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """One caller as the gateway accounts and limits it.
+
+    ``id`` names it in usage reports ("team-a", "alice@example.com"); ``subject`` is what its
+    limits and budget are counted under: the virtual key's id when it came with one (each key
+    has its own budget), else the tenant id.
+    """
+
+    id: str
+    policy: TenantPolicy = OPEN
+    source: str = "anonymous"  # "anonymous", "key", "virtual_key", "oauth", "host"
+    key_id: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def subject(self) -> str:
+        key_id = self.key_id
+        return f"k:{key_id}" if key_id is not None else f"t:{self.id}"
+
+
+ANONYMOUS = Tenant("anonymous")
