@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from .exceptions import AuthenticationError, LeapError, NotFoundError, PermissionDeniedError
 
-__all__ = ["AccessPolicy", "Role", "bearer_token", "owner_of"]
+__all__ = ["TENANT_KEY", "AccessPolicy", "Role", "bearer_token", "owner_of"]
 
 
 class Role(IntEnum):
@@ -44,9 +44,18 @@ def bearer_token(scope: Mapping[str, Any]) -> bytes | None:
     return api_key
 
 
+# Where the caller a request was identified as (a ``Tenant``) is kept in its ASGI scope.
+TENANT_KEY = "leapasgi.tenant"
+
+
 def owner_of(scope: Mapping[str, Any]) -> str | None:
-    """Whose a request is (its stored responses, its cache entries): a digest of the client's
-    key, None when it sent none."""
+    """Whose a request is (its stored responses, its cache entries): a digest of the tenant it
+    was identified as (a virtual key, an OAuth2 subject, a host-app user, a static key), else of
+    the client's key; None when it sent none."""
+    state = scope.get("state")
+    tenant = state.get(TENANT_KEY) if isinstance(state, dict) else None
+    if tenant is not None and tenant.source != "anonymous":
+        return hashlib.sha256(tenant.subject.encode()).hexdigest()[:32]
     token = bearer_token(scope)
     return hashlib.sha256(token).hexdigest()[:32] if token else None
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from ._logging import configure_server_logging
+from .cli_tenants import add_commands, run
 from .exceptions import LeapError
 from .providers.presets import PRESETS
 from .redact import public_url
@@ -118,8 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a config and list its providers")
     check.add_argument("--config", type=Path, required=True)
     commands.add_parser("presets", help="list the built-in provider presets")
+    add_commands(commands)
     args = parser.parse_args(argv)
     try:
+        result = run(args)
+        if result is not None:
+            return result
         if args.command == "serve":
             return _serve(args.config, args.host, args.port, args.workers)
         if args.command == "check":

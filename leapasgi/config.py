@@ -35,7 +35,6 @@ from pydantic import (
 from ._config_file import SKIPPED_CONTEXT, format_errors, prepare, read_text
 from .balancing import Strategy
 from .clock import Clock
-from .tenants.policy import Budget, Period, TenantPolicy
 from .conversations import DEFAULT_MAX_BYTES as DEFAULT_STORE_BYTES
 from .conversations import DEFAULT_MAX_ENTRIES as DEFAULT_STORE_ENTRIES
 from .conversations import DEFAULT_TTL as DEFAULT_STORE_TTL
@@ -57,6 +56,7 @@ from .providers.urls import check_base_url
 from .redact import public_url
 from .retry import DEFAULT_MAX_RETRIES, INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 from .state.memory import DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MAX_ENTRIES
+from .tenants.policy import Budget, Period, TenantPolicy
 
 __all__ = [
     "DEFAULT_BASE_EJECTION",
@@ -184,6 +184,9 @@ class ProviderConfig(_Config):
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
     # The most an answer may be, decompressed (a JSON body or a whole stream); over it: 502.
     max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    # Ask the upstream for usage on every stream (for cost and budgets); false for an
+    # upstream that refuses stream_options (then a stream's usage is estimated).
+    stream_usage: bool = True
     # Requests to this provider at once (unset: no limit) and how many more may wait for a
     # slot, up to the request's deadline; beyond that a request fails over at once.
     max_in_flight: int | None = Field(default=None, ge=1)
@@ -301,6 +304,7 @@ class ProviderConfig(_Config):
                 max_connections=self.max_connections,
                 max_response_bytes=self.max_response_bytes,
                 legacy_max_tokens=preset.legacy_max_tokens if preset else False,
+                stream_usage=self.stream_usage,
                 protocols=self._protocols(),
                 key_header=preset.key_header if preset else "authorization",
             )
@@ -745,6 +749,9 @@ class TenantsConfig(_Config):
     request that gives no ``max_tokens``."""
 
     database: Path | None = None
+    # Refuse callers without a key or token even when no static API key is configured (so
+    # virtual keys are the only way in).
+    require_key: bool = False
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     # Seconds a looked-up key is trusted before it is read again: a revoked key is refused
     # everywhere within this.

@@ -47,11 +47,12 @@ from .routing import Route, RouteTable
 from .sessions import request_session
 from .state import Bucket, RateLimiter, Reservation, StateBackend, StickyTable
 from .streaming import ChunkBatch
+from .tenants.policy import Tenant
 from .tokens import estimate_tokens
 from .trail import RoutingTrail
-from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage
 
-__all__ = ["Batch", "Dispatcher", "UpstreamStream", "for_route"]
+__all__ = ["Admit", "Batch", "Dispatcher", "UpstreamStream", "for_route", "note_usage"]
 
 
 class _Answer(Protocol):
@@ -80,6 +81,21 @@ def for_route(route: Route, request: ChatCompletionRequest) -> ChatCompletionReq
     if request.model == route.model:
         return request
     return request.model_copy(update={"model": route.model})
+
+
+class Admit(Protocol):
+    """Checks a tenant's policy for a request and reserves what it limits (raises when it
+    may not go)."""
+
+    async def __call__(
+        self,
+        tenant: Tenant,
+        request: ChatCompletionRequest | ProtocolRequest,
+        model: str,
+        outcome: Outcome,
+        *,
+        within: float,
+    ) -> None: ...
 
 
 # One attempt: (entry, route, the request, attempts, lease, started).
@@ -111,6 +127,10 @@ class Dispatcher:
         self._policies: dict[int, RetryPolicy] = {}
         self._limiter: RateLimiter = state.limiter
         self._sticky: StickyTable = state.sticky
+        # The tenant's policy, checked and reserved before the loop (tenancy's ``admit``),
+        # and the price of an answer (tenancy's ``price``), for its cost header.
+        self.admit: Admit | None = None
+        self.price: Callable[[Outcome], float | None] | None = None
 
     def use_state(self, state: StateBackend) -> None:
         """Take rate limits and sticky sessions from ``state``."""
@@ -127,8 +147,9 @@ class Dispatcher:
         )
         usage = completion.usage
         if usage is not None:
-            outcome.prompt_tokens = usage.prompt_tokens
-            outcome.completion_tokens = usage.completion_tokens
+            note_usage(outcome, usage)
+        if self.price is not None:
+            outcome.cost_usd = self.price(outcome)
         return completion
 
     async def open_stream(
@@ -151,10 +172,13 @@ class Dispatcher:
         )
         if isinstance(answer, NativeReply):
             if answer.usage is not None:
-                outcome.prompt_tokens, outcome.completion_tokens = answer.usage
+                outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens = (
+                    answer.usage
+                )
         elif answer.usage is not None:
-            outcome.prompt_tokens = answer.usage.prompt_tokens
-            outcome.completion_tokens = answer.usage.completion_tokens
+            note_usage(outcome, answer.usage)
+        if self.price is not None:
+            outcome.cost_usd = self.price(outcome)
         return answer
 
     async def open_exchange(
@@ -191,6 +215,11 @@ class Dispatcher:
         outcome.model = model
         session = None
         try:
+            tenant = outcome.tenant
+            if tenant is not None and tenant.policy.restricted and self.admit is not None:
+                await self.admit(
+                    tenant, request, model, outcome, within=self._routing.request_timeout
+                )
             routes = routes_of(request)
             if prefer is None and self._routes.sticky_anywhere and self._routes.is_sticky(model):
                 session = outcome.session or request_session(request)
@@ -532,6 +561,14 @@ def _speaker(entry: ProviderEntry, request: ProtocolRequest) -> NativeProvider |
     return None
 
 
+def note_usage(outcome: Outcome, usage: Usage) -> None:
+    """Put a chat completion's usage in the outcome (cached prompt tokens included)."""
+    outcome.prompt_tokens = usage.prompt_tokens
+    outcome.completion_tokens = usage.completion_tokens
+    details = usage.prompt_tokens_details
+    outcome.cached_tokens = (details.cached_tokens or 0) if details is not None else 0
+
+
 def has_content(batch: Batch) -> bool:
     """True when a batch of chat chunks carries more than a role: text, a tool call, a
     refusal, an end, or usage."""
@@ -613,7 +650,7 @@ class UpstreamStream(Generic[_B]):
                 batch = await anext(batches)  # the provider stops at the deadline itself
             else:
                 batch = await bounded(anext(batches), self.lease.entry.name, bound)
-            if batch.chunks:
+            if batch.chunks or (type(batch) is ChunkBatch and batch.usage is not None):
                 return batch
 
     async def close(self) -> None:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationError",
+    "BudgetExceededError",
     "ConfigurationError",
     "ConflictError",
     "ConnectRefusedError",
@@ -74,6 +75,7 @@ __all__ = [
     "RateLimitError",
     "RequestTooLargeError",
     "ResponseTooLargeError",
+    "StoreUnavailableError",
     "StreamError",
     "StreamInterruptedError",
     "UnprocessableEntityError",
@@ -83,8 +85,6 @@ __all__ = [
     "UpstreamTimeoutError",
     "UpstreamUnavailableError",
     "error_for_status",
-    "BudgetExceededError",
-    "StoreUnavailableError",
 ]
 
 
@@ -95,6 +95,9 @@ class LeapError(Exception):
     error_type: ClassVar[str] = "server_error"
     default_code: ClassVar[str | None] = None
     retryable_by_default: ClassVar[bool] = False
+    # The WWW-Authenticate challenge a 401 or 403 carries (OAuth2's, with resource_metadata);
+    # None: a plain "Bearer" on a 401.
+    challenge: str | None = None
 
     def __init__(
         self,

@@ -12,16 +12,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
 
+from starlette.types import Scope
+
 from .access import AccessPolicy
 from .cache import ResponseCache
 from .config import GatewayConfig, load_config
 from .conversations import ResponseStore
+from .exceptions import LeapError
 from .manager import ProviderManager
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
 from .providers.base import Provider
 from .recorder import OutcomeRecorder
 from .state import StateBackend, build_state
+from .tenants.tenancy import Authenticate, Tenancy
 
 __all__ = ["GatewayCore", "Service"]
 
@@ -50,6 +54,7 @@ class GatewayCore:
         env: Mapping[str, str] | None = None,
         response_store: ResponseStore | None = None,
         state: StateBackend | None = None,
+        authenticate: Authenticate | None = None,
     ) -> None:
         self.config = config = config or GatewayConfig()
         clock = manager.registry.clock if manager is not None else None
@@ -87,6 +92,18 @@ class GatewayCore:
         self.access = AccessPolicy(server.api_keys, server.admin_key)
         self.metrics = GatewayMetrics()
         self.recorder = OutcomeRecorder(self.metrics, listed=self.manager.routes.listed)
+        # Who calls (keys, OAuth2 tokens, the host's own users), what each may use, and what
+        # each spent: every request is accounted to its tenant.
+        self.tenancy = Tenancy(
+            config,
+            self.state,
+            clock=self.manager.registry.clock,
+            routes=self.manager.routes,
+            authenticate=authenticate,
+        )
+        self.recorder.accountant = self.tenancy.account
+        self.manager.dispatcher.admit = self.tenancy.admit
+        self.manager.dispatcher.price = self.tenancy.price
         self._services: list[Service] = []
 
     @classmethod
@@ -102,6 +119,15 @@ class GatewayCore:
         """A new request's outcome, counted in the metrics and the access log when its
         ``with`` block ends."""
         return self.recorder.outcome(operation)
+
+    async def refusal(self, scope: Scope, *, resource: str = "") -> LeapError | None:
+        """None when the caller of this request may use the API (it is identified, and kept
+        in the scope); else the error it is answered with (401, 403, 503)."""
+        try:
+            await self.tenancy.identify(scope, resource=resource)
+        except LeapError as error:
+            return error
+        return None
 
     def secrets(self) -> Iterator[str]:
         """Every secret the gateway holds: its keys and each provider's, for scrubbing."""
@@ -120,6 +146,7 @@ class GatewayCore:
         """Start the manager (model discovery, health checks) and the services; safe to call
         twice."""
         await self.manager.start()  # it starts the state backend first
+        await self.tenancy.start()
         for service in self._services:
             await service.start()
 
@@ -129,8 +156,11 @@ class GatewayCore:
             for service in reversed(self._services):
                 await service.aclose()
         finally:
-            await self.manager.aclose()
-            self.recorder.flush()  # every request has been logged by now
+            try:
+                await self.tenancy.aclose()  # before the state backend it may write to
+            finally:
+                await self.manager.aclose()
+                self.recorder.flush()  # every request has been logged by now
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from .dispatch import Batch, UpstreamStream
+from .dispatch import Batch, UpstreamStream, note_usage
 from .exceptions import LeapError
 from .native import EventBatch
 from .outcome import Outcome
@@ -56,7 +56,7 @@ class ManagedStream(Generic[_B]):
 
     async def __anext__(self: ManagedStream[ChunkBatch]) -> ChatCompletionChunk:
         pending = self._pending
-        if not pending:
+        while not pending:  # a batch may carry only usage
             pending.extend((await self.next_batch()).chunks)
         return pending.popleft()
 
@@ -111,15 +111,18 @@ class ManagedStream(Generic[_B]):
     def _note_usage(self, batch: Batch) -> None:
         if type(batch) is EventBatch:
             if batch.usage is not None:
-                self.outcome.prompt_tokens, self.outcome.completion_tokens = batch.usage
+                outcome = self.outcome
+                outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens = (
+                    batch.usage
+                )
             return
         assert type(batch) is ChunkBatch
+        if batch.usage is not None:
+            note_usage(self.outcome, batch.usage)  # reported, not for the client's stream
         for chunk in batch.chunks:
             usage = chunk.usage
             if usage is not None:
-                outcome = self.outcome
-                outcome.prompt_tokens = usage.prompt_tokens
-                outcome.completion_tokens = usage.completion_tokens
+                note_usage(self.outcome, usage)
 
     async def _ended(self, upstream: UpstreamStream[_B]) -> None:
         """The stream ended cleanly: record its success, close the upstream request."""

@@ -60,12 +60,12 @@ class NativeCall:
 @dataclass(frozen=True, slots=True)
 class NativeReply:
     """A whole answer: the upstream's JSON as received and parsed, its request id, and the
-    token usage it reported (prompt, completion)."""
+    token usage it reported (prompt, completion, cached prompt)."""
 
     data: dict[str, Any]
     raw: bytes
     request_id: str | None = None
-    usage: tuple[int, int] | None = None
+    usage: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +87,8 @@ class NativeEvent:
 
 class EventBatch:
     """The events of one upstream read (a provider holds a protocol's preamble back, so the
-    first batch it yields carries content); ``usage`` is the (prompt, completion) tokens the
-    events reported, if any."""
+    first batch it yields carries content); ``usage`` is the (prompt, completion, cached
+    prompt) tokens the events reported, if any."""
 
     __slots__ = ("chunks", "request_id", "usage")
 
@@ -97,7 +97,7 @@ class EventBatch:
         events: list[NativeEvent],
         *,
         request_id: str | None = None,
-        usage: tuple[int, int] | None = None,
+        usage: tuple[int, int, int] | None = None,
     ) -> None:
         # Named like ChunkBatch's, so the dispatcher reads both kinds of batch alike.
         self.chunks = events

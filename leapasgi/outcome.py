@@ -12,10 +12,15 @@ import re
 import time
 from random import getrandbits
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .exceptions import LeapError
 from .trail import RoutingTrail
+
+if TYPE_CHECKING:
+    from .state import Reservation
+    from .tenants.ledger import Ticket
+    from .tenants.policy import Tenant
 
 __all__ = ["CLIENT_CLOSED", "Outcome", "OutcomeSink"]
 
@@ -46,7 +51,9 @@ class Outcome:
         "_id",
         "_sink",
         "cache",
+        "cached_tokens",
         "completion_tokens",
+        "cost_usd",
         "error",
         "first_token_at",
         "gone",
@@ -57,8 +64,11 @@ class Outcome:
         "session",
         "started",
         "stream",
+        "tenancy",
+        "tenant",
         "trail",
         "upstream_request_id",
+        "usage_estimated",
     )
 
     def __init__(
@@ -73,6 +83,15 @@ class Outcome:
         self.first_token_at: float | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        # Prompt tokens read from the provider's cache (part of prompt_tokens), the cost in
+        # USD (None: not known yet, or no price), and whether the tokens are an estimate.
+        self.cached_tokens = 0
+        self.cost_usd: float | None = None
+        self.usage_estimated = False
+        # Who made the request (None: tenancy not involved), and what its admission holds
+        # until the request is accounted: (budget ticket, rate reservation).
+        self.tenant: Tenant | None = None
+        self.tenancy: tuple[Ticket | None, Reservation | None] | None = None
         self.upstream_request_id: str | None = None
         # The client's session (a session header's value), for sticky routing.
         self.session: str | None = None

@@ -27,7 +27,7 @@ class OutcomeRecorder:
     without bound. The access log still names every model, escaped and capped.
     """
 
-    __slots__ = ("_listed", "_log", "metrics")
+    __slots__ = ("_listed", "_log", "accountant", "metrics")
 
     def __init__(
         self,
@@ -39,6 +39,8 @@ class OutcomeRecorder:
         self.metrics = metrics
         self._listed = listed
         self._log = log or AccessLog(logging.getLogger("leapasgi.access"))
+        # Tenancy's accounting (usage, cost, the reservation settled), when on.
+        self.accountant: Callable[[Outcome], None] | None = None
 
     def outcome(self, operation: str = "chat") -> Outcome:
         """A new outcome that is recorded here when its ``with`` block ends."""
@@ -79,6 +81,12 @@ class OutcomeRecorder:
             stream=outcome.stream,
         )
         kind = f" error={type(error).__name__}" if error is not None else ""
+        accountant = self.accountant
+        if accountant is not None and outcome.tenant is not None:
+            accountant(outcome)
+            kind += f" tenant={printable(outcome.tenant.id)}"
+            if outcome.cost_usd is not None:
+                kind += f" cost={outcome.cost_usd:.6f}"
         cache = outcome.cache
         if cache is not None:
             self.metrics.record_cache(cache)

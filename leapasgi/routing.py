@@ -120,6 +120,10 @@ class RouteTable:
         """True when ``model`` (a name, an alias or ``provider/model``) has a route."""
         return bool(self._resolved(model))
 
+    def targets(self, model: str) -> list[Route]:
+        """Every route ``model`` may take, whatever the request needs (for cost estimates)."""
+        return self._resolved(model)
+
     def listed(self, model: str) -> bool:
         """True when ``model`` is a name the gateway lists: an alias, a configured or
         discovered model, or ``provider/model`` for one of that provider's models. Unlike

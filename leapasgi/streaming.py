@@ -39,7 +39,7 @@ class ChunkBatch:
     normalization left as it was, so a relay can send them on without re-serializing.
     Iterating a batch gives its chunks."""
 
-    __slots__ = ("chunks", "request_id", "wire")
+    __slots__ = ("chunks", "request_id", "usage", "wire")
 
     def __init__(
         self,
@@ -47,12 +47,16 @@ class ChunkBatch:
         wire: list[bytes | None] | None = None,
         *,
         request_id: str | None = None,
+        usage: Usage | None = None,
     ) -> None:
         self.chunks = chunks
         # Parallel to chunks: the JSON as received, or None where it must be serialized again.
         self.wire: list[bytes | None] = wire if wire is not None else [None] * len(chunks)
         # The upstream's x-request-id, on the first batch of a stream that sent one.
         self.request_id = request_id
+        # Usage the upstream reported that the client did not ask for (so not in a chunk):
+        # the gateway's accounting reads it, the client never sees it.
+        self.usage = usage
 
     def __iter__(self) -> Iterator[ChatCompletionChunk]:
         return iter(self.chunks)
@@ -175,6 +179,11 @@ class ChunkNormalizer:
             mended = True
         self.mended = mended or not fields >= CHUNK_CORE
         return chunk
+
+    @property
+    def withheld(self) -> Usage | None:
+        """The usage the upstream reported and the client did not ask for."""
+        return None if self._include_usage else self._usage
 
     def finish(self) -> ChatCompletionChunk | None:
         """The usage chunk still owed at the end; raises when the stream was cut short."""

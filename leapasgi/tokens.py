@@ -10,7 +10,7 @@ from typing import Any
 from .native import ProtocolRequest
 from .types import ChatCompletionRequest
 
-__all__ = ["DEFAULT_COMPLETION_TOKENS", "estimate_tokens"]
+__all__ = ["DEFAULT_COMPLETION_TOKENS", "estimate_prompt_tokens", "estimate_tokens"]
 
 # Reserved for the completion when the request sets no limit.
 DEFAULT_COMPLETION_TOKENS = 256
@@ -21,6 +21,15 @@ _MAX_VALUES = 100_000
 
 def estimate_tokens(request: ChatCompletionRequest | ProtocolRequest) -> int:
     """The tokens to reserve for ``request``: prompt estimate plus completion limit."""
+    prompt, completion = estimate_prompt_tokens(request, DEFAULT_COMPLETION_TOKENS)
+    return prompt + completion
+
+
+def estimate_prompt_tokens(
+    request: ChatCompletionRequest | ProtocolRequest, default_completion: int
+) -> tuple[int, int]:
+    """(prompt estimate, completion limit) of ``request``; ``default_completion`` when it
+    sets no limit."""
     if isinstance(request, ChatCompletionRequest):
         chars = 0
         for message in request.messages:
@@ -33,8 +42,8 @@ def estimate_tokens(request: ChatCompletionRequest | ProtocolRequest) -> int:
             _MAX_VALUES,
         )
         limit = body.get("max_tokens") or body.get("max_output_tokens")
-    completion = limit if isinstance(limit, int) and limit > 0 else DEFAULT_COMPLETION_TOKENS
-    return chars // _CHARS_PER_TOKEN + 1 + completion
+    completion = limit if isinstance(limit, int) and limit > 0 else default_completion
+    return chars // _CHARS_PER_TOKEN + 1, completion
 
 
 def _text_chars(value: Any, budget: int) -> int:

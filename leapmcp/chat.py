@@ -23,6 +23,7 @@ from leapasgi import (
     LeapError,
     Outcome,
     RoutingTrail,
+    Tenant,
     UnsupportedFeatureError,
     parse_chat_request,
 )
@@ -96,10 +97,16 @@ class ChatRunner:
         self._gateway = gateway
 
     async def run(
-        self, body: dict[str, Any], *, provider: str | None, report: Report
+        self,
+        body: dict[str, Any],
+        *,
+        provider: str | None,
+        report: Report,
+        tenant: Tenant | None = None,
     ) -> tuple[ChatCompletion, Outcome]:
         """The completion for ``body`` and the request's outcome (trail, request id);
-        ``provider`` is tried first if given.
+        ``provider`` is tried first if given; ``tenant`` (over HTTP: the caller the gateway
+        identified) is accounted and limited like any other.
 
         Raises LeapError (with its trail) when nothing could serve, ToolError for a preferred
         provider that does not serve the model.
@@ -110,6 +117,7 @@ class ChatRunner:
             self._check_preferred(request, provider)
         progress = _Progress(report)
         with self._gateway.outcome() as outcome:
+            outcome.tenant = tenant
             await manager.start()
             streamed = parse_chat_request(
                 {**body, "stream": True, "stream_options": {"include_usage": True}}

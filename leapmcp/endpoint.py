@@ -95,7 +95,7 @@ class McpEndpoint:
         return cls(gateway, admin_tools=server.mcp_admin_tools, security=security)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        refused = self._gateway.access.refusal(scope)
+        refused = await self._gateway.refusal(scope, resource="/mcp")
         if refused is not None:
             await error_response(refused)(scope, receive, send)
             return

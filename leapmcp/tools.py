@@ -25,6 +25,7 @@ from leapasgi import (
     Quantiles,
     Role,
     __version__,
+    tenant_of_scope,
 )
 
 from ._errors import describe
@@ -113,8 +114,12 @@ class GatewayTools:
             json_mode=json_mode,
         )
         try:
+            scope = getattr(ctx.request_context.request, "scope", None)
             completion, outcome = await self._chat.run(
-                body, provider=provider, report=ctx.report_progress
+                body,
+                provider=provider,
+                report=ctx.report_progress,
+                tenant=tenant_of_scope(scope) if scope is not None else None,
             )
         except LeapError as error:
             raise self._error(error) from None

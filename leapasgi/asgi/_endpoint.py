@@ -40,7 +40,7 @@ class ProtocolEndpoint:
         self.gateway = gateway
         self.manager = gateway.manager
         self.recorder = gateway.recorder
-        self.access = gateway.access
+        self.tenancy = gateway.tenancy
         self.max_body = gateway.config.server.max_body_bytes
         self.keepalive = gateway.config.server.keepalive_interval
         # Headers naming a client's session, read only when sticky routing is on somewhere.
@@ -65,8 +65,9 @@ class ProtocolEndpoint:
                     await self.send_error(send, error, outcome)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
-        refused = self.access.refusal(scope)
-        if refused is not None:
+        try:
+            outcome.tenant = await self.tenancy.identify(scope)
+        except LeapError as refused:
             await self.send_error(send, refused, outcome)
             return
         if self.session_headers:

@@ -96,8 +96,8 @@ def error_headers(error: LeapError) -> list[tuple[bytes, bytes]]:
     status = error.http_status
     if error.retry_after is not None and status in (429, 503):
         headers.append((b"retry-after", str(max(1, math.ceil(error.retry_after))).encode()))
-    elif status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
+    elif status == 401 or error.challenge is not None:
+        headers.append((b"www-authenticate", (error.challenge or "Bearer").encode()))
     trail = error.trail
     if trail is not None and trail.tries > 1:
         # We already retried and failed over: SDK clients must not multiply the attempts.
@@ -119,6 +119,8 @@ def outcome_headers(outcome: Outcome) -> list[tuple[bytes, bytes]]:
     headers.append((b"x-leap-overhead-ms", f"{outcome.overhead() * 1000:.2f}".encode()))
     if outcome.cache is not None:
         headers.append((b"x-leap-cache", outcome.cache.encode()))
+    if outcome.cost_usd is not None:
+        headers.append((b"x-leap-cost-usd", f"{outcome.cost_usd:.9f}".encode()))
     return headers
 
 

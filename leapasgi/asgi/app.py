@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._logging import printable
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
+from ..tenants.tenancy import WELL_KNOWN
 from .chat import ChatEndpoint
 from .embeddings import EmbeddingsEndpoint
 from .messages import CountTokensEndpoint, MessagesEndpoint
@@ -90,7 +91,7 @@ async def _preflight(origin: bytes, scope: Scope, send: Send) -> None:
 def build_app(gateway: GatewayCore) -> GatewayApp:
     """The ASGI app serving ``gateway``; mount it anywhere or run it on its own."""
     routes = Routes(gateway)
-    stored = ResponseResource(gateway.response_store, gateway.access)
+    stored = ResponseResource(gateway.response_store, gateway.refusal)
     # POSTs served past Starlette; it still lists them, for 405s and the OpenAPI document.
     posts: dict[str, ASGIApp] = {
         CHAT_PATH: ChatEndpoint(gateway, route=CHAT_PATH),
@@ -120,6 +121,8 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
             Route("/v1/providers/{name}/status", routes.set_status, methods=["PUT"]),
             Route("/v1/cache", routes.clear_cache, methods=["DELETE"]),
             Route("/v1/cache/{key}", routes.forget_cached, methods=["DELETE"]),
+            Route(WELL_KNOWN, routes.resource_metadata, methods=["GET"]),
+            Route(WELL_KNOWN + "/{resource:path}", routes.resource_metadata, methods=["GET"]),
             Route("/health", routes.health, methods=["GET"]),
             Route("/health/ready", routes.ready, methods=["GET"]),
             Route("/metrics", routes.metrics, methods=["GET"]),

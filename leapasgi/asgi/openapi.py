@@ -453,7 +453,7 @@ class OpenAPIEndpoint:
 
     async def serve(self, request: Request) -> Response:
         """``GET /openapi.json``, behind the API keys like every route but the probes."""
-        refused = self._gateway.access.refusal(request.scope)
+        refused = await self._gateway.refusal(request.scope)
         if refused is not None:
             return error_response(refused)
         root: str = request.scope.get("root_path", "")

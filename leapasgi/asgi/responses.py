@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..access import AccessPolicy, owner_of
+from ..access import owner_of
 from ..conversations import ResponseStore, StoredResponse, history_of
 from ..dispatch import Batch
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
@@ -296,9 +297,11 @@ class ResponsesEncoder:
 class ResponseResource:
     """``GET`` and ``DELETE /v1/responses/{id}``: the client's own stored responses."""
 
-    def __init__(self, store: ResponseStore, access: AccessPolicy) -> None:
+    def __init__(
+        self, store: ResponseStore, refusal: Callable[[Scope], Awaitable[LeapError | None]]
+    ) -> None:
         self._store = store
-        self._refusal = access.refusal
+        self._refusal = refusal
 
     async def serve(self, request: Request) -> Response:
         """GET or DELETE, one route (so a 405 lists both in Allow)."""
@@ -307,7 +310,7 @@ class ResponseResource:
         return await self.get(request)
 
     async def get(self, request: Request) -> Response:
-        refused = self._refusal(request.scope)
+        refused = await self._refusal(request.scope)
         if refused is not None:
             return error_response(refused)
         response_id = request.path_params["response_id"]
@@ -319,7 +322,7 @@ class ResponseResource:
         )
 
     async def delete(self, request: Request) -> Response:
-        refused = self._refusal(request.scope)
+        refused = await self._refusal(request.scope)
         if refused is not None:
             return error_response(refused)
         response_id = request.path_params["response_id"]

@@ -103,7 +103,7 @@ class ResponsesSocket:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return  # gone before the handshake
-        refused = self.gateway.access.refusal(scope)
+        refused = await self.gateway.refusal(scope)
         if refused is not None:
             with Outcome(sink=self.gateway.recorder) as outcome:
                 outcome.failed(refused)

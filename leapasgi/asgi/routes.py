@@ -18,6 +18,7 @@ from ..outcome import CLIENT_CLOSED
 from ..prometheus import CONTENT_TYPE
 from ..protocols.messages import anthropic_error
 from ..registry import ProviderStatus
+from ..tenants.tenancy import tenant_of_scope
 from ..types import Model
 from ._http import ClientGone, error_headers, read_body
 
@@ -104,10 +105,10 @@ class Routes:
         """``GET /v1/models``: every routable model and alias; in Anthropic's shape (paged
         with ``limit``, ``after_id``, ``before_id``) when the request has ``anthropic-version``."""
         anthropic = _anthropic(request)
-        refused = self.gateway.access.refusal(request.scope)
+        refused = await self.gateway.refusal(request.scope)
         if refused is not None:
             return anthropic_response(refused) if anthropic else error_response(refused)
-        models = await self.gateway.manager.list_models()
+        models = self._allowed(request, await self.gateway.manager.list_models())
         if anthropic:
             try:
                 return JSONResponse(anthropic_page(models, request.query_params))
@@ -115,14 +116,39 @@ class Routes:
                 return anthropic_response(error)
         return JSONResponse({"object": "list", "data": [m.to_wire() for m in models]})
 
+    @staticmethod
+    def _allowed(request: Request, models: list[Model]) -> list[Model]:
+        """The models the caller's policy lets it use (every one without a model list)."""
+        tenant = tenant_of_scope(request.scope)
+        if tenant is None or tenant.policy.models is None:
+            return models
+        allows = tenant.policy.allows
+        return [model for model in models if allows(model.id)]
+
+    async def resource_metadata(self, request: Request) -> Response:
+        """``GET /.well-known/oauth-protected-resource[/<path>]``: the gateway as an OAuth 2.1
+        protected resource (RFC 9728), so MCP hosts find where to sign in; 404 without
+        ``[oauth]``. Public, as the spec requires."""
+        oauth = self.gateway.config.oauth
+        if oauth is None:
+            return error_response(NotFoundError("OAuth2 is not configured", code="not_found"))
+        from ..tenants.oauth import protected_resource_metadata
+
+        path = request.path_params.get("resource", "")
+        resource = self.gateway.tenancy.resource_url(request.scope, f"/{path}" if path else "")
+        return JSONResponse(
+            protected_resource_metadata(oauth, resource),
+            headers={"cache-control": "public, max-age=3600"},
+        )
+
     async def model(self, request: Request) -> Response:
         """``GET /v1/models/{id}``."""
         anthropic = _anthropic(request)
-        refused = self.gateway.access.refusal(request.scope)
+        refused = await self.gateway.refusal(request.scope)
         if refused is not None:
             return anthropic_response(refused) if anthropic else error_response(refused)
         wanted = request.path_params["model_id"]
-        for model in await self.gateway.manager.list_models():
+        for model in self._allowed(request, await self.gateway.manager.list_models()):
             if model.id == wanted:
                 return JSONResponse(anthropic_model(model) if anthropic else model.to_wire())
         missing = ModelNotFoundError(f"The model `{wanted}` does not exist")
@@ -161,8 +187,8 @@ class Routes:
 
     async def metrics(self, request: Request) -> Response:
         """``GET /metrics`` in the Prometheus text format; behind the API keys when set."""
-        if (refused := self._refuse(request)) is not None:
-            return refused
+        if (refused := await self.gateway.refusal(request.scope)) is not None:
+            return error_response(refused)
         snapshots = self.gateway.manager.registry.snapshots()
         cache = self.gateway.cache
         state = self.gateway.state

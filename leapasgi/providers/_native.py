@@ -43,6 +43,7 @@ class NativeStreamReader:
         "_held",
         "_provider",
         "_redact",
+        "cached_tokens",
         "done",
         "failure",
         "input_tokens",
@@ -65,6 +66,7 @@ class NativeStreamReader:
         self.failure: LeapError | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.cached_tokens = 0
 
     def feed(self, events: list[SSEEvent]) -> list[NativeEvent]:
         """The events to pass on now (none while only preamble came); raises the error an
@@ -130,11 +132,11 @@ class NativeStreamReader:
             )
 
     @property
-    def usage(self) -> tuple[int, int] | None:
-        """(input, output) tokens, once the stream reported any."""
+    def usage(self) -> tuple[int, int, int] | None:
+        """(input, output, cached input) tokens, once the stream reported any."""
         if self.input_tokens is None and self.output_tokens is None:
             return None
-        return self.input_tokens or 0, self.output_tokens or 0
+        return self.input_tokens or 0, self.output_tokens or 0, self.cached_tokens
 
     def _note_usage(self, name: str | None, kind: EventKind, data: dict[str, Any]) -> None:
         if kind is EventKind.TERMINAL and isinstance(data.get("response"), dict):
@@ -149,6 +151,7 @@ class NativeStreamReader:
             found = _tokens(usage)
             if found[0] is not None:
                 self.input_tokens = found[0]
+                self.cached_tokens = found[2]
             if found[1] is not None:
                 self.output_tokens = found[1]
 
@@ -167,21 +170,40 @@ class NativeStreamReader:
         )
 
 
-def reply_usage(data: dict[str, Any]) -> tuple[int, int] | None:
-    """(input, output) tokens of a whole native answer (Responses, Messages, embeddings)."""
+def reply_usage(data: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(input, output, cached input) tokens of a whole native answer (Responses, Messages,
+    embeddings)."""
     usage = data.get("usage")
     if not isinstance(usage, dict):
         return None
     found = _tokens(usage)
-    if found == (None, None):
+    if found[:2] == (None, None):
         return None
-    return found[0] or 0, found[1] or 0
+    return found[0] or 0, found[1] or 0, found[2]
 
 
-def _tokens(usage: dict[str, Any]) -> tuple[int | None, int | None]:
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def _tokens(usage: dict[str, Any]) -> tuple[int | None, int | None, int]:
+    """(input, output, cached input) of a usage object in OpenAI's shapes or Anthropic's.
+    Anthropic counts cache reads and writes apart from ``input_tokens``: they are added to
+    the input here, so input is always every prompt token and cached a part of it."""
     inp = usage.get("input_tokens", usage.get("prompt_tokens"))
     out = usage.get("output_tokens", usage.get("completion_tokens"))
+    cached = 0
+    details = usage.get("input_tokens_details", usage.get("prompt_tokens_details"))
+    if isinstance(details, dict):
+        cached = _count(details.get("cached_tokens"))
+    if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+        read = _count(usage.get("cache_read_input_tokens"))
+        written = _count(usage.get("cache_creation_input_tokens"))
+        cached = read
+        if isinstance(inp, int):
+            inp += read + written
     return (
         inp if isinstance(inp, int) else None,
         out if isinstance(out, int) else None,
+        cached,
     )

@@ -38,6 +38,7 @@ from ..streaming import (
     chunks_from_completion,
 )
 from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
+from ..types.request import StreamOptions
 from ._native import NativeStreamReader, reply_usage
 from ._upstream import (
     MAX_ERROR_BODY,
@@ -73,6 +74,8 @@ UPSTREAM_HEADERS = frozenset(
 # What native Messages calls say when the client named no version.
 ANTHROPIC_VERSION = "2023-06-01"
 _KEEPALIVE_SECONDS = 30.0
+# What a stream asks for when the client did not ask for usage (the gateway's accounting).
+_WITH_USAGE = StreamOptions(include_usage=True)
 _DRAIN_SECONDS = 1.0
 # Request bodies over this are sent from a buffer: aiohttp warns about bytes bodies over 1 MiB.
 LARGE_BODY = 1 << 20
@@ -290,6 +293,8 @@ class OpenAICompatibleProvider:
         tail = normalizer.finish()
         if tail is not None:
             yield ChunkBatch([tail], request_id=request_id)
+        elif (withheld := normalizer.withheld) is not None:
+            yield ChunkBatch([], request_id=request_id, usage=withheld)
 
     async def send(self, call: NativeCall, *, deadline: Deadline | None = None) -> NativeReply:
         """One whole answer in a protocol the upstream speaks, passed through."""
@@ -537,6 +542,14 @@ class OpenAICompatibleProvider:
         exclude: set[str] = set()
         if stream:
             updates["stream"] = True
+            if not request.include_usage and self.settings.stream_usage:
+                # Asked for the gateway's accounting; the client's stream goes without it.
+                options = request.stream_options
+                updates["stream_options"] = (
+                    _WITH_USAGE
+                    if options is None
+                    else options.model_copy(update={"include_usage": True})
+                )
         else:
             exclude.add("stream_options")
             if request.stream:

@@ -186,6 +186,9 @@ class MockProvider:
             yield ChunkBatch([chunk])
         if pending is not None:
             await self._interrupt(pending)
+        if not request.include_usage and answer.usage is not None:
+            # Reported as an upstream asked for it would be; the client's stream goes without.
+            yield ChunkBatch([], usage=answer.usage)
 
     async def send(self, call: NativeCall, *, deadline: Deadline | None = None) -> NativeReply:
         """Embeddings: a deterministic unit vector per input (the same input, the same vector,
@@ -217,7 +220,7 @@ class MockProvider:
             usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
         ).encoded(request.encoding_format)
         raw = response.to_wire_json()
-        return NativeReply(response.model_dump(mode="json"), raw, usage=(tokens, 0))
+        return NativeReply(response.model_dump(mode="json"), raw, usage=(tokens, 0, 0))
 
     async def open(
         self, call: NativeCall, *, deadline: Deadline | None = None

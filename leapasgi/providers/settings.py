@@ -57,6 +57,9 @@ class ProviderSettings(BaseModel):
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
     max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
     legacy_max_tokens: bool = False
+    # Ask for usage on every stream (stream_options.include_usage), for accounting; off for
+    # an upstream that refuses stream_options.
+    stream_usage: bool = True
     # The APIs the upstream serves natively (chat completions always).
     protocols: frozenset[WireProtocol] = CHAT_ONLY
     # How native Messages calls carry the key: "authorization" sends it both as a bearer

@@ -36,14 +36,16 @@ class SqliteFile:
         self.path = Path(path) if path is not None else None
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
-        self._schemas: list[str] = []
+        self.schemas: list[str] = []
 
     def __repr__(self) -> str:
         return f"SqliteFile({str(self.path) if self.path else ':memory:'!r})"
 
     def ensure(self, schema: str) -> None:
-        """Tables and indexes (``CREATE ... IF NOT EXISTS``) made on first use."""
-        self._schemas.append(schema)
+        """Tables and indexes (``CREATE ... IF NOT EXISTS``) made on first use (once)."""
+        if schema in self.schemas:
+            return
+        self.schemas.append(schema)
         if self._connection is not None:
             with self._lock:
                 self._connection.executescript(schema)
@@ -59,7 +61,7 @@ class SqliteFile:
             if self.path is not None:
                 connection.execute("PRAGMA journal_mode = WAL")
                 connection.execute("PRAGMA synchronous = NORMAL")
-            for schema in self._schemas:
+            for schema in self.schemas:
                 connection.executescript(schema)
             self._connection = connection
         return connection

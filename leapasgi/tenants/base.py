@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from .policy import Budget, TenantPolicy
+from .policy import OPEN, Budget, TenantPolicy
 
 __all__ = [
     "KEY_PREFIX",
@@ -53,7 +53,7 @@ class VirtualKey:
     hint: str  # the secret's first characters ("lk-3fA9"), to tell keys apart in lists
     tenant: str
     name: str = ""
-    policy: TenantPolicy = TenantPolicy()
+    policy: TenantPolicy = OPEN
     created_at: float = 0.0
     expires_at: float | None = None
     revoked_at: float | None = None

@@ -69,6 +69,11 @@ class TenantPolicy:
     tpm: int | None = None
     max_in_flight: int | None = None
     budget: Budget | None = None
+    # Whether admission has anything to check (a model list or a limit): computed once.
+    restricted: bool = field(init=False, repr=False, compare=False, default=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "restricted", self.models is not None or self.limited)
 
     def allows(self, model: str) -> bool:
         """Whether the tenant may ask for ``model`` (a model, alias or provider/model name)."""

@@ -54,7 +54,7 @@ def test_the_responses_preamble_is_held_until_the_first_content_event() -> None:
     assert out[0].sse().startswith(b"event: response.created\ndata: ")
     assert r.feed([COMPLETED])[0].name == "response.completed"
     assert r.done
-    assert r.usage == (7, 3)
+    assert r.usage == (7, 3, 0)
     r.finish()
 
 
@@ -108,7 +108,7 @@ def test_messages_hold_message_start_and_ping_and_count_usage_from_both_ends() -
     r.feed([ev("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 5})])
     r.feed([ev("message_stop")])
     assert r.done
-    assert r.usage == (11, 5)
+    assert r.usage == (11, 5, 0)
     r.finish()
 
 
@@ -128,6 +128,30 @@ def test_bad_json_is_a_malformed_stream() -> None:
 
 
 def test_usage_of_whole_answers_in_every_protocol() -> None:
-    assert reply_usage({"usage": {"input_tokens": 3, "output_tokens": 4}}) == (3, 4)
-    assert reply_usage({"usage": {"prompt_tokens": 9, "total_tokens": 9}}) == (9, 0)
+    assert reply_usage({"usage": {"input_tokens": 3, "output_tokens": 4}}) == (3, 4, 0)
+    assert reply_usage({"usage": {"prompt_tokens": 9, "total_tokens": 9}}) == (9, 0, 0)
     assert reply_usage({"id": "x"}) is None
+
+
+def test_cached_prompt_tokens_are_read_in_every_protocol() -> None:
+    # OpenAI's Responses and chat: cached tokens are part of the input.
+    responses = {
+        "input_tokens": 100,
+        "output_tokens": 5,
+        "input_tokens_details": {"cached_tokens": 60},
+    }
+    assert reply_usage({"usage": responses}) == (100, 5, 60)
+    chat = {
+        "prompt_tokens": 80,
+        "completion_tokens": 2,
+        "prompt_tokens_details": {"cached_tokens": 64},
+    }
+    assert reply_usage({"usage": chat}) == (80, 2, 64)
+    # Anthropic's: cache reads and writes are counted apart from input_tokens.
+    messages = {
+        "input_tokens": 10,
+        "output_tokens": 7,
+        "cache_read_input_tokens": 500,
+        "cache_creation_input_tokens": 40,
+    }
+    assert reply_usage({"usage": messages}) == (550, 7, 500)

@@ -1,0 +1,158 @@
+"""What a request cost: model prices (the shipped ``prices.toml`` under the config's
+``[prices]``) and the arithmetic.
+
+Cost is USD as a float rounded to nine decimals (a nano-dollar): below any provider's
+per-token price (the cheapest, $0.0028 per million, is 2.8e-9 a token), and a fixed grain
+lets the usage stores keep sums as exact integers of nano-dollars.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..config import PriceConfig
+
+__all__ = ["COST_DIGITS", "Price", "PriceTable", "cost"]
+
+# Decimal places of a cost in USD.
+COST_DIGITS = 9
+TOKENS_PER_UNIT = 1_000_000
+# Lookups a table remembers; past this (model names are the clients'), it stops adding.
+MAX_REMEMBERED = 4096
+
+# A dated snapshot or alias of a model: "-2024-08-06" (OpenAI), "-20250929" (Anthropic),
+# "-latest".
+_SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|latest)$")
+_PRICES_FILE = "prices.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per million tokens: prompt tokens (``input``), completion tokens (``output``),
+    and prompt tokens read from the provider's cache (``cached_input``)."""
+
+    input: float
+    output: float
+    cached_input: float
+
+
+def cost(price: Price, prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> float:
+    """USD for one request. ``cached_tokens`` are part of ``prompt_tokens`` (as OpenAI's
+    ``prompt_tokens_details.cached_tokens``) and billed at ``cached_input``."""
+    cached = min(max(cached_tokens, 0), max(prompt_tokens, 0))
+    usd = (
+        (prompt_tokens - cached) * price.input
+        + cached * price.cached_input
+        + completion_tokens * price.output
+    ) / TOKENS_PER_UNIT
+    return round(usd, COST_DIGITS)
+
+
+class PriceTable:
+    """Prices by model id. ``price_of`` also finds a model asked for as "provider/model" and
+    a dated snapshot under its base name; lookups are remembered."""
+
+    __slots__ = ("_prices", "_remembered", "date", "source")
+
+    def __init__(self, prices: Mapping[str, Price], *, date: str = "", source: str = "") -> None:
+        self._prices: Mapping[str, Price] = MappingProxyType(dict(prices))
+        self._remembered: dict[tuple[str, str | None], Price | None] = {}
+        self.date = date
+        self.source = source
+
+    def __repr__(self) -> str:
+        return f"PriceTable({len(self._prices)} models, date={self.date!r})"
+
+    def __len__(self) -> int:
+        return len(self._prices)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._prices)
+
+    def __contains__(self, model: object) -> bool:
+        return model in self._prices
+
+    @classmethod
+    def shipped(cls) -> PriceTable:
+        """The table that ships with leapasgi (``prices.toml``), read once per process."""
+        prices, date, source = _shipped()
+        return cls(prices, date=date, source=source)
+
+    def with_overrides(self, prices: Mapping[str, PriceConfig]) -> PriceTable:
+        """A new table: this one with ``prices`` (the config's ``[prices]``) added or
+        replacing entries."""
+        merged = dict(self._prices)
+        for model, config in prices.items():
+            cached = config.input if config.cached_input is None else config.cached_input
+            merged[model] = Price(config.input, config.output, cached)
+        return PriceTable(merged, date=self.date, source=self.source)
+
+    def price_of(self, model: str, provider: str | None = None) -> Price | None:
+        """The price of ``model`` (as served by ``provider``), or None when unknown.
+
+        In order: "<provider>/<model>" (an override for one provider), the model id, the id
+        without a "provider/" prefix, and the base name of a dated snapshot
+        ("gpt-4o-2024-08-06" -> "gpt-4o")."""
+        key = (model, provider)
+        remembered = self._remembered
+        if key in remembered:
+            return remembered[key]
+        price = self._find(model, provider)
+        if len(remembered) < MAX_REMEMBERED:
+            remembered[key] = price
+        return price
+
+    def _find(self, model: str, provider: str | None) -> Price | None:
+        prices = self._prices
+        if provider is not None and (price := prices.get(f"{provider}/{model}")) is not None:
+            return price
+        _, slash, bare = model.partition("/")
+        names = (model, bare) if slash and bare else (model,)
+        for name in names:
+            if (price := prices.get(name)) is not None:
+                return price
+        for name in names:
+            base = _SNAPSHOT.sub("", name)
+            if base != name and (price := prices.get(base)) is not None:
+                return price
+        return None
+
+
+@functools.cache
+def _shipped() -> tuple[Mapping[str, Price], str, str]:
+    # Cached: the file ships with the package and the result is immutable.
+    text = resources.files("leapasgi.tenants").joinpath(_PRICES_FILE).read_text(encoding="utf-8")
+    return _parse(tomllib.loads(text))
+
+
+def _parse(data: Mapping[str, Any]) -> tuple[Mapping[str, Price], str, str]:
+    """The prices, date and source of a price file's TOML; ValueError when malformed."""
+    date, source, models = data.get("date"), data.get("source"), data.get("models")
+    if not isinstance(date, str) or not isinstance(source, str):
+        raise ValueError("a price file names its date and source (strings)")
+    if not isinstance(models, dict):
+        raise ValueError("a price file has a [models] table")
+    prices = {}
+    for model, entry in models.items():
+        if not isinstance(entry, dict) or not {"input", "output"} <= entry.keys():
+            raise ValueError(f"models.{model!r}: needs input and output")
+        if entry.keys() - {"input", "output", "cached_input"}:
+            raise ValueError(f"models.{model!r}: only input, output and cached_input")
+        input_, output = _usd(model, entry["input"]), _usd(model, entry["output"])
+        cached = _usd(model, entry.get("cached_input", input_))
+        prices[model] = Price(input_, output, cached)
+    return MappingProxyType(prices), date, source
+
+
+def _usd(model: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"models.{model!r}: prices are numbers, 0 or more")
+    return float(value)

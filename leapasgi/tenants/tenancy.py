@@ -1,0 +1,563 @@
+"""Tenancy as the gateway uses it: who a request's caller is, whether it may go, and what it
+cost.
+
+    identify(scope)   the caller: host hook, virtual key, static key, OAuth2 token, or nobody
+    admit(...)        its policy before the dispatcher's loop: model allowed, RPM/TPM, requests
+                      in flight, budget (a reservation, settled when the request ends)
+    account(outcome)  when the request ends: its cost (the price table x the provider's usage),
+                      its usage row, its reservation settled with the real cost
+
+Everything a request does here is in memory and synchronous except a key or token seen for the
+first time (looked up, then cached for ``key_cache_ttl``), an OAuth2 key refresh, and a
+reservation on a shared (Redis) ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import inspect
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+from starlette.requests import Request
+from starlette.types import Scope
+
+from ..access import TENANT_KEY, bearer_token
+from ..clock import Clock
+from ..exceptions import (
+    AuthenticationError,
+    BudgetExceededError,
+    LeapError,
+    PermissionDeniedError,
+    RateLimitError,
+    StoreUnavailableError,
+)
+from ..native import ProtocolRequest
+from ..state import Bucket, RateLimiter, Reservation
+from ..tokens import estimate_prompt_tokens
+from ..types import ChatCompletionRequest
+from .base import KEY_PREFIX, VirtualKey, key_digest
+from .ledger import Held, Ledger, MemoryLedger, Refused, Ticket
+from .policy import ANONYMOUS, Budget, Tenant, TenantPolicy
+from .pricing import PriceTable
+from .pricing import cost as cost_of
+from .stores import TenantStores, build_stores
+from .usage import UsageBuffer
+
+if TYPE_CHECKING:
+    from ..config import GatewayConfig
+    from ..outcome import Outcome
+    from ..routing import RouteTable
+    from ..state import StateBackend
+    from .oauth import TokenValidator
+
+__all__ = ["WELL_KNOWN", "Authenticate", "Tenancy", "tenant_of_scope"]
+
+logger = logging.getLogger("leapasgi.tenants")
+
+# The host application's hook: the incoming request -> its tenant (None: not signed in, try
+# the keys), sync or async; a LeapError it raises is the answer.
+Authenticate = Callable[[Request], "Tenant | Awaitable[Tenant | None] | None"]
+
+# Where the protected resource metadata (RFC 9728) is served, under the gateway's mount point.
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
+# Keys whose lookup is cached (found or not), at most; the oldest go first.
+MAX_CACHED_KEYS = 10_000
+# Seconds a request waits, at most, between looks at a budget held by requests in flight.
+HELD_WAIT = 1.0
+
+
+def tenant_of_scope(scope: Mapping[str, Any]) -> Tenant | None:
+    """The tenant ``Tenancy.identify`` found for this request, if it ran."""
+    state = scope.get("state")
+    return state.get(TENANT_KEY) if isinstance(state, dict) else None
+
+
+def _origin(scope: Mapping[str, Any]) -> str:
+    """The scheme and authority the client used (its Host header, checked by SiteGuard)."""
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            host = bytes(value).decode("latin-1")
+            if host and host.isprintable() and " " not in host and len(host) <= 255:
+                return f"{scheme}://{host}"
+            break
+    server = scope.get("server")
+    if server:
+        return f"{scheme}://{server[0]}:{server[1]}"
+    return f"{scheme}://localhost"
+
+
+class _Digests:
+    """Static API keys by digest, each its own tenant ("key:" + its digest's start)."""
+
+    def __init__(self, keys: Iterable[SecretStr]) -> None:
+        self._digests = [key_digest(key.get_secret_value()) for key in keys]
+
+    def __bool__(self) -> bool:
+        return bool(self._digests)
+
+    def match(self, digest: str) -> bool:
+        found = False
+        for known in self._digests:
+            found |= hmac.compare_digest(digest, known)
+        return found
+
+
+class Tenancy:
+    """One gateway's tenancy: identification, admission, accounting and their stores."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        state: StateBackend,
+        *,
+        clock: Clock,
+        routes: RouteTable,
+        authenticate: Authenticate | None = None,
+        stores: TenantStores | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        tenants = config.tenants
+        self._routes = routes
+        self._authenticate = authenticate
+        self.stores = stores or build_stores(config, state)
+        self.keys = self.stores.keys
+        self.usage = self.stores.usage
+        self.prices = PriceTable.shipped().with_overrides(config.prices)
+        self.buffer = UsageBuffer()
+        self._limiter: RateLimiter = state.limiter
+        self.ledger: Ledger
+        self._memory_ledger: MemoryLedger | None = None
+        if state.kind == "redis":
+            from ..state.redis import RedisState
+            from ._redis_ledger import RedisLedger
+
+            assert isinstance(state, RedisState)
+            self.ledger = RedisLedger(
+                state.link,
+                state.prefix,
+                clock=clock,
+                replicas=config.state.replicas,
+                spawn=state.spawn,
+                on_alert=self._alerted,
+            )
+        else:
+            self._memory_ledger = MemoryLedger(clock=clock)
+            self.ledger = self._memory_ledger
+        self._static = _Digests(config.server.api_keys)
+        admin = config.server.admin_key
+        self._admin = _Digests([admin] if admin is not None else [])
+        self._default_policy = tenants.policy.build()
+        self._anonymous = Tenant(ANONYMOUS.id, self._default_policy)
+        self._oauth: TokenValidator | None = None
+        if config.oauth is not None:
+            from .oauth import TokenValidator
+
+            self._oauth = TokenValidator(config.oauth, clock=clock)
+        # A key or token is needed unless nothing asks for one.
+        self.required = bool(
+            self._static or config.oauth is not None or authenticate or tenants.require_key
+        )
+        self._missing = "Invalid or missing API key" + (
+            " or access token" if config.oauth is not None else ""
+        )
+        self._cache: OrderedDict[str, tuple[VirtualKey | None, float]] = OrderedDict()
+        self._ttl = tenants.key_cache_ttl
+        self._completion_estimate = tenants.completion_estimate
+        self._flush_interval = tenants.flush_interval
+        self._retention_days = tenants.retention_days
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = False
+        self._closed = False
+        self.alerts = 0
+
+    # -- identification -------------------------------------------------------------------
+
+    async def identify(self, scope: Scope, *, resource: str = "") -> Tenant:
+        """The caller of this request (kept in its scope too), or the LeapError it is answered
+        with: 401 without a valid key or token (with OAuth2's challenge, naming the metadata
+        of ``resource``: "" for the API, "/mcp" for the MCP endpoint), 503 when the key store
+        cannot be reached."""
+        try:
+            tenant = await self._identify(scope)
+        except LeapError as error:
+            if self._oauth is not None and error.http_status in (401, 403):
+                error.challenge = self._challenge(scope, error, resource)
+            raise
+        state = scope.get("state")
+        if not isinstance(state, dict):
+            state = scope["state"] = {}
+        state[TENANT_KEY] = tenant
+        return tenant
+
+    def resource_url(self, scope: Mapping[str, Any], resource: str = "") -> str:
+        """This gateway's URL as the protected resource (``[oauth] resource``, else from the
+        request: its scheme, Host and mount point), with ``resource`` ("/mcp") after it."""
+        oauth = self.config.oauth
+        if oauth is not None and oauth.resource is not None:
+            return oauth.resource.rstrip("/") + resource
+        root: str = scope.get("root_path", "")
+        return _origin(scope) + root + resource
+
+    def metadata_url(self, scope: Mapping[str, Any], resource: str = "") -> str:
+        """Where the resource's metadata is served: under the gateway's own mount point."""
+        oauth = self.config.oauth
+        base = (
+            oauth.resource.rstrip("/")
+            if oauth is not None and oauth.resource is not None
+            else _origin(scope) + str(scope.get("root_path", ""))
+        )
+        return f"{base}{WELL_KNOWN}{resource}"
+
+    def _challenge(self, scope: Mapping[str, Any], error: LeapError, resource: str) -> str:
+        from .oauth import InvalidTokenError, www_authenticate
+
+        if isinstance(error, InvalidTokenError):
+            return www_authenticate(
+                self.metadata_url(scope, resource),
+                error=error.error,
+                description=error.message,
+                scope=error.scope,
+            )
+        token = bearer_token(scope)
+        return www_authenticate(
+            self.metadata_url(scope, resource),
+            error="invalid_token" if token is not None else None,
+            description=error.message if token is not None else None,
+        )
+
+    async def _identify(self, scope: Scope) -> Tenant:
+        hook = self._authenticate
+        if hook is not None:
+            found = hook(Request(scope))
+            if inspect.isawaitable(found):
+                found = await found
+            if found is not None:
+                return found
+        token = bearer_token(scope)
+        if token is None:
+            if self.required:
+                raise self._unauthenticated(self._missing)
+            return self._anonymous
+        if token.startswith(KEY_PREFIX.encode()):
+            return await self._virtual(token)
+        digest = key_digest(token)
+        if self._admin.match(digest):
+            return Tenant("admin", source="admin")
+        if self._static.match(digest):
+            return Tenant(f"key:{digest[:12]}", self._default_policy, source="key")
+        oauth = self._oauth
+        if oauth is not None:
+            from .oauth import looks_like_jwt
+
+            if looks_like_jwt(token):
+                claims = await oauth.validate(token.decode("ascii", "replace"))
+                return oauth.tenant_of(claims)
+        if not self.required:
+            return self._anonymous
+        raise self._unauthenticated(self._missing)
+
+    async def _virtual(self, token: bytes) -> Tenant:
+        digest = key_digest(token)
+        key = await self._lookup(digest)
+        now = self.clock.time()
+        if key is None:
+            raise self._unauthenticated("Invalid API key")
+        if key.revoked_at is not None:
+            raise self._unauthenticated("This API key was revoked", code="key_revoked")
+        if not key.active(now):
+            raise self._unauthenticated("This API key has expired", code="key_expired")
+        return Tenant(
+            key.tenant,
+            key.policy,
+            source="virtual_key",
+            key_id=key.id,
+            tags=key.tags,
+            metadata=key.metadata,
+        )
+
+    async def _lookup(self, digest: str) -> VirtualKey | None:
+        cache = self._cache
+        now = self.clock.monotonic()
+        cached = cache.get(digest)
+        if cached is not None and now - cached[1] < self._ttl:
+            return cached[0]
+        try:
+            key = await self.keys.find(digest)
+        except StoreUnavailableError:
+            if cached is not None:
+                return cached[0]  # the last word on it, while the store is away
+            raise
+        cache[digest] = (key, now)
+        cache.move_to_end(digest)
+        if len(cache) > MAX_CACHED_KEYS:
+            cache.popitem(last=False)
+        return key
+
+    def forget(self, key: VirtualKey) -> None:
+        """Drop ``key`` from this replica's cache (it was changed or revoked here)."""
+        self._cache.pop(key.digest, None)
+
+    def _unauthenticated(self, message: str, *, code: str = "invalid_api_key") -> LeapError:
+        return AuthenticationError(message, code=code)
+
+    @property
+    def oauth(self) -> TokenValidator | None:
+        return self._oauth
+
+    # -- admission ------------------------------------------------------------------------
+
+    async def admit(
+        self,
+        tenant: Tenant,
+        request: ChatCompletionRequest | ProtocolRequest,
+        model: str,
+        outcome: Outcome,
+        *,
+        within: float,
+    ) -> None:
+        """Check ``tenant``'s policy for a request of ``model``; reserve what it limits. The
+        reservation is the outcome's until ``account`` settles it."""
+        policy = tenant.policy
+        if not policy.allows(model):
+            raise PermissionDeniedError(
+                f"This key may not use the model {model!r}", param="model", code="model_not_allowed"
+            )
+        if not policy.limited:
+            return
+        if not self._loaded:
+            await self._ready()
+        subject = tenant.subject
+        rate: Reservation | None = None
+        if policy.rpm is not None or policy.tpm is not None:
+            tokens = self._estimate_tokens(request) if policy.tpm is not None else 0
+            granted = await self._limiter.reserve(
+                (Bucket(f"t:{subject}", policy.rpm, policy.tpm),), tokens
+            )
+            if not isinstance(granted, Reservation):
+                raise RateLimitError(
+                    "This key is over its rate limit",
+                    retry_after=max(1.0, math.ceil(granted)),
+                    code="tenant_rate_limit_exceeded",
+                    retryable=False,
+                )
+            rate = granted
+        budget = policy.budget
+        ticket: Ticket | None = None
+        if budget is not None or policy.max_in_flight is not None:
+            try:
+                ticket = await self._reserve(subject, policy, request, model, within)
+            except BaseException:
+                if rate is not None:
+                    self._limiter.settle(rate, None)
+                raise
+        outcome.tenancy = (ticket, rate)
+
+    async def _reserve(
+        self,
+        subject: str,
+        policy: TenantPolicy,
+        request: ChatCompletionRequest | ProtocolRequest,
+        model: str,
+        within: float,
+    ) -> Ticket:
+        budget = policy.budget
+        usd = self._estimate_cost(request, model) if budget is not None else 0.0
+        clock = self.clock
+        until = clock.monotonic() + within
+        while True:
+            got = await self.ledger.reserve(
+                subject, usd=usd, budget=budget, max_in_flight=policy.max_in_flight
+            )
+            if isinstance(got, Ticket):
+                return got
+            if isinstance(got, Refused):
+                raise self._refusal(got, budget)
+            assert isinstance(got, Held)
+            left = until - clock.monotonic()
+            if left <= 0:
+                raise BudgetExceededError(
+                    "The rest of this key's budget is held by its requests in flight; "
+                    "try again when they end",
+                    retry_after=1.0,
+                    code="budget_held",
+                )
+            await self.ledger.wait(subject, min(left, HELD_WAIT))
+
+    @staticmethod
+    def _refusal(refused: Refused, budget: Budget | None) -> LeapError:
+        if refused.reason == "in_flight":
+            return RateLimitError(
+                "This key has as many requests in flight as it may",
+                retry_after=1.0,
+                code="tenant_concurrency_exceeded",
+                retryable=False,
+            )
+        assert budget is not None
+        when = (
+            "for good (a total budget)"
+            if refused.retry_after is None
+            else f"until its {budget.period} ends"
+        )
+        retry_after = None if refused.retry_after is None else math.ceil(refused.retry_after)
+        return BudgetExceededError(
+            f"This key's budget of {budget.usd:g} USD per {budget.period} is spent "
+            f"({refused.spent:.4f} USD); requests are refused {when}",
+            retry_after=retry_after,
+        )
+
+    def _estimate_tokens(self, request: ChatCompletionRequest | ProtocolRequest) -> int:
+        prompt, completion = estimate_prompt_tokens(request, self._completion_estimate)
+        return prompt + completion
+
+    def _estimate_cost(self, request: ChatCompletionRequest | ProtocolRequest, model: str) -> float:
+        """The most the request may cost: its prompt estimate and completion limit at the
+        dearest price among the models it may be routed to."""
+        prompt, completion = estimate_prompt_tokens(request, self._completion_estimate)
+        dearest = 0.0
+        for provider, target in self._targets(model):
+            price = self.prices.price_of(target, provider)
+            if price is not None:
+                dearest = max(dearest, cost_of(price, prompt, completion, 0))
+        return dearest
+
+    def _targets(self, model: str) -> list[tuple[str, str]]:
+        try:
+            routes = self._routes.targets(model)
+        except LeapError:
+            return [("", model)]
+        return [(route.provider, route.model) for route in routes] or [("", model)]
+
+    # -- accounting -----------------------------------------------------------------------
+
+    def price(self, outcome: Outcome) -> float | None:
+        """The request's cost from its usage (None: no price for its model)."""
+        served = outcome.trail.served_by
+        if served is None:
+            return None
+        price = self.prices.price_of(served.model, served.provider)
+        if price is None:
+            return None
+        return cost_of(
+            price, outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens
+        )
+
+    def account(self, outcome: Outcome) -> None:
+        """Count a finished request: usage and cost to its tenant, its reservation settled."""
+        tenant = outcome.tenant
+        if tenant is None:
+            return
+        if self._task is None:
+            self._flushing()
+        served = outcome.trail.served_by
+        cost = outcome.cost_usd
+        if cost is None and served is not None:
+            cost = outcome.cost_usd = self.price(outcome)
+        held = outcome.tenancy
+        if held is not None:
+            outcome.tenancy = None
+            ticket, rate = held
+            if ticket is not None:
+                self.ledger.settle(ticket, cost or 0.0)
+            if rate is not None:
+                used = outcome.prompt_tokens + outcome.completion_tokens
+                self._limiter.settle(rate, used if served is not None else None)
+        if served is None and outcome.error is None:
+            return  # never reached a provider (the client left first): nothing to count
+        model = served.model if served is not None else (outcome.model or "")
+        provider = served.provider if served is not None else (outcome.provider or "")
+        self.buffer.record(
+            wall=self.clock.time(),
+            tenant=tenant.id,
+            model=model,
+            provider=provider,
+            error=outcome.error is not None or served is None,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            cached_tokens=outcome.cached_tokens,
+            cost_usd=cost or 0.0,
+            estimated=outcome.usage_estimated,
+        )
+
+    def _alerted(self, subject: str, budget: Budget, period: str) -> None:
+        self.alerts += 1
+        logger.warning(
+            "budget alert: %s has spent %.0f%% of its %s budget (%s)",
+            subject,
+            100 * (budget.alert_at or 1.0),
+            budget.period,
+            period,
+        )
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load spend kept by an earlier run (one host), and start writing usage out; safe to
+        call twice (a mounted gateway gets here on its first request instead)."""
+        await self._ready()
+        self._flushing()
+
+    async def _ready(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if self._memory_ledger is not None and self.stores.database is not None:
+            self._memory_ledger.load(await self._load_spend())
+
+    def _flushing(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(
+                self._flush_loop(), name="leapasgi-usage"
+            )
+
+    async def _load_spend(self) -> list[tuple[str, str, float]]:
+        from .spend import load_spend
+
+        assert self.stores.database is not None
+        return await load_spend(self.stores.database, self.clock.time())
+
+    async def flush_usage(self) -> None:
+        """Write the usage (and, in one host, the spend) counted so far."""
+        await self.buffer.flush(self.usage)
+        memory = self._memory_ledger
+        if memory is not None and self.stores.database is not None:
+            from .spend import save_spend
+
+            spend = memory.take_spend()
+            if spend:
+                try:
+                    await save_spend(self.stores.database, spend)
+                except StoreUnavailableError:
+                    memory.unsaved(spend)  # kept, and saved with the next flush
+                    raise
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval)
+            try:
+                await self.flush_usage()
+            except Exception:
+                logger.exception("tenants: writing usage failed; it is kept and tried again")
+
+    async def aclose(self) -> None:
+        self._closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        try:
+            with contextlib.suppress(Exception):
+                await self.flush_usage()
+        finally:
+            if self._oauth is not None:
+                await self._oauth.aclose()
+            await self.stores.aclose()
