@@ -48,7 +48,7 @@ from .sessions import request_session
 from .state import Bucket, RateLimiter, Reservation, StateBackend, StickyTable
 from .streaming import ChunkBatch
 from .tenants.policy import Tenant
-from .tokens import estimate_tokens
+from .tokens import estimate_answer_tokens, estimate_prompt_tokens, estimate_tokens
 from .trail import RoutingTrail
 from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage
 
@@ -148,6 +148,11 @@ class Dispatcher:
         usage = completion.usage
         if usage is not None:
             note_usage(outcome, usage)
+        elif self.price is not None:
+            # No report: estimated, and marked as an estimate.
+            outcome.prompt_tokens = estimate_prompt_tokens(request, 0)[0]
+            outcome.completion_tokens = estimate_answer_tokens(completion)
+            outcome.usage_estimated = True
         if self.price is not None:
             outcome.cost_usd = self.price(outcome)
         return completion
@@ -213,6 +218,7 @@ class Dispatcher:
         """Try routes until one attempt succeeds, and settle the request's outcome; raises
         the error the request ends with."""
         outcome.model = model
+        outcome.request = request
         session = None
         try:
             tenant = outcome.tenant

@@ -18,9 +18,11 @@ from .exceptions import LeapError
 from .trail import RoutingTrail
 
 if TYPE_CHECKING:
+    from .native import ProtocolRequest
     from .state import Reservation
     from .tenants.ledger import Ticket
     from .tenants.policy import Tenant
+    from .types import ChatCompletionRequest
 
 __all__ = ["CLIENT_CLOSED", "Outcome", "OutcomeSink"]
 
@@ -60,6 +62,7 @@ class Outcome:
         "model",
         "operation",
         "prompt_tokens",
+        "request",
         "sent",
         "session",
         "started",
@@ -92,6 +95,8 @@ class Outcome:
         # until the request is accounted: (budget ticket, rate reservation).
         self.tenant: Tenant | None = None
         self.tenancy: tuple[Ticket | None, Reservation | None] | None = None
+        # The request as the dispatcher took it (for usage estimates when no report came).
+        self.request: ChatCompletionRequest | ProtocolRequest | None = None
         self.upstream_request_id: str | None = None
         # The client's session (a session header's value), for sticky routing.
         self.session: str | None = None

@@ -8,9 +8,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .native import ProtocolRequest
-from .types import ChatCompletionRequest
+from .types import ChatCompletion, ChatCompletionRequest
 
-__all__ = ["DEFAULT_COMPLETION_TOKENS", "estimate_prompt_tokens", "estimate_tokens"]
+__all__ = [
+    "DEFAULT_COMPLETION_TOKENS",
+    "estimate_answer_tokens",
+    "estimate_prompt_tokens",
+    "estimate_tokens",
+]
 
 # Reserved for the completion when the request sets no limit.
 DEFAULT_COMPLETION_TOKENS = 256
@@ -44,6 +49,18 @@ def estimate_prompt_tokens(
         limit = body.get("max_tokens") or body.get("max_output_tokens")
     completion = limit if isinstance(limit, int) and limit > 0 else default_completion
     return chars // _CHARS_PER_TOKEN + 1, completion
+
+
+def estimate_answer_tokens(completion: ChatCompletion) -> int:
+    """Completion tokens of an answer whose upstream reported none: its text, about four
+    characters a token."""
+    chars = 0
+    for choice in completion.choices:
+        message = choice.message
+        chars += len(message.content or "")
+        for call in message.tool_calls or ():
+            chars += len(call.function.arguments or "") + len(call.function.name or "")
+    return chars // _CHARS_PER_TOKEN + 1 if chars else 0
 
 
 def _text_chars(value: Any, budget: int) -> int:

@@ -89,7 +89,7 @@ class Native:
         if self.fail is not None:
             raise self.fail
         data = {"id": "msg_1", "usage": {"input_tokens": 2, "output_tokens": 3}}
-        return NativeReply(data, json.dumps(data).encode(), usage=(2, 3))
+        return NativeReply(data, json.dumps(data).encode(), usage=(2, 3, 0))
 
     async def open(
         self, call: NativeCall, *, deadline: Deadline | None = None
@@ -98,7 +98,7 @@ class Native:
         if self.fail is not None:
             raise self.fail
         event = NativeEvent("message_start", {"type": "message_start"}, b"{}")
-        yield EventBatch([event], usage=(2, 0))
+        yield EventBatch([event], usage=(2, 0, 0))
 
     async def chat(
         self, request: ChatCompletionRequest, *, deadline: Deadline | None = None

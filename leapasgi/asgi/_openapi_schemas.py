@@ -5,7 +5,8 @@ document follows the code. Two things pydantic cannot say are added here: a tagg
 its tag (``role``, ``type``) even though each model has a default for it, and a few rules checked
 in Python validators (stop sequences, logit_bias, metadata, options that need another field).
 The Responses and Messages bodies, passed through to providers that speak them, get compact
-hand-made schemas of the fields the gateway reads; other fields are allowed.
+hand-made schemas of the fields the gateway reads; other fields are allowed. The admin API's
+key bodies take their limits from ``PolicyConfig`` and their sizes from ``admin_tenants``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from ..config import PolicyConfig
 from ..manager import HealthResult
 from ..registry import ProviderSnapshot, RegistryStats
+from ..tenants.base import UsageRow
+from ..tenants.usage import GROUP_FIELDS
 from ..types import (
     ChatCompletion,
     ChatCompletionChunk,
@@ -28,6 +32,18 @@ from ..types import (
     ModelList,
 )
 from ..types.embeddings import EmbeddingRequest, EmbeddingResponse
+from .admin_tenants import (
+    MAX_METADATA,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_METADATA_KEY,
+    MAX_MODEL_NAME,
+    MAX_MODELS,
+    MAX_NAME,
+    MAX_TAG,
+    MAX_TAGS,
+    MAX_TENANT,
+)
 
 __all__ = [
     "ANTHROPIC_ERROR_BODY",
@@ -36,6 +52,7 @@ __all__ = [
     "event_schema",
     "health_schema",
     "list_of",
+    "printable",
     "providers_schema",
     "ready_schema",
     "ref",
@@ -59,6 +76,7 @@ _MODELS: tuple[tuple[str, JsonSchemaMode, Any], ...] = (
     ("ProviderSnapshot", "serialization", ProviderSnapshot),
     ("RegistryStats", "serialization", RegistryStats),
     ("HealthResult", "serialization", HealthResult),
+    ("UsageRow", "serialization", UsageRow),
 )
 
 _NON_EMPTY = {"type": "array", "minItems": 1}
@@ -120,7 +138,7 @@ def component_schemas() -> dict[str, Any]:
             schema["allOf"] = [*schema.get("allOf", []), copy.deepcopy(_ASSISTANT_RULE)]
     # The gateway always sends all four keys of an error, null where they do not apply.
     schemas["ErrorDetail"]["required"] = ["message", "type", "param", "code"]
-    return {**schemas, **_protocol_schemas()}
+    return {**schemas, **_protocol_schemas(), **_tenancy_schemas(schemas["UsageRow"])}
 
 
 def ref(name: str) -> dict[str, Any]:
@@ -365,4 +383,186 @@ def _protocol_schemas() -> dict[str, Any]:
             first_id=_NULLABLE_STRING,
             last_id=_NULLABLE_STRING,
         ),
+    }
+
+
+# Control characters, which a key's text fields refuse; the gateway refuses the other
+# unprintable characters too (str.isprintable), which no portable pattern can list.
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f]*$"
+_NULLABLE_LIMIT = {"type": ["integer", "null"], "minimum": 1}
+_LIMITS = {
+    "rpm": "Requests per minute (null: no limit).",
+    "tpm": "Tokens per minute, prompt and completion (null: no limit).",
+    "max_in_flight": "Requests at once (null: no limit).",
+    "budget": "At most usd per period (null: no budget).",
+}
+
+
+def printable(min_length: int, max_length: int, description: str | None = None) -> dict[str, Any]:
+    """A string of ``min_length`` to ``max_length`` printable characters."""
+    schema: dict[str, Any] = {
+        "type": "string",
+        "minLength": min_length,
+        "maxLength": max_length,
+        "pattern": _PRINTABLE,
+    }
+    if description is not None:
+        schema["description"] = description
+    return schema
+
+
+def _or_null(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {**schema, "type": [schema["type"], "null"], "description": description}
+
+
+def _policy_fields() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The limits and budget a key's body sets, as ``PolicyConfig`` checks them (the budget's
+    schema named Budget), and the Budget schema."""
+    policy = PolicyConfig.model_json_schema(ref_template=_REF)
+    budget = policy["$defs"]["BudgetConfig"]
+    for node in _walk(policy):
+        if node.get("$ref") == _REF.format(model="BudgetConfig"):
+            node["$ref"] = ref("Budget")["$ref"]
+    for node in _walk([policy["properties"], budget]):
+        node.pop("title", None)
+    fields = {}
+    for name, description in _LIMITS.items():
+        field = policy["properties"][name]
+        field.pop("default", None)
+        fields[name] = {**field, "description": description}
+    return fields, budget
+
+
+def _key_update_schema(limits: dict[str, Any]) -> dict[str, Any]:
+    """The body of ``PATCH /v1/keys/{key_id}``: what it sends changes, null clears."""
+    metadata = (
+        f"Free JSON kept with the key: at most {MAX_METADATA} entries, "
+        f"{MAX_METADATA_DEPTH} levels deep and {MAX_METADATA_BYTES} bytes (null: none)."
+    )
+    return {
+        "type": "object",
+        "description": "The fields to change; those not sent stay as they are, and null "
+        "clears a limit, the budget, the expiry, the tags or the metadata.",
+        "properties": {
+            "name": _or_null(printable(0, MAX_NAME), "A label (null: none)."),
+            "models": {
+                "type": ["array", "null"],
+                "description": "The model and alias names the key may use (null: every one).",
+                "maxItems": MAX_MODELS,
+                "items": printable(1, MAX_MODEL_NAME),
+            },
+            **limits,
+            "expires_at": {
+                "type": ["number", "null"],
+                "description": "When the key expires, in seconds since the epoch; in the "
+                "future (null: never).",
+            },
+            "expires_in": {
+                "type": ["number", "null"],
+                "exclusiveMinimum": 0,
+                "description": "Seconds from now until the key expires (null: never).",
+            },
+            "tags": {
+                "type": ["array", "null"],
+                "description": "Labels, repeats dropped (null: none).",
+                "maxItems": MAX_TAGS,
+                "items": printable(1, MAX_TAG),
+            },
+            "metadata": {
+                "type": ["object", "null"],
+                "description": metadata,
+                "maxProperties": MAX_METADATA,
+                "propertyNames": printable(1, MAX_METADATA_KEY),
+            },
+        },
+        "additionalProperties": False,
+        "not": {
+            "required": ["expires_at", "expires_in"],
+            "description": "expires_at or expires_in, not both.",
+        },
+    }
+
+
+def _virtual_key_schema() -> dict[str, Any]:
+    """A key as the admin API shows it (``VirtualKey.public``): never its secret."""
+    wall = {"type": ["number", "null"], "description": "Seconds since the epoch."}
+    properties: dict[str, Any] = {
+        "id": {"type": "string", "description": "key_ and 16 hex digits."},
+        "object": {"const": "virtual_key"},
+        "hint": {"type": "string", "description": "The secret's first characters."},
+        "tenant": _STRING,
+        "name": _STRING,
+        "models": {"type": ["array", "null"], "items": _STRING},
+        "rpm": _NULLABLE_LIMIT,
+        "tpm": _NULLABLE_LIMIT,
+        "max_in_flight": _NULLABLE_LIMIT,
+        "budget": {"anyOf": [ref("Budget"), {"type": "null"}]},
+        "created_at": {"type": "number", "description": "Seconds since the epoch."},
+        "expires_at": wall,
+        "revoked_at": wall,
+        "tags": {"type": "array", "items": _STRING},
+        "metadata": {"type": "object"},
+    }
+    return {"type": "object", "required": list(properties), "properties": properties}
+
+
+def _usage_schemas(row: dict[str, Any]) -> dict[str, Any]:
+    """A usage report and its total (a row without the names it is grouped by)."""
+    row["required"] = list(row["properties"])
+    counts = {k: v for k, v in row["properties"].items() if k not in GROUP_FIELDS}
+    day = {"type": "string", "format": "date"}
+    report = {
+        "type": "object",
+        "required": ["object", "since", "until", "tenant", "group_by", "data", "total"],
+        "properties": {
+            "object": {"const": "list"},
+            "since": day,
+            "until": day,
+            "tenant": _NULLABLE_STRING,
+            "group_by": {"type": "array", "items": {"enum": list(GROUP_FIELDS)}},
+            "data": {"type": "array", "items": ref("UsageRow")},
+            "total": ref("UsageTotals"),
+        },
+    }
+    totals = {"type": "object", "required": list(counts), "properties": counts}
+    return {"UsageReport": report, "UsageTotals": totals}
+
+
+def _tenancy_schemas(usage_row: dict[str, Any]) -> dict[str, Any]:
+    """The admin API's keys and usage, and the RFC 9728 metadata of the protected resource."""
+    limits, budget = _policy_fields()
+    update = _key_update_schema(limits)
+    create = copy.deepcopy(update)
+    create["description"] = "The new key's fields; all may be left out."
+    create["properties"] = {
+        "tenant": _or_null(
+            printable(1, MAX_TENANT),
+            "Whose the key is in usage reports (null: the key's own id); fixed once made.",
+        ),
+        **create["properties"],
+    }
+    key = _virtual_key_schema()
+    created = copy.deepcopy(key)
+    created["required"].append("secret")
+    created["properties"]["secret"] = {
+        "type": "string",
+        "pattern": "^lk-",
+        "description": "The key itself: in this answer only, never shown again.",
+    }
+    metadata = _object(
+        ["resource", "authorization_servers", "bearer_methods_supported", "resource_name"],
+        resource=_STRING,
+        authorization_servers={"type": "array", "minItems": 1, "items": _STRING},
+        bearer_methods_supported={"type": "array", "items": {"const": "header"}},
+        resource_name=_STRING,
+        scopes_supported={"type": "array", "items": _STRING},
+    )
+    return {
+        "Budget": budget,
+        "KeyCreateRequest": create,
+        "KeyUpdateRequest": update,
+        "VirtualKey": key,
+        "CreatedVirtualKey": created,
+        **_usage_schemas(usage_row),
+        "ProtectedResourceMetadata": metadata,
     }

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .._logging import printable
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from ..tenants.tenancy import WELL_KNOWN
+from .admin_tenants import tenant_routes
 from .chat import ChatEndpoint
 from .embeddings import EmbeddingsEndpoint
 from .messages import CountTokensEndpoint, MessagesEndpoint
@@ -119,6 +120,7 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
             Route("/v1/providers", routes.providers, methods=["GET"]),
             Route("/v1/providers/health", routes.run_health_checks, methods=["POST"]),
             Route("/v1/providers/{name}/status", routes.set_status, methods=["PUT"]),
+            *tenant_routes(gateway),
             Route("/v1/cache", routes.clear_cache, methods=["DELETE"]),
             Route("/v1/cache/{key}", routes.forget_cached, methods=["DELETE"]),
             Route(WELL_KNOWN, routes.resource_metadata, methods=["GET"]),

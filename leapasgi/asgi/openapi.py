@@ -15,6 +15,8 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..prometheus import CONTENT_TYPE
+from ..tenants.tenancy import WELL_KNOWN
+from ..tenants.usage import GROUP_FIELDS
 from ._openapi_schemas import (
     ANTHROPIC_ERROR_BODY,
     ERROR_BODY,
@@ -22,12 +24,14 @@ from ._openapi_schemas import (
     event_schema,
     health_schema,
     list_of,
+    printable,
     providers_schema,
     ready_schema,
     ref,
     status_change_schema,
     typed_event_schema,
 )
+from .admin_tenants import MAX_TENANT
 from .routes import error_response
 
 if TYPE_CHECKING:
@@ -52,11 +56,17 @@ _TRAIL_HEADERS = {
     "x-leap-provider": _header("The provider that served the request."),
     "x-leap-overhead-ms": _header("Time spent in the gateway itself, in milliseconds."),
     "x-request-id": _header("The upstream's request id, when it sent one."),
+    "x-leap-cost-usd": {
+        "description": "The request's cost in USD, from the upstream's usage and the model's "
+        "price; on answers that are not streamed, when the model has a price.",
+        "schema": {"type": "number", "minimum": 0},
+    },
 }
 _ERROR_HEADERS = {
     "retry-after": _header("Seconds to wait before retrying (429 and 503).", "integer"),
     "x-should-retry": _header("false once the gateway has already retried and failed over."),
     "x-leap-attempts": _header("Upstream attempts this request took.", "integer"),
+    "www-authenticate": _header("On a 401: the challenge; with [oauth], RFC 9728's."),
 }
 # On the model routes while the response cache is on.
 _CACHE_HEADERS = {
@@ -70,10 +80,20 @@ _ANSWER_HEADERS = {**_TRAIL_HEADERS, **_CACHE_HEADERS}
 # The anthropic SDK reads a request's id from ``request-id``.
 _REQUEST_ID = {"request-id": _header("The request's id (also sent as x-request-id).")}
 _OPENAI_ERROR = {**_json(ERROR_BODY, "An OpenAI-shaped error."), "headers": _ERROR_HEADERS}
+# What a key's policy answers on the model operations, besides the upstreams' errors.
+_MODEL_ERROR = {
+    **_OPENAI_ERROR,
+    "description": "An OpenAI-shaped error. A key's policy may refuse the request: 403 "
+    "model_not_allowed; 429 budget_exceeded, budget_held, tenant_rate_limit_exceeded or "
+    "tenant_concurrency_exceeded (retry-after says when to try again; none once a total "
+    "budget is spent); 503 store_unavailable when the key store cannot be reached.",
+}
 _ANTHROPIC_ERROR = {
     **_json(
         ANTHROPIC_ERROR_BODY,
-        "An Anthropic-shaped error, with Anthropic's status (529 when no provider has capacity).",
+        "An Anthropic-shaped error, with Anthropic's status (529 when no provider has capacity). "
+        "A key's policy may refuse the request: permission_error (403) for a model it may not "
+        "use, rate_limit_error (429) for its rate, concurrency and budget.",
     ),
     "headers": {**_ERROR_HEADERS, **_REQUEST_ID},
 }
@@ -93,6 +113,7 @@ def _operation(
     tags: list[str],
     security: list[dict[str, list[str]]] | None = None,
     body: dict[str, Any] | None = None,
+    body_required: bool = True,
     parameters: list[dict[str, Any]] | None = None,
     description: str | None = None,
     error: dict[str, Any] | None = None,
@@ -106,7 +127,8 @@ def _operation(
     if parameters:
         operation["parameters"] = parameters
     if body is not None:
-        operation["requestBody"] = {"required": True, "content": {"application/json": body}}
+        content = {"application/json": body}
+        operation["requestBody"] = {"required": body_required, "content": content}
     operation["responses"] = {**responses, "default": error or _OPENAI_ERROR}
     return operation
 
@@ -142,10 +164,16 @@ _RESPONSE_ID = _path_parameter("response_id", "A response id; only the key that 
 
 
 def openapi_document(
-    *, api_auth: bool, admin: bool, cache: bool = False, server_url: str = "/"
+    *,
+    api_auth: bool,
+    admin: bool,
+    cache: bool = False,
+    oauth: bool = False,
+    server_url: str = "/",
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document; ``api_auth``/``admin`` say whether keys are asked for,
-    ``cache`` whether the response cache (and its admin routes) is on."""
+    ``cache`` whether the response cache (and its admin routes) is on, ``oauth`` whether
+    ``[oauth]`` is (and the protected resource's metadata served)."""
     # Without configured keys a route lets everyone in: the empty requirement says so.
     anyone: list[dict[str, list[str]]] = [] if api_auth else [{}]
     api: list[dict[str, list[str]]] = [{"apiKey": []}, *anyone]
@@ -173,6 +201,7 @@ def openapi_document(
                 tags=["chat"],
                 security=api,
                 body={"schema": ref("ChatCompletionRequest")},
+                error=_MODEL_ERROR,
             )
         },
         "/v1/responses": {
@@ -194,6 +223,7 @@ def openapi_document(
                 tags=["responses"],
                 security=api,
                 body={"schema": ref("ResponsesRequest")},
+                error=_MODEL_ERROR,
                 description="The gateway keeps the conversation: previous_response_id names a "
                 "stored response of the same key, whatever provider made it; store false keeps "
                 "this one out of the store. GET /v1/responses also takes a WebSocket upgrade "
@@ -274,6 +304,7 @@ def openapi_document(
                 tags=["embeddings"],
                 security=api,
                 body={"schema": ref("EmbeddingRequest")},
+                error=_MODEL_ERROR,
             )
         },
         "/v1/models": {
@@ -372,8 +403,11 @@ def openapi_document(
             )
         },
     }
+    paths.update(_tenancy_paths(admin_only, not_served))
     if cache:
         paths.update(_cache_paths(admin_only, not_served))
+    if oauth:
+        paths.update(_oauth_paths())
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -392,7 +426,8 @@ def openapi_document(
                 "apiKey": {
                     "type": "http",
                     "scheme": "bearer",
-                    "description": "One of the gateway's API keys (server.api_keys).",
+                    "description": "One of the gateway's API keys (server.api_keys), a "
+                    "virtual key (lk-..., from POST /v1/keys), or with [oauth] an access token.",
                 },
                 "anthropicKey": {
                     "type": "apiKey",
@@ -443,6 +478,127 @@ def _cache_paths(security: list[dict[str, list[str]]], not_served: str) -> dict[
     }
 
 
+_KEY_ID = _path_parameter("key_id", "A virtual key's id.")
+_DAY = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+# Names from GROUP_FIELDS between commas, each with white space (str.isspace) around it.
+_SPACE = r"[\s\x1c-\x1f]*"
+_GROUP = f"({'|'.join(GROUP_FIELDS)})?"
+_GROUPS = f"^{_SPACE}{_GROUP}{_SPACE}(,{_SPACE}{_GROUP}{_SPACE})*$"
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
+def _tenancy_paths(security: list[dict[str, list[str]]], not_served: str) -> dict[str, Any]:
+    """The admin API of virtual keys and usage."""
+    key = _json(ref("VirtualKey"), "The key.")
+    tenant = printable(1, MAX_TENANT)
+    usage = [
+        _query("since", "The first day, UTC (default: 30 days before until).", _DAY),
+        _query("until", "The last day, UTC (default: today).", _DAY),
+        _query("tenant", "Only this tenant's usage.", tenant),
+        _query(
+            "group_by",
+            "What the rows are summed by, comma-separated: any of day, tenant, model and "
+            "provider (default: day,tenant,model; empty: one row).",
+            {"type": "string", "pattern": _GROUPS},
+        ),
+    ]
+
+    def admin(summary: str, answer: dict[str, Any], **options: Any) -> dict[str, Any]:
+        return _operation(
+            summary + " (admin)." + not_served,
+            answer,
+            tags=["admin"],
+            security=security,
+            **options,
+        )
+
+    created = {
+        **_json(ref("CreatedVirtualKey"), "The key, with its secret: shown this once."),
+        "headers": {"cache-control": _header("no-store.")},
+    }
+    return {
+        "/v1/keys": {
+            "post": admin(
+                "Make a virtual key: its tenant, limits, budget, expiry, tags and metadata",
+                {"201": created},
+                body={"schema": ref("KeyCreateRequest")},
+                body_required=False,
+            ),
+            "get": admin(
+                "List the virtual keys, oldest first, revoked and expired ones too",
+                {"200": _json(list_of(ref("VirtualKey")), "The keys.")},
+                parameters=[_query("tenant", "Only this tenant's keys.", {"type": "string"})],
+            ),
+        },
+        "/v1/keys/{key_id}": {
+            "get": admin("Show a virtual key", {"200": key}, parameters=[_KEY_ID]),
+            "patch": admin(
+                "Change a key's name, limits, budget, expiry, tags or metadata",
+                {"200": _json(ref("VirtualKey"), "The key, changed.")},
+                parameters=[_KEY_ID],
+                body={"schema": ref("KeyUpdateRequest")},
+                body_required=False,
+            ),
+            "delete": admin(
+                "Revoke a key: refused from now on, kept for the usage reports",
+                {"200": _json(ref("VirtualKey"), "The key, revoked (at its first revocation).")},
+                parameters=[_KEY_ID],
+            ),
+        },
+        "/v1/keys/{key_id}/revoke": {
+            "post": admin(
+                "Revoke a key, as DELETE does",
+                {"200": _json(ref("VirtualKey"), "The key, revoked (at its first revocation).")},
+                parameters=[_KEY_ID],
+            )
+        },
+        "/v1/usage": {
+            "get": admin(
+                "Usage and cost from since to until (both included), summed by group_by",
+                {
+                    "200": _json(
+                        ref("UsageReport"), "The rows, sorted by their names, and the total."
+                    )
+                },
+                parameters=usage,
+            )
+        },
+    }
+
+
+def _oauth_paths() -> dict[str, Any]:
+    """The protected resource's metadata (RFC 9728), public as the spec asks."""
+    answer = {
+        **_json(
+            ref("ProtectedResourceMetadata"), "The gateway as an OAuth 2.1 protected resource."
+        ),
+        "headers": {"cache-control": _header("public, max-age=3600.")},
+    }
+    resource = _path_parameter("resource", "The resource's path below the gateway (mcp).")
+    return {
+        WELL_KNOWN: {
+            "get": _operation(
+                "Where to get an access token for the gateway's API (RFC 9728)",
+                {"200": answer},
+                tags=["oauth"],
+                security=[],
+            )
+        },
+        WELL_KNOWN + "/{resource}": {
+            "get": _operation(
+                "Where to get an access token for a resource below the gateway, such as /mcp",
+                {"200": answer},
+                tags=["oauth"],
+                security=[],
+                parameters=[resource],
+            )
+        },
+    }
+
+
 class OpenAPIEndpoint:
     """Serves the document of one gateway, built on its first request and then kept."""
 
@@ -461,9 +617,10 @@ class OpenAPIEndpoint:
         if body is None:
             gateway = self._gateway
             document = openapi_document(
-                api_auth=gateway.access.keys_required,
+                api_auth=gateway.tenancy.required,
                 admin=gateway.access.has_admin,
                 cache=gateway.cache is not None,
+                oauth=gateway.config.oauth is not None,
                 server_url=root or "/",
             )
             body = self._rendered[root] = json.dumps(document, separators=(",", ":")).encode()

@@ -24,8 +24,10 @@ from .policy import Budget, period_key
 
 __all__ = ["LEASE_MARGIN", "RedisLedger"]
 
-# Seconds a ticket outlives its request's deadline before it lapses (a replica died).
-LEASE_MARGIN = 30.0
+# Seconds a ticket outlives its request's deadline before it lapses (its replica died). Lease
+# times are the server's, so no clock skew between replicas needs a margin; the answer still
+# being accounted after the deadline does.
+LEASE_MARGIN = 5.0
 # Days a subject's spend is kept after its last request.
 SPEND_TTL = 400 * 86_400
 # Spend made while Redis was away, kept to be sent once it is back.
@@ -147,14 +149,20 @@ class RedisLedger:
         self._seen: dict[tuple[str, str], float] = {}
         self._seeded: set[tuple[str, str]] = set()
         self._pending: deque[tuple[str, float]] = deque(maxlen=MAX_PENDING)
-        self.lease = LEASE_MARGIN
+        self.margin = LEASE_MARGIN
 
     def _keys(self, subject: str) -> list[str]:
         base = self._prefix + subject
         return [base, base + ":t", base + ":a"]
 
     async def reserve(
-        self, subject: str, *, usd: float, budget: Budget | None, max_in_flight: int | None
+        self,
+        subject: str,
+        *,
+        usd: float,
+        budget: Budget | None,
+        max_in_flight: int | None,
+        lease: float = 0.0,
     ) -> Ticket | Refused | Held:
         wall = self._clock.time()
         key = period_key(budget.period, wall) if budget is not None else "total"
@@ -170,7 +178,7 @@ class RedisLedger:
                 repr(budget.usd) if budget is not None else "-1",
                 key,
                 str(max_in_flight) if max_in_flight is not None else "-1",
-                str(int(self.lease * 1000)),
+                str(int((lease + self.margin) * 1000)),
             ],
         )
         if reply is DOWN:

@@ -97,9 +97,17 @@ HELD = Held()
 
 class Ledger(Protocol):
     async def reserve(
-        self, subject: str, *, usd: float, budget: Budget | None, max_in_flight: int | None
+        self,
+        subject: str,
+        *,
+        usd: float,
+        budget: Budget | None,
+        max_in_flight: int | None,
+        lease: float = 0.0,
     ) -> Ticket | Refused | Held:
-        """Reserve ``usd`` of ``budget`` and a request in flight (with ``max_in_flight``)."""
+        """Reserve ``usd`` of ``budget`` and a request in flight (with ``max_in_flight``), for
+        at most ``lease`` seconds (the request's time; a shared ledger adds a margin) if it
+        is never settled."""
         ...
 
     def settle(self, ticket: Ticket, usd: float) -> None:
@@ -163,8 +171,16 @@ class MemoryLedger:
         return account
 
     async def reserve(
-        self, subject: str, *, usd: float, budget: Budget | None, max_in_flight: int | None
+        self,
+        subject: str,
+        *,
+        usd: float,
+        budget: Budget | None,
+        max_in_flight: int | None,
+        lease: float = 0.0,
     ) -> Ticket | Refused | Held:
+        # In one process a ticket is always settled: the outcome that holds it is recorded
+        # whatever ends the request.
         return self.reserve_now(subject, usd=usd, budget=budget, max_in_flight=max_in_flight)
 
     def reserve_now(

@@ -375,7 +375,11 @@ class Tenancy:
         until = clock.monotonic() + within
         while True:
             got = await self.ledger.reserve(
-                subject, usd=usd, budget=budget, max_in_flight=policy.max_in_flight
+                subject,
+                usd=usd,
+                budget=budget,
+                max_in_flight=policy.max_in_flight,
+                lease=within,
             )
             if isinstance(got, Ticket):
                 return got
@@ -458,6 +462,8 @@ class Tenancy:
         if self._task is None:
             self._flushing()
         served = outcome.trail.served_by
+        if served is not None and not (outcome.prompt_tokens or outcome.completion_tokens):
+            self._estimate_usage(outcome)
         cost = outcome.cost_usd
         if cost is None and served is not None:
             cost = outcome.cost_usd = self.price(outcome)
@@ -486,6 +492,17 @@ class Tenancy:
             cost_usd=cost or 0.0,
             estimated=outcome.usage_estimated,
         )
+
+    @staticmethod
+    def _estimate_usage(outcome: Outcome) -> None:
+        """No usage was reported (a stream cut short, an upstream that sends none): the prompt
+        is estimated from the request, and the usage marked as an estimate."""
+        request = outcome.request
+        if request is None:
+            return
+        outcome.prompt_tokens, _ = estimate_prompt_tokens(request, 0)
+        outcome.usage_estimated = True
+        outcome.cost_usd = None
 
     def _alerted(self, subject: str, budget: Budget, period: str) -> None:
         self.alerts += 1

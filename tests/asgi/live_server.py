@@ -26,7 +26,7 @@ import uvicorn
 import uvloop
 from uvicorn.config import HTTPProtocolType
 
-from leapasgi import Gateway
+from leapasgi import Authenticate, Gateway
 from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, RoutingConfig
 from leapasgi.providers.mock import MockProvider
 from tests.fake_upstream import FakeUpstream
@@ -256,12 +256,14 @@ def live_gateway(
     loop: Loop = "asyncio",
     http: HttpProtocol = "auto",
     ws: WebSockets = "none",
+    authenticate: Authenticate | None = None,
     **options: Any,
 ) -> Iterator[LiveGateway]:
     """Serve a gateway on loopback; ``providers`` builds its providers once the upstreams are
     up, ``options`` are the other GatewayConfig fields (health checks are off by default).
     ``app`` builds a host app around the gateway to serve instead of ``gateway.app``;
-    ``loop`` picks the event loop it runs on, ``http`` and ``ws`` uvicorn's protocols."""
+    ``loop`` picks the event loop it runs on, ``http`` and ``ws`` uvicorn's protocols;
+    ``authenticate`` is the host application's identity hook."""
     options.setdefault("health", HealthConfig(interval=0))
 
     built: list[Gateway] = []
@@ -270,7 +272,7 @@ def live_gateway(
         for upstream in upstreams:
             await stack.enter_async_context(upstream)
         config = GatewayConfig(providers=providers(upstreams), **options)
-        gateway = Gateway(config=config)
+        gateway = Gateway(config=config, authenticate=authenticate)
         built.append(gateway)
         return app(gateway) if app else gateway.app
 

@@ -37,7 +37,7 @@ class Ledgers:
         self.states: list[RedisState] = []
         self.alerts: list[tuple[str, str]] = []
 
-    async def make(self, *, lease: float = 30.0) -> Ledger:
+    async def make(self, *, margin: float = 5.0) -> Ledger:
         if self.server is None:
             return MemoryLedger(clock=clock())
         state = RedisState(SecretStr(self.server.url), op_timeout=1.0)
@@ -51,7 +51,7 @@ class Ledgers:
             spawn=state.spawn,
             on_alert=lambda subject, budget, period: self.alerts.append((subject, period)),
         )
-        ledger.lease = lease
+        ledger.margin = margin
         return ledger
 
     async def aclose(self) -> None:
@@ -199,7 +199,7 @@ def test_periods_end_at_utc_midnight_and_month_end() -> None:
 async def test_a_reservation_of_a_dead_replica_lapses(redis_server: RedisServer) -> None:
     group = Ledgers(redis_server)
     try:
-        dead = await group.make(lease=0.2)
+        dead = await group.make(margin=0.2)
         alive = await group.make()
         ticket = await dead.reserve("k:a", usd=0.9, budget=BUDGET, max_in_flight=1)
         assert isinstance(ticket, Ticket)  # and never settled: its replica is gone
