@@ -75,10 +75,11 @@ def _fields(body: object, allowed: frozenset[str]) -> Mapping[str, Any]:
         raise InvalidRequestError("The body must be a JSON object")
     for name in body:
         if name not in allowed:
-            known = name in _CREATABLE
-            raise _invalid(
-                str(name)[:64], "is fixed when a key is made" if known else "unknown field"
-            )
+            if name in _CREATABLE:
+                raise _invalid(name, "is fixed when a key is made")
+            # Named as repr shows it: a lone surrogate could not be sent back as UTF-8.
+            shown = name if name.isprintable() else repr(name)[1:-1]
+            raise _invalid(shown[:64], "unknown field")
     return body
 
 
@@ -114,6 +115,18 @@ def _policy(body: Mapping[str, Any], base: TenantPolicy | None) -> TenantPolicy:
         raise _invalid(param, error["msg"]) from None
 
 
+def _seconds(value: object, param: str) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer past a float's range
+            pass
+        else:
+            if math.isfinite(seconds):
+                return seconds
+    raise _invalid(param, "must be a number of seconds")
+
+
 def _expiry(body: Mapping[str, Any], now: float, current: float | None) -> float | None:
     if "expires_at" in body and "expires_in" in body:
         raise _invalid("expires_in", "send expires_at or expires_in, not both")
@@ -121,13 +134,8 @@ def _expiry(body: Mapping[str, Any], now: float, current: float | None) -> float
         value = body.get(param)
         if value is None:
             continue
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-        ):
-            raise _invalid(param, "must be a number of seconds")
-        at = float(value) if param == "expires_at" else now + value
+        seconds = _seconds(value, param)
+        at = seconds if param == "expires_at" else now + seconds
         if at <= now:
             raise _invalid(param, "must be in the future")
         return at
@@ -163,7 +171,10 @@ def _metadata(value: object) -> dict[str, Any]:
         _text(name, "metadata", limit=MAX_METADATA_KEY, empty=False)
     if _depth(value) > MAX_METADATA_DEPTH:
         raise _invalid("metadata", f"nests more than {MAX_METADATA_DEPTH} levels deep")
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    except UnicodeEncodeError:
+        raise _invalid("metadata", "holds a lone surrogate, which is not text") from None
     if size > MAX_METADATA_BYTES:
         raise _invalid("metadata", f"is {size} bytes of JSON; at most {MAX_METADATA_BYTES}")
     return value
@@ -238,7 +249,8 @@ def usage_query(
     them); by default the last 30 days (UTC), by day, tenant and model."""
     today = dt.datetime.fromtimestamp(now, dt.UTC).date()
     last = _day(until, "until", today)
-    first = _day(since, "since", last - dt.timedelta(days=USAGE_DAYS))
+    # Never before 0001-01-01, where the calendar of dt.date begins.
+    first = _day(since, "since", dt.date.fromordinal(max(1, last.toordinal() - USAGE_DAYS)))
     if first > last:
         raise _invalid("since", "must not be after until")
     groups: tuple[str, ...] = DEFAULT_GROUPS

@@ -1,8 +1,8 @@
 """``GET /openapi.json``: an OpenAPI 3.1 document of the gateway's HTTP API.
 
-This module lays out the paths: each operation's parameters, headers, security and responses.
-The schemas they refer to are built in ``_openapi_schemas``. The document is built on the first
-request and kept.
+This module lays out the paths: each operation's parameters, headers, security and responses,
+from the parts in ``_openapi_operations``. The schemas they refer to are built in
+``_openapi_schemas``. The document is built on the first request and kept.
 """
 
 from __future__ import annotations
@@ -17,9 +17,21 @@ from .. import __version__
 from ..prometheus import CONTENT_TYPE
 from ..tenants.tenancy import WELL_KNOWN
 from ..tenants.usage import GROUP_FIELDS
+from ._openapi_operations import (
+    ANSWER_HEADERS,
+    ANTHROPIC_ERROR,
+    EITHER_ERROR,
+    MODEL_ERROR,
+    REQUEST_ID,
+    TRAIL_HEADERS,
+    header,
+    json_body,
+    operation,
+    optional,
+    path_parameter,
+    query,
+)
 from ._openapi_schemas import (
-    ANTHROPIC_ERROR_BODY,
-    ERROR_BODY,
     component_schemas,
     event_schema,
     health_schema,
@@ -43,124 +55,20 @@ OPENAPI_PATH = "/openapi.json"
 OPENAPI_VERSION = "3.1.0"
 
 
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _header(description: str, kind: str = "string") -> dict[str, Any]:
-    return {"description": description, "schema": {"type": kind}}
-
-
-_TRAIL_HEADERS = {
-    "x-leap-attempts": _header("Upstream attempts this request took.", "integer"),
-    "x-leap-provider": _header("The provider that served the request."),
-    "x-leap-overhead-ms": _header("Time spent in the gateway itself, in milliseconds."),
-    "x-request-id": _header("The upstream's request id, when it sent one."),
-    "x-leap-cost-usd": {
-        "description": "The request's cost in USD, from the upstream's usage and the model's "
-        "price; on answers that are not streamed, when the model has a price.",
-        "schema": {"type": "number", "minimum": 0},
-    },
-}
-_ERROR_HEADERS = {
-    "retry-after": _header("Seconds to wait before retrying (429 and 503).", "integer"),
-    "x-should-retry": _header("false once the gateway has already retried and failed over."),
-    "x-leap-attempts": _header("Upstream attempts this request took.", "integer"),
-    "www-authenticate": _header("On a 401: the challenge; with [oauth], RFC 9728's."),
-}
-# On the model routes while the response cache is on.
-_CACHE_HEADERS = {
-    "x-leap-cache": _header("With the response cache on: hit, miss or bypass."),
-    "x-leap-cache-key": _header(
-        "The answer's cache key (hit or miss): DELETE /v1/cache/{key} forgets it."
-    ),
-    "age": _header("On a hit: seconds since the answer was stored.", "integer"),
-}
-_ANSWER_HEADERS = {**_TRAIL_HEADERS, **_CACHE_HEADERS}
-# The anthropic SDK reads a request's id from ``request-id``.
-_REQUEST_ID = {"request-id": _header("The request's id (also sent as x-request-id).")}
-_OPENAI_ERROR = {**_json(ERROR_BODY, "An OpenAI-shaped error."), "headers": _ERROR_HEADERS}
-# What a key's policy answers on the model operations, besides the upstreams' errors.
-_MODEL_ERROR = {
-    **_OPENAI_ERROR,
-    "description": "An OpenAI-shaped error. A key's policy may refuse the request: 403 "
-    "model_not_allowed; 429 budget_exceeded, budget_held, tenant_rate_limit_exceeded or "
-    "tenant_concurrency_exceeded (retry-after says when to try again; none once a total "
-    "budget is spent); 503 store_unavailable when the key store cannot be reached.",
-}
-_ANTHROPIC_ERROR = {
-    **_json(
-        ANTHROPIC_ERROR_BODY,
-        "An Anthropic-shaped error, with Anthropic's status (529 when no provider has capacity). "
-        "A key's policy may refuse the request: permission_error (403) for a model it may not "
-        "use, rate_limit_error (429) for its rate, concurrency and budget.",
-    ),
-    "headers": {**_ERROR_HEADERS, **_REQUEST_ID},
-}
-_EITHER_ERROR = {
-    **_json(
-        {"anyOf": [ERROR_BODY, ANTHROPIC_ERROR_BODY]},
-        "An OpenAI-shaped error; Anthropic's shape when anthropic-version is sent.",
-    ),
-    "headers": _ERROR_HEADERS,
-}
-
-
-def _operation(
-    summary: str,
-    responses: dict[str, Any],
-    *,
-    tags: list[str],
-    security: list[dict[str, list[str]]] | None = None,
-    body: dict[str, Any] | None = None,
-    body_required: bool = True,
-    parameters: list[dict[str, Any]] | None = None,
-    description: str | None = None,
-    error: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One operation; its errors are OpenAI's body unless ``error`` names another response."""
-    operation: dict[str, Any] = {"summary": summary, "tags": tags}
-    if description is not None:
-        operation["description"] = description
-    if security is not None:
-        operation["security"] = security
-    if parameters:
-        operation["parameters"] = parameters
-    if body is not None:
-        content = {"application/json": body}
-        operation["requestBody"] = {"required": body_required, "content": content}
-    operation["responses"] = {**responses, "default": error or _OPENAI_ERROR}
-    return operation
-
-
-def _path_parameter(name: str, description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "path",
-        "required": True,
-        "description": description,
-        "schema": {"type": "string", "minLength": 1},
-    }
-
-
-def _optional(where: str, name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": where, "description": description, "schema": {"type": "string"}}
-
-
 _ANTHROPIC_HEADERS = [
-    _optional("header", "anthropic-version", "Passed on to a provider that speaks Messages."),
-    _optional("header", "anthropic-beta", "Passed on to a provider that speaks Messages."),
+    optional("header", "anthropic-version", "Passed on to a provider that speaks Messages."),
+    optional("header", "anthropic-beta", "Passed on to a provider that speaks Messages."),
 ]
-_MODEL_SHAPE = _optional(
+_MODEL_SHAPE = optional(
     "header", "anthropic-version", "Any value: answer in Anthropic's shape (Anthropic's SDKs)."
 )
 # Read only with anthropic-version, so their schemas cannot promise a refusal without it.
 _ANTHROPIC_PAGE = [
-    _optional("query", "limit", "With anthropic-version: models per page, 1 to 1000 (20)."),
-    _optional("query", "after_id", "With anthropic-version: the page after this model."),
-    _optional("query", "before_id", "With anthropic-version: the page before this model."),
+    optional("query", "limit", "With anthropic-version: models per page, 1 to 1000 (20)."),
+    optional("query", "after_id", "With anthropic-version: the page after this model."),
+    optional("query", "before_id", "With anthropic-version: the page before this model."),
 ]
-_RESPONSE_ID = _path_parameter("response_id", "A response id; only the key that made it sees it.")
+_RESPONSE_ID = path_parameter("response_id", "A response id; only the key that made it sees it.")
 
 
 def openapi_document(
@@ -180,10 +88,10 @@ def openapi_document(
     anthropic_api: list[dict[str, list[str]]] = [{"apiKey": []}, {"anthropicKey": []}, *anyone]
     admin_only: list[dict[str, list[str]]] = [{"adminKey": []}]
     not_served = "" if admin else " Not served (404) while no admin key is configured."
-    snapshot = _json(ref("ProviderSnapshot"), "The provider, after the change.")
+    snapshot = json_body(ref("ProviderSnapshot"), "The provider, after the change.")
     paths: dict[str, Any] = {
         "/v1/chat/completions": {
-            "post": _operation(
+            "post": operation(
                 "Create a chat completion: JSON, or server-sent events when stream is true",
                 {
                     "200": {
@@ -191,7 +99,7 @@ def openapi_document(
                         "carrying a ChatCompletionChunk as JSON, then `data: [DONE]`. An error "
                         'after the first event arrives as one `data: {"error": ...}` event '
                         "and the stream ends without [DONE].",
-                        "headers": _ANSWER_HEADERS,
+                        "headers": ANSWER_HEADERS,
                         "content": {
                             "application/json": {"schema": ref("ChatCompletion")},
                             "text/event-stream": {"schema": event_schema()},
@@ -201,11 +109,11 @@ def openapi_document(
                 tags=["chat"],
                 security=api,
                 body={"schema": ref("ChatCompletionRequest")},
-                error=_MODEL_ERROR,
+                error=MODEL_ERROR,
             )
         },
         "/v1/responses": {
-            "post": _operation(
+            "post": operation(
                 "Create a response (OpenAI Responses): JSON, or server-sent events when stream "
                 "is true",
                 {
@@ -213,7 +121,7 @@ def openapi_document(
                         "description": "The response; with stream true, SSE events from "
                         "response.created to response.completed, each carrying JSON that names "
                         "its type. An error after the first event arrives as an `error` event.",
-                        "headers": _ANSWER_HEADERS,
+                        "headers": ANSWER_HEADERS,
                         "content": {
                             "application/json": {"schema": ref("Response")},
                             "text/event-stream": {"schema": typed_event_schema()},
@@ -223,7 +131,7 @@ def openapi_document(
                 tags=["responses"],
                 security=api,
                 body={"schema": ref("ResponsesRequest")},
-                error=_MODEL_ERROR,
+                error=MODEL_ERROR,
                 description="The gateway keeps the conversation: previous_response_id names a "
                 "stored response of the same key, whatever provider made it; store false keeps "
                 "this one out of the store. GET /v1/responses also takes a WebSocket upgrade "
@@ -233,23 +141,23 @@ def openapi_document(
             )
         },
         "/v1/responses/{response_id}": {
-            "get": _operation(
+            "get": operation(
                 "Retrieve a stored response",
-                {"200": _json(ref("Response"), "The response.")},
+                {"200": json_body(ref("Response"), "The response.")},
                 tags=["responses"],
                 security=api,
                 parameters=[_RESPONSE_ID],
             ),
-            "delete": _operation(
+            "delete": operation(
                 "Delete a stored response",
-                {"200": _json(ref("ResponseDeleted"), "Deleted.")},
+                {"200": json_body(ref("ResponseDeleted"), "Deleted.")},
                 tags=["responses"],
                 security=api,
                 parameters=[_RESPONSE_ID],
             ),
         },
         "/v1/messages": {
-            "post": _operation(
+            "post": operation(
                 "Create a message (Anthropic Messages): JSON, or server-sent events when stream "
                 "is true",
                 {
@@ -257,7 +165,7 @@ def openapi_document(
                         "description": "The message; with stream true, SSE events from "
                         "message_start to message_stop, each carrying JSON that names its type. "
                         "An error after the first event arrives as an `error` event.",
-                        "headers": {**_ANSWER_HEADERS, **_REQUEST_ID},
+                        "headers": {**ANSWER_HEADERS, **REQUEST_ID},
                         "content": {
                             "application/json": {"schema": ref("Message")},
                             "text/event-stream": {"schema": typed_event_schema()},
@@ -268,20 +176,20 @@ def openapi_document(
                 security=anthropic_api,
                 body={"schema": ref("MessagesRequest")},
                 parameters=_ANTHROPIC_HEADERS,
-                error=_ANTHROPIC_ERROR,
+                error=ANTHROPIC_ERROR,
             )
         },
         "/v1/messages/count_tokens": {
-            "post": _operation(
+            "post": operation(
                 "Count a message's input tokens: the upstream's count when a provider speaking "
                 "Messages serves the model, else the gateway's estimate",
                 {
                     "200": {
-                        **_json(ref("MessageTokensCount"), "The count."),
+                        **json_body(ref("MessageTokensCount"), "The count."),
                         "headers": {
-                            **_TRAIL_HEADERS,
-                            **_REQUEST_ID,
-                            "x-leap-estimate": _header("true when the count is an estimate."),
+                            **TRAIL_HEADERS,
+                            **REQUEST_ID,
+                            "x-leap-estimate": header("true when the count is an estimate."),
                         },
                     }
                 },
@@ -289,100 +197,100 @@ def openapi_document(
                 security=anthropic_api,
                 body={"schema": ref("CountTokensRequest")},
                 parameters=_ANTHROPIC_HEADERS,
-                error=_ANTHROPIC_ERROR,
+                error=ANTHROPIC_ERROR,
             )
         },
         "/v1/embeddings": {
-            "post": _operation(
+            "post": operation(
                 "Create embeddings",
                 {
                     "200": {
-                        **_json(ref("EmbeddingResponse"), "The embeddings."),
-                        "headers": _ANSWER_HEADERS,
+                        **json_body(ref("EmbeddingResponse"), "The embeddings."),
+                        "headers": ANSWER_HEADERS,
                     }
                 },
                 tags=["embeddings"],
                 security=api,
                 body={"schema": ref("EmbeddingRequest")},
-                error=_MODEL_ERROR,
+                error=MODEL_ERROR,
             )
         },
         "/v1/models": {
-            "get": _operation(
+            "get": operation(
                 "List every routable model and alias; with anthropic-version, one page of "
                 "Anthropic's model list",
                 {
-                    "200": _json(
+                    "200": json_body(
                         {"anyOf": [ref("ModelList"), ref("AnthropicModelList")]}, "The models."
                     )
                 },
                 tags=["models"],
                 security=anthropic_api,
                 parameters=[_MODEL_SHAPE, *_ANTHROPIC_PAGE],
-                error=_EITHER_ERROR,
+                error=EITHER_ERROR,
             )
         },
         "/v1/models/{model_id}": {
-            "get": _operation(
+            "get": operation(
                 "Describe one model; in Anthropic's shape with anthropic-version",
-                {"200": _json({"anyOf": [ref("Model"), ref("AnthropicModel")]}, "The model.")},
+                {"200": json_body({"anyOf": [ref("Model"), ref("AnthropicModel")]}, "The model.")},
                 tags=["models"],
                 security=anthropic_api,
                 parameters=[
-                    _path_parameter("model_id", "A model id or alias; may hold slashes."),
+                    path_parameter("model_id", "A model id or alias; may hold slashes."),
                     _MODEL_SHAPE,
                 ],
-                error=_EITHER_ERROR,
+                error=EITHER_ERROR,
             )
         },
         "/v1/providers": {
-            "get": _operation(
+            "get": operation(
                 "Status and metrics of every provider (admin)." + not_served,
-                {"200": _json(providers_schema(), "Every provider, and totals.")},
+                {"200": json_body(providers_schema(), "Every provider, and totals.")},
                 tags=["admin"],
                 security=admin_only,
             )
         },
         "/v1/providers/health": {
-            "post": _operation(
+            "post": operation(
                 "Run every provider's health check now (admin)." + not_served,
-                {"200": _json(list_of(ref("HealthResult")), "One result per provider.")},
+                {"200": json_body(list_of(ref("HealthResult")), "One result per provider.")},
                 tags=["admin"],
                 security=admin_only,
             )
         },
         "/v1/providers/{name}/status": {
-            "put": _operation(
+            "put": operation(
                 "Set a provider's status: active, inactive or maintenance (admin)." + not_served,
                 {"200": snapshot},
                 tags=["admin"],
                 security=admin_only,
-                parameters=[_path_parameter("name", "The provider's name.")],
+                parameters=[path_parameter("name", "The provider's name.")],
                 body={"schema": status_change_schema()},
             )
         },
         "/health": {
-            "get": _operation(
+            "get": operation(
                 "Liveness: the process is up",
-                {"200": _json(health_schema(), "Up.")},
+                {"200": json_body(health_schema(), "Up.")},
                 tags=["health"],
                 security=[],
             )
         },
         "/health/ready": {
-            "get": _operation(
+            "get": operation(
                 "Readiness: 200 when a provider can serve, else 503; open to probes, and the "
                 "providers are listed only to key holders when keys are configured",
                 {
-                    "200": _json(ready_schema(), "At least one provider is active."),
-                    "503": _json(ready_schema(), "No provider is active."),
+                    "200": json_body(ready_schema(), "At least one provider is active."),
+                    "503": json_body(ready_schema(), "No provider is active."),
                 },
                 tags=["health"],
                 security=[],
             )
         },
         "/metrics": {
-            "get": _operation(
+            "get": operation(
                 "Prometheus metrics",
                 {
                     "200": {
@@ -395,9 +303,9 @@ def openapi_document(
             )
         },
         OPENAPI_PATH: {
-            "get": _operation(
+            "get": operation(
                 "This document",
-                {"200": _json({"type": "object"}, "The OpenAPI document.")},
+                {"200": json_body({"type": "object"}, "The OpenAPI document.")},
                 tags=["meta"],
                 security=api,
             )
@@ -455,21 +363,21 @@ _DELETED = {
 
 def _cache_paths(security: list[dict[str, list[str]]], not_served: str) -> dict[str, Any]:
     """The response cache's admin routes."""
-    key = _path_parameter("key", "A cache key, as the x-leap-cache-key header showed it.")
+    key = path_parameter("key", "A cache key, as the x-leap-cache-key header showed it.")
     key["schema"] = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
     return {
         "/v1/cache": {
-            "delete": _operation(
+            "delete": operation(
                 "Forget every cached answer (admin)." + not_served,
-                {"200": _json(_DELETED, "How many entries there were.")},
+                {"200": json_body(_DELETED, "How many entries there were.")},
                 tags=["admin"],
                 security=security,
             )
         },
         "/v1/cache/{key}": {
-            "delete": _operation(
+            "delete": operation(
                 "Forget one cached answer (admin); 400 for a malformed key." + not_served,
-                {"200": _json(_DELETED, "1 when the entry was there, else 0.")},
+                {"200": json_body(_DELETED, "1 when the entry was there, else 0.")},
                 tags=["admin"],
                 security=security,
                 parameters=[key],
@@ -478,7 +386,11 @@ def _cache_paths(security: list[dict[str, list[str]]], not_served: str) -> dict[
     }
 
 
-_KEY_ID = _path_parameter("key_id", "A virtual key's id.")
+_KEY_ID = path_parameter("key_id", "A virtual key's id.")
+_GROUP_BY = (
+    "What the rows are summed by, comma-separated: any of day, tenant, model and provider "
+    "(default: day,tenant,model; empty: one row)."
+)
 _DAY = {"type": "string", "format": "date", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
 # Names from GROUP_FIELDS between commas, each with white space (str.isspace) around it.
 _SPACE = r"[\s\x1c-\x1f]*"
@@ -486,83 +398,74 @@ _GROUP = f"({'|'.join(GROUP_FIELDS)})?"
 _GROUPS = f"^{_SPACE}{_GROUP}{_SPACE}(,{_SPACE}{_GROUP}{_SPACE})*$"
 
 
-def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "description": description, "schema": schema}
-
-
 def _tenancy_paths(security: list[dict[str, list[str]]], not_served: str) -> dict[str, Any]:
     """The admin API of virtual keys and usage."""
-    key = _json(ref("VirtualKey"), "The key.")
-    tenant = printable(1, MAX_TENANT)
-    usage = [
-        _query("since", "The first day, UTC (default: 30 days before until).", _DAY),
-        _query("until", "The last day, UTC (default: today).", _DAY),
-        _query("tenant", "Only this tenant's usage.", tenant),
-        _query(
-            "group_by",
-            "What the rows are summed by, comma-separated: any of day, tenant, model and "
-            "provider (default: day,tenant,model; empty: one row).",
-            {"type": "string", "pattern": _GROUPS},
-        ),
-    ]
 
-    def admin(summary: str, answer: dict[str, Any], **options: Any) -> dict[str, Any]:
-        return _operation(
-            summary + " (admin)." + not_served,
-            answer,
+    def admin(
+        summary: str,
+        answers: dict[str, Any],
+        *,
+        body: str | None = None,
+        parameters: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        return operation(
+            f"{summary} (admin).{not_served}",
+            answers,
             tags=["admin"],
             security=security,
-            **options,
+            body=None if body is None else {"schema": ref(body)},
+            # No body is read as {}.
+            body_required=False,
+            parameters=parameters,
         )
 
+    key = json_body(ref("VirtualKey"), "The key.")
+    revoked = json_body(ref("VirtualKey"), "The key, revoked (when first revoked).")
     created = {
-        **_json(ref("CreatedVirtualKey"), "The key, with its secret: shown this once."),
-        "headers": {"cache-control": _header("no-store.")},
+        **json_body(ref("CreatedVirtualKey"), "The key, with its secret: shown this once."),
+        "headers": {"cache-control": header("no-store.")},
     }
+    usage = [
+        query("since", "The first day, UTC (default: 30 days before until).", _DAY),
+        query("until", "The last day, UTC (default: today).", _DAY),
+        query("tenant", "Only this tenant's usage.", printable(1, MAX_TENANT)),
+        query("group_by", _GROUP_BY, {"type": "string", "pattern": _GROUPS}),
+    ]
+    by_tenant = [query("tenant", "Only this tenant's keys.", {"type": "string"})]
     return {
         "/v1/keys": {
             "post": admin(
-                "Make a virtual key: its tenant, limits, budget, expiry, tags and metadata",
+                "Make a virtual key, with its limits, budget and expiry",
                 {"201": created},
-                body={"schema": ref("KeyCreateRequest")},
-                body_required=False,
+                body="KeyCreateRequest",
             ),
             "get": admin(
-                "List the virtual keys, oldest first, revoked and expired ones too",
-                {"200": _json(list_of(ref("VirtualKey")), "The keys.")},
-                parameters=[_query("tenant", "Only this tenant's keys.", {"type": "string"})],
+                "List the virtual keys, oldest first",
+                {"200": json_body(list_of(ref("VirtualKey")), "The keys.")},
+                parameters=by_tenant,
             ),
         },
         "/v1/keys/{key_id}": {
             "get": admin("Show a virtual key", {"200": key}, parameters=[_KEY_ID]),
             "patch": admin(
                 "Change a key's name, limits, budget, expiry, tags or metadata",
-                {"200": _json(ref("VirtualKey"), "The key, changed.")},
+                {"200": key},
+                body="KeyUpdateRequest",
                 parameters=[_KEY_ID],
-                body={"schema": ref("KeyUpdateRequest")},
-                body_required=False,
             ),
             "delete": admin(
                 "Revoke a key: refused from now on, kept for the usage reports",
-                {"200": _json(ref("VirtualKey"), "The key, revoked (at its first revocation).")},
+                {"200": revoked},
                 parameters=[_KEY_ID],
             ),
         },
         "/v1/keys/{key_id}/revoke": {
-            "post": admin(
-                "Revoke a key, as DELETE does",
-                {"200": _json(ref("VirtualKey"), "The key, revoked (at its first revocation).")},
-                parameters=[_KEY_ID],
-            )
+            "post": admin("Revoke a key, as DELETE does", {"200": revoked}, parameters=[_KEY_ID])
         },
         "/v1/usage": {
             "get": admin(
                 "Usage and cost from since to until (both included), summed by group_by",
-                {
-                    "200": _json(
-                        ref("UsageReport"), "The rows, sorted by their names, and the total."
-                    )
-                },
+                {"200": json_body(ref("UsageReport"), "The rows, sorted, and their total.")},
                 parameters=usage,
             )
         },
@@ -572,15 +475,15 @@ def _tenancy_paths(security: list[dict[str, list[str]]], not_served: str) -> dic
 def _oauth_paths() -> dict[str, Any]:
     """The protected resource's metadata (RFC 9728), public as the spec asks."""
     answer = {
-        **_json(
+        **json_body(
             ref("ProtectedResourceMetadata"), "The gateway as an OAuth 2.1 protected resource."
         ),
-        "headers": {"cache-control": _header("public, max-age=3600.")},
+        "headers": {"cache-control": header("public, max-age=3600.")},
     }
-    resource = _path_parameter("resource", "The resource's path below the gateway (mcp).")
+    resource = path_parameter("resource", "The resource's path below the gateway (mcp).")
     return {
         WELL_KNOWN: {
-            "get": _operation(
+            "get": operation(
                 "Where to get an access token for the gateway's API (RFC 9728)",
                 {"200": answer},
                 tags=["oauth"],
@@ -588,7 +491,7 @@ def _oauth_paths() -> dict[str, Any]:
             )
         },
         WELL_KNOWN + "/{resource}": {
-            "get": _operation(
+            "get": operation(
                 "Where to get an access token for a resource below the gateway, such as /mcp",
                 {"200": answer},
                 tags=["oauth"],

@@ -205,6 +205,20 @@ ROWS: dict[str, tuple[str, str]] = {
         "a path with a trailing slash and a foreign Host header",
         "no redirect built from the Host header: a plain 404",
     ),
+    "44": (
+        "budgets over two replicas sharing Redis: 100 requests at once on a budget for 10; "
+        "streams cancelled after their first chunk; a key revoked; a replica killed with "
+        "requests in flight",
+        "at most 10 + 1 served, the rest 429 budget_exceeded; spend <= budget + one answer; "
+        "0 phantom 429s after cancellations; the revoked key refused by the other replica "
+        "within 1 s; a dead replica's reservations lapse with their lease",
+    ),
+    "45": (
+        "OAuth2 access tokens from a local issuer: valid, expired, not yet valid, wrong "
+        "audience, wrong issuer, alg=none, HMAC with the public key, unknown kid, tampered",
+        "valid tokens accepted; every bad one refused with 401 and WWW-Authenticate naming "
+        "the resource metadata; 0 upstream calls for refused tokens",
+    ),
 }
 
 

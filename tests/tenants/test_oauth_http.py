@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
+import httpx2
 import jwt
 import openai
 import pytest
@@ -25,8 +25,7 @@ HI: Any = [{"role": "user", "content": "hi"}]
 REPLY = "You said: hi"
 STATIC_KEY = "sk-static-0123456789"
 SCOPE = "chat"
-POLICY_CLAIM = "leap_policy"
-# Tokens whose policy claim names "small" may use mock-chat only.
+# Tokens whose leap_policy claim names "small" may use mock-chat only.
 POLICIES = {"small": PolicyConfig(models=["mock-chat"])}
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
@@ -44,9 +43,7 @@ def issuer() -> Iterator[OAuthIssuer]:
 @pytest.fixture(scope="module", params=LOOPS)
 def live(request: pytest.FixtureRequest, issuer: OAuthIssuer) -> Iterator[LiveGateway]:
     """A gateway taking the issuer's tokens (scope "chat" required) and a static key."""
-    oauth = issuer.config(
-        required_scopes=[SCOPE], policy_claim=POLICY_CLAIM, policies=POLICIES
-    )
+    oauth = issuer.config(required_scopes=[SCOPE], policy_claim="leap_policy", policies=POLICIES)
     server = ServerConfig(api_keys=[SecretStr(STATIC_KEY)])
     with live_gateway(two_models, loop=request.param, oauth=oauth, server=server) as gateway:
         yield gateway
@@ -59,7 +56,7 @@ def challenge(live: LiveGateway, **params: str) -> str:
     return "Bearer " + ", ".join(values)
 
 
-def assert_not_shown(token: str, response: httpx.Response) -> None:
+def assert_not_shown(token: str, response: httpx2.Response) -> None:
     """Neither the token nor any sizeable part of it is in the response."""
     shown = response.text + json.dumps(dict(response.headers))
     for part in (token, *token.split(".")):
@@ -90,9 +87,11 @@ def test_tokens_and_static_keys_side_by_side(live: LiveGateway, issuer: OAuthIss
         by_key = chat_and_stream(client, "mock-big")
     with live.client(api_key=issuer.token(scope=SCOPE)) as client:
         by_token = chat_and_stream(client, "mock-big")
-    with live.client(api_key="sk-wrong-0123456789") as client:
-        with pytest.raises(openai.AuthenticationError) as caught:
-            client.chat.completions.create(model="mock-chat", messages=HI)
+    with (
+        live.client(api_key="sk-wrong-0123456789") as client,
+        pytest.raises(openai.AuthenticationError) as caught,
+    ):
+        client.chat.completions.create(model="mock-chat", messages=HI)
     assert by_key == by_token == (REPLY, REPLY)
     response = caught.value.response
     assert response.status_code == 401
@@ -207,7 +206,7 @@ def test_a_bad_token_gets_401_invalid_token_with_the_challenge(
 
 
 def test_no_token_gets_401_naming_the_metadata_without_an_error(live: LiveGateway) -> None:
-    with httpx.Client(trust_env=False) as http:
+    with httpx2.Client(trust_env=False) as http:
         refused = http.post(
             f"{live.base_url}/chat/completions", json={"model": "mock-chat", "messages": HI}
         )
@@ -224,9 +223,11 @@ def test_no_token_gets_401_naming_the_metadata_without_an_error(live: LiveGatewa
 def test_a_missing_scope_gets_403_insufficient_scope(
     live: LiveGateway, issuer: OAuthIssuer
 ) -> None:
-    with live.client(api_key=issuer.token(scope="read")) as client:
-        with pytest.raises(openai.PermissionDeniedError) as caught:
-            client.chat.completions.create(model="mock-chat", messages=HI)
+    with (
+        live.client(api_key=issuer.token(scope="read")) as client,
+        pytest.raises(openai.PermissionDeniedError) as caught,
+    ):
+        client.chat.completions.create(model="mock-chat", messages=HI)
     error = caught.value
     assert error.status_code == 403
     assert error.code == "insufficient_scope"
@@ -239,7 +240,7 @@ def test_a_missing_scope_gets_403_insufficient_scope(
 
 
 def test_the_protected_resource_metadata(live: LiveGateway, issuer: OAuthIssuer) -> None:
-    with httpx.Client(base_url=live.origin, trust_env=False) as http:
+    with httpx2.Client(base_url=live.origin, trust_env=False) as http:
         root = http.get(WELL_KNOWN)
         mcp = http.get(f"{WELL_KNOWN}/mcp")
     assert root.status_code == 200
@@ -255,13 +256,13 @@ def test_the_protected_resource_metadata(live: LiveGateway, issuer: OAuthIssuer)
 
 
 def test_the_policy_claim_picks_the_policy(live: LiveGateway, issuer: OAuthIssuer) -> None:
-    small = issuer.token(scope=SCOPE, **{POLICY_CLAIM: "small"})
+    small = issuer.token(scope=SCOPE, leap_policy="small")
     with live.client(api_key=small) as client:
         allowed = chat_and_stream(client, "mock-chat")
         listed = [model.id for model in client.models.list()]
         with pytest.raises(openai.PermissionDeniedError) as caught:
             client.chat.completions.create(model="mock-big", messages=HI)
-    unknown = issuer.token(scope=SCOPE, **{POLICY_CLAIM: "no-such-policy"})
+    unknown = issuer.token(scope=SCOPE, leap_policy="no-such-policy")
     with live.client(api_key=unknown) as client:
         unlimited = chat_and_stream(client, "mock-big")
     assert allowed == unlimited == (REPLY, REPLY)
