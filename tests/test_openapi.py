@@ -17,8 +17,21 @@ from starlette.routing import Mount
 
 from leapasgi import Gateway
 from leapasgi.asgi import openapi
-from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, ServerConfig
+from leapasgi.asgi.admin_tenants import create_key, update_key, usage_query
+from leapasgi.config import (
+    GatewayConfig,
+    HealthConfig,
+    OAuthConfig,
+    PriceConfig,
+    ProviderConfig,
+    ServerConfig,
+    TenantsConfig,
+)
 from leapasgi.exceptions import InvalidRequestError
+from leapasgi.tenants.base import UsageRow
+from leapasgi.tenants.keys import new_key
+from leapasgi.tenants.oauth import protected_resource_metadata
+from leapasgi.tenants.policy import OPEN
 from leapasgi.types import parse_chat_request
 
 pytestmark = pytest.mark.anyio
@@ -42,7 +55,17 @@ OPERATIONS = {
     ("/health/ready", "get"),
     ("/metrics", "get"),
     ("/openapi.json", "get"),
+    ("/v1/keys", "post"),
+    ("/v1/keys", "get"),
+    ("/v1/keys/{key_id}", "get"),
+    ("/v1/keys/{key_id}", "patch"),
+    ("/v1/keys/{key_id}", "delete"),
+    ("/v1/keys/{key_id}/revoke", "post"),
+    ("/v1/usage", "get"),
 }
+ADMIN_OPERATIONS = {op for op in OPERATIONS if op[0].startswith(("/v1/keys", "/v1/usage"))}
+WELL_KNOWN = "/.well-known/oauth-protected-resource"
+OAUTH_OPERATIONS = {(WELL_KNOWN, "get"), (WELL_KNOWN + "/{resource}", "get")}
 # The Messages operations answer errors in Anthropic's shape; the model operations do when the
 # request has anthropic-version; every other operation answers OpenAI's error body.
 ANTHROPIC_ERRORS = {("/v1/messages", "post"), ("/v1/messages/count_tokens", "post")}
@@ -51,11 +74,12 @@ OPENAI_ERROR = {"$ref": "#/components/schemas/ErrorEnvelope"}
 ANTHROPIC_ERROR = {"$ref": "#/components/schemas/AnthropicError"}
 
 
-def gateway(**server: Any) -> Gateway:
+def gateway(*, oauth: OAuthConfig | None = None, **server: Any) -> Gateway:
     config = GatewayConfig(
         providers=[ProviderConfig(name="mock", type="mock")],
         health=HealthConfig(interval=0),
         server=ServerConfig(**server),
+        oauth=oauth,
     )
     return Gateway(config=config)
 
@@ -159,7 +183,8 @@ async def test_keys_show_in_the_security_requirements() -> None:
                 {"anthropicKey": []},
                 *anyone,
             ]
-        assert paths["/v1/providers"]["get"]["security"] == [{"adminKey": []}]
+        for path, method in ADMIN_OPERATIONS | {("/v1/providers", "get")}:
+            assert paths[path][method]["security"] == [{"adminKey": []}], (path, method)
         assert paths["/health"]["get"]["security"] == []
         schemes = document["components"]["securitySchemes"]
         assert schemes["apiKey"] == schemes["apiKey"] | {"type": "http", "scheme": "bearer"}
@@ -381,6 +406,308 @@ async def test_with_anthropic_version_the_model_routes_answer_in_anthropics_shap
         response = await client.get(url, headers=ANTHROPIC)
         assert response.status_code == status, url
         _validator(document, name).validate(response.json())
+
+
+ADMIN = "admin-doc-0123456789"
+AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
+WALL = 1_800_000_000.0
+REFUSALS = (
+    "model_not_allowed",
+    "budget_exceeded",
+    "budget_held",
+    "tenant_rate_limit_exceeded",
+    "tenant_concurrency_exceeded",
+    "store_unavailable",
+)
+
+
+async def test_a_key_the_tenancy_asks_for_shows_in_the_security_requirements() -> None:
+    # No static API key, yet every caller needs one: a virtual key, or the admin key.
+    config = GatewayConfig(
+        providers=[ProviderConfig(name="mock", type="mock")],
+        health=HealthConfig(interval=0),
+        server=ServerConfig(admin_key=SecretStr(ADMIN)),
+        tenants=TenantsConfig(require_key=True),
+    )
+    transport = httpx.ASGITransport(app=Gateway(config=config).app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+        assert (await c.get("/openapi.json")).status_code == 401
+        document = await document_of(c, key=ADMIN)
+    assert document["paths"]["/v1/chat/completions"]["post"]["security"] == [{"apiKey": []}]
+    assert document["security"] == [{"apiKey": []}]
+
+
+async def test_with_oauth_the_protected_resource_metadata_is_documented_and_public() -> None:
+    oauth = OAuthConfig(
+        issuer="https://issuer.example", audience=["leapasgi"], required_scopes=["llm"]
+    )
+    transport = httpx.ASGITransport(app=gateway(oauth=oauth, admin_key=SecretStr(ADMIN)).app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+        document = await document_of(c, key=ADMIN)
+        answers = [await c.get(WELL_KNOWN), await c.get(f"{WELL_KNOWN}/mcp/deep")]
+    jsonschema.Draft202012Validator(OPENAPI_31).validate(document)
+    found = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert found == OPERATIONS | OAUTH_OPERATIONS
+    for path, method in OAUTH_OPERATIONS:
+        assert document["paths"][path][method]["security"] == []
+    for answer, path in zip(answers, [WELL_KNOWN, f"{WELL_KNOWN}/{{resource}}"], strict=True):
+        assert answer.status_code == 200
+        assert answer.headers["cache-control"] == "public, max-age=3600"
+        _assert_answer_conforms(document, path, "get", answer)
+    assert answers[1].json()["resource"] == "http://gw/mcp/deep"
+    # Every field the gateway publishes is documented, and every required one is published.
+    schema = document["components"]["schemas"]["ProtectedResourceMetadata"]
+    published = protected_resource_metadata(oauth, "https://gw")
+    assert set(schema["properties"]) == set(published)
+    assert set(schema["required"]) <= set(published)
+
+
+# Bodies of POST /v1/keys (PATCH takes the same but tenant): accepted by the gateway's checks
+# and by the document's schema, or refused by both.
+KEY_ACCEPTED: list[dict[str, Any]] = [
+    {},
+    {
+        "tenant": "team-a",
+        "name": "ci runner",
+        "models": ["gpt-4o", "fast"],
+        "rpm": 60,
+        "tpm": 10000,
+        "max_in_flight": 4,
+        "budget": {"usd": 25, "period": "day", "alert_at": 0.8},
+        "expires_in": 3600,
+        "tags": ["ci", "eu"],
+        "metadata": {"owner": "ops", "nested": {"n": [1, None]}},
+    },
+    {
+        "tenant": None,
+        "name": None,
+        "models": None,
+        "rpm": None,
+        "tpm": None,
+        "max_in_flight": None,
+        "budget": None,
+        "expires_at": None,
+        "tags": None,
+        "metadata": None,
+    },
+    {"name": "", "models": [], "tags": ["t"] * 16, "metadata": {}},
+    {"name": "équipe ünïcode", "expires_at": WALL + 1, "budget": {"usd": 0.5, "alert_at": None}},
+]
+KEY_REFUSED: list[dict[str, Any]] = [
+    {"tenant": ""},
+    {"tenant": "t" * 129},
+    {"tenant": "a\nb"},
+    {"name": 5},
+    {"name": "n" * 201},
+    {"name": "tab\there"},
+    {"models": "gpt-4o"},
+    {"models": [""]},
+    {"models": ["m"] * 257},
+    {"models": [5]},
+    {"rpm": 0},
+    {"rpm": "60"},
+    {"rpm": True},
+    {"tpm": 1.5},
+    {"max_in_flight": -1},
+    {"budget": 5},
+    {"budget": {"period": "day"}},
+    {"budget": {"usd": 0}},
+    {"budget": {"usd": 5, "period": "week"}},
+    {"budget": {"usd": 5, "alert_at": 1}},
+    {"budget": {"usd": 5, "extra": 1}},
+    {"expires_in": 0},
+    {"expires_in": "1d"},
+    {"expires_in": False},
+    {"expires_at": WALL + 10, "expires_in": 10},
+    {"expires_at": None, "expires_in": None},
+    {"tags": "ci"},
+    {"tags": ["t"] * 17},
+    {"tags": ["x" * 65]},
+    {"tags": [""]},
+    {"metadata": [1]},
+    {"metadata": {f"k{i}": i for i in range(33)}},
+    {"metadata": {"k" * 65: 1}},
+    {"metadata": {"": 1}},
+    {"secret": "lk-mine"},
+    {"id": "key_0123456789abcdef"},
+    {"object": "virtual_key"},
+]
+# Refused by the gateway, yet the schema cannot say so: a past expiry, the metadata's depth
+# and size in JSON, an integer sent as a float, unprintable characters that are not controls.
+KEY_REFUSED_BY_THE_GATEWAY_ONLY: list[dict[str, Any]] = [
+    {"expires_at": WALL - 1},
+    {"expires_in": 10**400},
+    {"rpm": 60.0},
+    {"metadata": {"deep": [[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}},
+    {"metadata": {"big": "x" * 4100}},
+    {"name": "line\u2028separator"},
+]
+
+
+def _key_body_accepted(body: dict[str, Any], *, update: bool) -> bool:
+    try:
+        if update:
+            key, _ = new_key(tenant="team-a", policy=OPEN, expires_at=None, now=WALL)
+            update_key(key, body, now=WALL)
+        else:
+            create_key(body, now=WALL)
+    except InvalidRequestError:
+        return False
+    return True
+
+
+async def test_the_key_body_schemas_agree_with_the_gateways_checks(
+    client: httpx.AsyncClient,
+) -> None:
+    document = await document_of(client)
+    refused_to_update = [{"tenant": "team-b"}, {"tenant": None}]
+    for name, update in (("KeyCreateRequest", False), ("KeyUpdateRequest", True)):
+        validator = _validator(document, name)
+        drop = "tenant" if update else ""
+        accepted = [{k: v for k, v in body.items() if k != drop} for body in KEY_ACCEPTED]
+        refused = KEY_REFUSED + (refused_to_update if update else [])
+        for body in accepted:
+            assert _key_body_accepted(body, update=update), (name, body)
+            assert validator.is_valid(body), (name, body, next(validator.iter_errors(body)))
+        for body in refused:
+            assert not _key_body_accepted(body, update=update), (name, body)
+            assert not validator.is_valid(body), (name, body)
+        for body in KEY_REFUSED_BY_THE_GATEWAY_ONLY:
+            assert not _key_body_accepted(body, update=update), (name, body)
+            assert validator.is_valid(body), (name, body)
+
+
+# Queries of GET /v1/usage: accepted by usage_query and by every parameter's schema, or not.
+USAGE_ACCEPTED: list[dict[str, str]] = [
+    {},
+    {"since": "2027-01-01", "until": "2027-01-31", "tenant": "team-a"},
+    {"until": "0001-01-01"},
+    {"since": "2024-02-29"},
+    {"group_by": ""},
+    {"group_by": "model, provider"},
+    {"group_by": " day ,\ttenant,"},
+    {"group_by": "day,day"},
+    {"group_by": "\x1cmodel\u3000"},
+]
+USAGE_REFUSED: list[dict[str, str]] = [
+    {"since": "2027-1-1"},
+    {"since": "20270101"},
+    {"since": "2027-01-01T00:00:00"},
+    {"until": "2027-02-30"},
+    {"until": "0000-12-31"},
+    {"group_by": "day,week"},
+    {"group_by": "day tenant"},
+    {"group_by": "Day"},
+    {"tenant": ""},
+    {"tenant": "x" * 129},
+    {"tenant": "a\x00b"},
+]
+
+
+def _usage_accepted(params: dict[str, str]) -> bool:
+    try:
+        usage_query(
+            since=params.get("since"),
+            until=params.get("until"),
+            tenant=params.get("tenant"),
+            group_by=params.get("group_by"),
+            now=WALL,
+        )
+    except InvalidRequestError:
+        return False
+    return True
+
+
+async def test_the_usage_parameters_agree_with_the_gateways_checks(
+    client: httpx.AsyncClient,
+) -> None:
+    document = await document_of(client)
+    parameters = document["paths"]["/v1/usage"]["get"]["parameters"]
+    schemas = {p["name"]: p["schema"] for p in parameters}
+    assert set(schemas) == {"since", "until", "tenant", "group_by"}
+    assert all(p["in"] == "query" and not p.get("required") for p in parameters)
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    validators = {
+        name: jsonschema.Draft202012Validator(schema, format_checker=checker)
+        for name, schema in schemas.items()
+    }
+    for params in USAGE_ACCEPTED + USAGE_REFUSED:
+        accepted = params in USAGE_ACCEPTED
+        assert _usage_accepted(params) == accepted, params
+        valid = all(validators[name].is_valid(value) for name, value in params.items())
+        assert valid == accepted, params
+    # Days in the wrong order: only the gateway can tell.
+    assert not _usage_accepted({"since": "2027-01-10", "until": "2027-01-01"})
+
+
+async def test_the_admin_apis_answers_are_as_documented() -> None:
+    config = GatewayConfig(
+        providers=[ProviderConfig(name="mock", type="mock")],
+        health=HealthConfig(interval=0),
+        server=ServerConfig(admin_key=SecretStr(ADMIN)),
+        prices={"mock-chat": PriceConfig(input=1000, output=2000)},
+    )
+    gw = Gateway(config=config)
+    transport = httpx.ASGITransport(app=gw.app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            document = await document_of(c, key=ADMIN)
+            await _walk_the_admin_api(c, document)
+    finally:
+        await gw.aclose()
+
+
+async def _walk_the_admin_api(c: httpx.AsyncClient, document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    made = await c.post("/v1/keys", json=KEY_ACCEPTED[1], headers=AS_ADMIN)
+    assert made.status_code == 201, made.text
+    assert made.headers["cache-control"] == "no-store"
+    _assert_answer_conforms(document, "/v1/keys", "post", made)
+    created = made.json()
+    assert set(schemas["CreatedVirtualKey"]["properties"]) == set(created)
+    assert set(schemas["VirtualKey"]["properties"]) == set(created) - {"secret"}
+    key = f"/v1/keys/{created['id']}"
+    # A request with the key: its cost comes in the documented header.
+    chat = await c.post(
+        "/v1/chat/completions",
+        json={"model": "mock-chat", "messages": [USER]},
+        headers={"Authorization": f"Bearer {created['secret']}"},
+    )
+    assert chat.status_code == 200, chat.text
+    chat_answer = document["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]
+    cost = chat_answer["headers"]["x-leap-cost-usd"]["schema"]
+    assert float(chat.headers["x-leap-cost-usd"]) > 0
+    _validator_of(document, cost).validate(float(chat.headers["x-leap-cost-usd"]))
+    for path in ("/v1/chat/completions", "/v1/responses", "/v1/embeddings"):
+        refusals = document["paths"][path]["post"]["responses"]["default"]["description"]
+        assert all(code in refusals for code in REFUSALS), path
+    calls: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
+        ("GET", "/v1/keys", "/v1/keys", None, 200),
+        ("GET", "/v1/keys?tenant=team-a", "/v1/keys", None, 200),
+        ("GET", key, "/v1/keys/{key_id}", None, 200),
+        ("PATCH", key, "/v1/keys/{key_id}", {"rpm": None, "name": "renamed"}, 200),
+        ("PATCH", key, "/v1/keys/{key_id}", {"tenant": "team-b"}, 400),
+        ("DELETE", key, "/v1/keys/{key_id}", None, 200),
+        ("POST", f"{key}/revoke", "/v1/keys/{key_id}/revoke", None, 200),
+        ("GET", "/v1/keys/key_0123456789abcdef", "/v1/keys/{key_id}", None, 404),
+        ("POST", "/v1/keys", "/v1/keys", {"rpm": 0}, 400),
+        ("GET", "/v1/usage", "/v1/usage", None, 200),
+        ("GET", "/v1/usage?group_by=&tenant=team-a", "/v1/usage", None, 200),
+        ("GET", "/v1/usage?since=yesterday", "/v1/usage", None, 400),
+    ]
+    answers = {}
+    for method, url, path, body, status in calls:
+        response = await c.request(method, url, json=body, headers=AS_ADMIN)
+        assert response.status_code == status, (method, url, response.text)
+        _assert_answer_conforms(document, path, method.lower(), response)
+        answers[method, url] = response.json()
+    assert answers["GET", "/v1/keys"]["data"][0]["id"] == created["id"]
+    report = answers["GET", "/v1/usage"]
+    assert set(schemas["UsageReport"]["properties"]) == set(report)
+    (row,) = report["data"]
+    assert set(schemas["UsageRow"]["required"]) == set(row) == set(UsageRow.__dataclass_fields__)
+    assert set(schemas["UsageTotals"]["required"]) == set(report["total"])
+    assert row["cost_usd"] == pytest.approx(float(chat.headers["x-leap-cost-usd"]))
 
 
 def _assert_answer_conforms(
