@@ -659,7 +659,8 @@ async def test_the_admin_apis_answers_are_as_documented() -> None:
 
 async def _walk_the_admin_api(c: httpx.AsyncClient, document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
-    made = await c.post("/v1/keys", json=KEY_ACCEPTED[1], headers=AS_ADMIN)
+    fields = KEY_ACCEPTED[1] | {"models": ["mock-chat"]}
+    made = await c.post("/v1/keys", json=fields, headers=AS_ADMIN)
     assert made.status_code == 201, made.text
     assert made.headers["cache-control"] == "no-store"
     _assert_answer_conforms(document, "/v1/keys", "post", made)
@@ -667,11 +668,15 @@ async def _walk_the_admin_api(c: httpx.AsyncClient, document: dict[str, Any]) ->
     assert set(schemas["CreatedVirtualKey"]["properties"]) == set(created)
     assert set(schemas["VirtualKey"]["properties"]) == set(created) - {"secret"}
     key = f"/v1/keys/{created['id']}"
-    # A request with the key: its cost comes in the documented header.
+    # Requests with the key: its policy's refusal, and a cost in the documented header.
+    as_key = {"Authorization": f"Bearer {created['secret']}"}
+    refused = await c.post(
+        "/v1/chat/completions", json={"model": "gpt-4o", "messages": [USER]}, headers=as_key
+    )
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "model_not_allowed")
+    _assert_answer_conforms(document, "/v1/chat/completions", "post", refused)
     chat = await c.post(
-        "/v1/chat/completions",
-        json={"model": "mock-chat", "messages": [USER]},
-        headers={"Authorization": f"Bearer {created['secret']}"},
+        "/v1/chat/completions", json={"model": "mock-chat", "messages": [USER]}, headers=as_key
     )
     assert chat.status_code == 200, chat.text
     chat_answer = document["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]
@@ -704,7 +709,8 @@ async def _walk_the_admin_api(c: httpx.AsyncClient, document: dict[str, Any]) ->
     assert answers["GET", "/v1/keys"]["data"][0]["id"] == created["id"]
     report = answers["GET", "/v1/usage"]
     assert set(schemas["UsageReport"]["properties"]) == set(report)
-    (row,) = report["data"]
+    # The refused request is counted too, as an error.
+    row = next(row for row in report["data"] if row["model"] == "mock-chat")
     assert set(schemas["UsageRow"]["required"]) == set(row) == set(UsageRow.__dataclass_fields__)
     assert set(schemas["UsageTotals"]["required"]) == set(report["total"])
     assert row["cost_usd"] == pytest.approx(float(chat.headers["x-leap-cost-usd"]))

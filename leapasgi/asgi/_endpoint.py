@@ -65,11 +65,15 @@ class ProtocolEndpoint:
                     await self.send_error(send, error, outcome)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
-        try:
-            outcome.tenant = await self.tenancy.identify(scope)
-        except LeapError as refused:
-            await self.send_error(send, refused, outcome)
-            return
+        tenancy = self.tenancy
+        tenant = tenancy.quick(scope) if tenancy.open else None
+        if tenant is None:
+            try:
+                tenant = await tenancy.identify(scope)
+            except LeapError as refused:
+                await self.send_error(send, refused, outcome)
+                return
+        outcome.tenant = tenant
         if self.session_headers:
             outcome.session = session_header(scope, self.session_headers)
         try:

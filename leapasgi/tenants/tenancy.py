@@ -65,6 +65,7 @@ logger = logging.getLogger("leapasgi.tenants")
 # the keys), sync or async; a LeapError it raises is the answer.
 Authenticate = Callable[[Request], "Tenant | Awaitable[Tenant | None] | None"]
 
+_VIRTUAL = KEY_PREFIX.encode()
 # Where the protected resource metadata (RFC 9728) is served, under the gateway's mount point.
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 # Keys whose lookup is cached (found or not), at most; the oldest go first.
@@ -162,10 +163,12 @@ class Tenancy:
             from .oauth import TokenValidator
 
             self._oauth = TokenValidator(config.oauth, clock=clock)
-        # A key or token is needed unless nothing asks for one.
+        # A key or token is needed unless nothing asks for one; an open gateway's callers
+        # are identified without a lookup unless they present a virtual or admin key.
         self.required = bool(
             self._static or config.oauth is not None or authenticate or tenants.require_key
         )
+        self.open = not self.required
         self._missing = "Invalid or missing API key" + (
             " or access token" if config.oauth is not None else ""
         )
@@ -180,6 +183,15 @@ class Tenancy:
         self.alerts = 0
 
     # -- identification -------------------------------------------------------------------
+
+    def quick(self, scope: Scope) -> Tenant | None:
+        """The caller when no lookup is needed (the hot path of an open gateway): anonymous
+        for no key, or a key that is neither a virtual key nor the admin key; else None, and
+        ``identify`` decides. Only for a gateway that requires no key (``open``)."""
+        token = bearer_token(scope)
+        if token is None or not (token.startswith(_VIRTUAL) or self._admin):
+            return self._anonymous
+        return None
 
     async def identify(self, scope: Scope, *, resource: str = "") -> Tenant:
         """The caller of this request (kept in its scope too), or the LeapError it is answered

@@ -1,9 +1,10 @@
 """Row 23, fuzzing: schemathesis against the gateway's own /openapi.json, and hypothesis on the
 parsers that read untrusted input (SSE decoder, Retry-After, config loader, key redactor).
 
-Schemathesis runs in process over ASGI against a gateway with the mock provider and keys on,
-200 examples per operation, positive and negative. Every response must be below 500, every
-error must carry the OpenAI error body, and the gateway must log no unhandled exception.
+Schemathesis runs in process over ASGI against a gateway with the mock provider, keys and
+[oauth] on (its protected resource metadata is documented only then), 200 examples per
+operation, positive and negative. Every response must be below 500, every error must carry the
+OpenAI error body, and the gateway must log no unhandled exception.
 """
 
 from __future__ import annotations
@@ -28,7 +29,14 @@ from schemathesis.python import asgi as schemathesis_asgi
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from leapasgi import Gateway
-from leapasgi.config import GatewayConfig, HealthConfig, ServerConfig, load_config, parse_config
+from leapasgi.config import (
+    GatewayConfig,
+    HealthConfig,
+    OAuthConfig,
+    ServerConfig,
+    load_config,
+    parse_config,
+)
 from leapasgi.exceptions import ConfigurationError
 from leapasgi.redact import REDACTED, Redactor
 from leapasgi.retry import parse_retry_after
@@ -43,10 +51,12 @@ MODEL = "mock-chat"
 SPARE = "spare"
 # The document's operations but GET /openapi.json, which schemathesis reads and never fuzzes;
 # checked so that a route cannot silently drop out.
-OPERATIONS = 15
-# Operations with no input at all (no parameter, body or key: the probes): hypothesis runs out
-# of distinct examples at once.
-NO_INPUT = frozenset({"GET /health", "GET /health/ready"})
+OPERATIONS = 24
+# Operations with no input at all (no parameter, body or key: the probes and the protected
+# resource's metadata): hypothesis runs out of distinct examples at once.
+NO_INPUT = frozenset(
+    {"GET /health", "GET /health/ready", "GET /.well-known/oauth-protected-resource"}
+)
 PROPERTY_EXAMPLES = 200
 # The same examples on every run, so CI is repeatable; LEAP_FUZZ_RANDOM=1 explores new ones.
 DERANDOMIZE = os.environ.get("LEAP_FUZZ_RANDOM") != "1"
@@ -55,6 +65,8 @@ DERANDOMIZE = os.environ.get("LEAP_FUZZ_RANDOM") != "1"
 _cases: Counter[str] = Counter()
 _problems: list[str] = []
 _started: list[float] = []
+# The virtual key the valid cases of /v1/keys/{key_id} name, made by the first one.
+_key_ids: list[str] = []
 
 
 class _Unhandled(logging.Handler):
@@ -79,6 +91,8 @@ def _fuzzed_gateway() -> Gateway:
         health=HealthConfig(interval=0),
         # One key for the API and the admin routes, so every operation can be reached.
         server=ServerConfig(api_keys=[SecretStr(KEY)], admin_key=SecretStr(KEY)),
+        # Never asked: the fuzzer's key is not an access token.
+        oauth=OAuthConfig(issuer="https://issuer.example", audience=["leapasgi"]),
     )
     return Gateway(config=config)
 
@@ -133,6 +147,19 @@ def _steer(case: Any) -> None:
     if path and "name" in path:
         # Not "mock": taking it out of service would fail the chat requests that follow.
         path["name"] = SPARE
+    if path and "key_id" in path:
+        # Revoked or changed by the cases before, the key is still there to be shown.
+        path["key_id"] = _key_id(case)
+
+
+def _key_id(case: Any) -> str:
+    """A virtual key's id, the key made the first time one is asked for."""
+    if not _key_ids:
+        make = case.operation.schema["/v1/keys"]["POST"].Case(body={"tenant": "fuzz"})
+        made = make.call(headers={"Authorization": f"Bearer {KEY}"})
+        assert made.status_code == 201, made.text
+        _key_ids.append(made.json()["id"])
+    return _key_ids[0]
 
 
 def _anthropic(case: Any) -> bool:

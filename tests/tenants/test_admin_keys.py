@@ -173,6 +173,9 @@ async def test_a_key_without_a_tenant_is_its_own(admin: Admin) -> None:
         ({"expires_in": 0}, "expires_in"),
         ({"expires_in": "1d"}, "expires_in"),
         ({"expires_at": WALL + 10, "expires_in": 10}, "expires_in"),
+        # Integers past a float's range were a 500 (OverflowError).
+        ({"expires_in": 10**400}, "expires_in"),
+        ({"expires_at": -(10**400)}, "expires_at"),
         ({"tenant": ""}, "tenant"),
         ({"tenant": "a\nb"}, "tenant"),
         ({"tenant": "t" * 129}, "tenant"),
@@ -208,6 +211,19 @@ async def test_a_body_that_is_not_a_json_object_is_a_400(admin: Admin, raw: byte
     response = await admin.client.post("/v1/keys", content=raw, headers=ADMIN)
     assert response.status_code == 400
     assert error_of(response)["message"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [(b'{"metadata": {"k": "\\ud800"}}', "metadata"), (b'{"\\ud800": 1}', "\\ud800")],
+)
+async def test_a_lone_surrogate_is_a_400_not_a_500(admin: Admin, raw: bytes, param: str) -> None:
+    # JSON can escape one; UTF-8 cannot carry it: the size check and the error body failed.
+    key = await admin.create()
+    for method, path in (("POST", "/v1/keys"), ("PATCH", f"/v1/keys/{key['id']}")):
+        response = await admin.client.request(method, path, content=raw, headers=ADMIN)
+        assert response.status_code == 400, response.text
+        assert error_of(response)["param"] == param
 
 
 async def test_keys_are_listed_oldest_first_and_by_tenant(admin: Admin) -> None:
@@ -393,6 +409,13 @@ async def test_usage_is_reported_for_the_days_tenant_and_grouping_asked(admin: A
     ]
     assert body["total"]["requests"] == 7
     assert body["total"]["cost_usd"] == pytest.approx(7.0)
+
+
+async def test_a_usage_report_ending_near_the_first_day_starts_on_it(admin: Admin) -> None:
+    # 30 days before 0001-01-01 is no date: the default since was a 500 (OverflowError).
+    response = await admin.client.get("/v1/usage", params={"until": "0001-01-10"}, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    assert (response.json()["since"], response.json()["until"]) == ("0001-01-01", "0001-01-10")
 
 
 @pytest.mark.parametrize(

@@ -104,17 +104,17 @@ class Exchange:
         self.seen.append((request.method, url, response.status_code))
 
 
-def mcp_gateway(serve: Serve, issuer: OAuthIssuer, **oauth: Any) -> LiveGateway:
+def mcp_gateway(serve: Serve, issuer: OAuthIssuer) -> LiveGateway:
     """A gateway serving /mcp to the issuer's tokens (scope "chat" required); the issuer
     grants tokens for its /mcp with the gateway's audience."""
-    live = serve(
-        server=ServerConfig(mcp=True), oauth=issuer.config(required_scopes=[SCOPE], **oauth)
-    )
+    live = serve(server=ServerConfig(mcp=True), oauth=issuer.config(required_scopes=[SCOPE]))
     issuer.resources[f"{live.origin}/mcp"] = AUDIENCE
     return live
 
 
-def oauth_provider(live: LiveGateway, storage: MemoryStorage, browser: Browser) -> Any:
+def oauth_provider(
+    live: LiveGateway, storage: MemoryStorage, browser: Browser
+) -> OAuthClientProvider:
     return OAuthClientProvider(
         server_url=f"{live.origin}/mcp",
         client_metadata=OAuthClientMetadata(
@@ -130,7 +130,7 @@ def oauth_provider(live: LiveGateway, storage: MemoryStorage, browser: Browser) 
 
 
 async def use_tools(
-    live: LiveGateway, provider: Any, exchange: Exchange | None = None
+    live: LiveGateway, provider: OAuthClientProvider, exchange: Exchange | None = None
 ) -> tuple[set[str], dict[str, Any]]:
     """The tools' names and a chat tool call's result, over one MCP session."""
     hooks: dict[str, list[Callable[..., Any]]] = {"response": [exchange] if exchange else []}

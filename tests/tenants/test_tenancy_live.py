@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from leapasgi.config import PriceConfig, RoutingConfig, ServerConfig, TenantsConfig
-from tests.asgi.live_server import LOOPS, LiveGateway, Serve, gateways, mock_config
+from tests.asgi.live_server import LiveGateway, Serve, mock_config
 
 ADMIN = "admin-key-0123456789"
 HI = [{"role": "user", "content": "hi"}]
@@ -23,13 +22,6 @@ HI = [{"role": "user", "content": "hi"}]
 # million tokens) that is 0.001 + 0.006 USD.
 PRICES = {"mock-chat": PriceConfig(input=1000, output=2000, cached_input=500)}
 COST = 0.007
-
-
-@pytest.fixture(params=LOOPS)
-def serve(request: pytest.FixtureRequest) -> Iterator[Serve]:
-    """Served gateways, on asyncio's loop and uvloop's; all stop after the test."""
-    with gateways(loop=request.param) as start:
-        yield start
 
 
 def tenant_gateway(serve: Serve, **options: Any) -> LiveGateway:
