@@ -53,6 +53,9 @@ class CacheStep:
         """Answer the request whose body was read: from the cache, or by ``answer``."""
         cache = self._cache
         ticket = cache.plan(self._route, scope, body)
+        tenant = outcome.tenant
+        if ticket is not None and tenant is not None and not tenant.policy.allows(ticket.model):
+            ticket = None  # not for this caller: the dispatcher refuses it (403)
         if ticket is None:
             outcome.cache = BYPASS
             await answer(scope, receive, send, body, outcome)

@@ -278,6 +278,9 @@ def usage_body(query: UsageQuery, rows: Sequence[UsageRow]) -> dict[str, Any]:
     }
 
 
+_Handler = Callable[[Request], Awaitable[Response]]
+
+
 def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
@@ -293,26 +296,26 @@ class TenantAdmin:
         self.gateway = gateway
 
     def routes(self) -> list[Route]:
-        guarded = self._guarded
+        # One route per path: a 405's Allow then lists every method the path takes.
         return [
-            Route("/v1/keys", guarded(self.create), methods=["POST"]),
-            Route("/v1/keys", guarded(self.list_keys), methods=["GET"]),
-            Route("/v1/keys/{key_id}", guarded(self.show), methods=["GET"]),
-            Route("/v1/keys/{key_id}", guarded(self.update), methods=["PATCH"]),
-            Route("/v1/keys/{key_id}", guarded(self.revoke), methods=["DELETE"]),
-            Route("/v1/keys/{key_id}/revoke", guarded(self.revoke), methods=["POST"]),
-            Route("/v1/usage", guarded(self.usage), methods=["GET"]),
+            self._route("/v1/keys", {"POST": self.create, "GET": self.list_keys}),
+            self._route(
+                "/v1/keys/{key_id}",
+                {"GET": self.show, "PATCH": self.update, "DELETE": self.revoke},
+            ),
+            self._route("/v1/keys/{key_id}/revoke", {"POST": self.revoke}),
+            self._route("/v1/usage", {"GET": self.usage}),
         ]
 
-    def _guarded(
-        self, handler: Callable[[Request], Awaitable[Response]]
-    ) -> Callable[[Request], Awaitable[Response]]:
-        """``handler`` behind the admin key, its LeapErrors answered as OpenAI error bodies."""
+    def _route(self, path: str, handlers: Mapping[str, _Handler]) -> Route:
+        """``path``'s handlers by method, behind the admin key, their LeapErrors answered as
+        OpenAI error bodies."""
 
         async def endpoint(request: Request) -> Response:
             refused = self.gateway.access.refusal(request.scope, admin=True)
             if refused is not None:
                 return error_response(refused)
+            handler = handlers["GET" if request.method == "HEAD" else request.method]
             try:
                 return await handler(request)
             except LeapError as error:
@@ -320,7 +323,7 @@ class TenantAdmin:
             except ClientGone:
                 return Response(status_code=CLIENT_CLOSED)
 
-        return endpoint
+        return Route(path, endpoint, methods=list(handlers))
 
     async def _body(self, request: Request) -> object:
         limit = self.gateway.config.server.max_body_bytes

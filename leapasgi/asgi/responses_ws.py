@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Receive, Scope, Send
 
 from ..access import owner_of
+from ..tenants.tenancy import tenant_of_scope
 from ..conversations import DEFAULT_TTL, MemoryResponseStore, ResponseStore, StoredResponse
 from ..exceptions import InvalidRequestError, LeapError, RequestTooLargeError
 from ..native import EventBatch
@@ -156,6 +157,8 @@ class _Connection:
         self._receive = receive
         self._send = send
         self._owner = owner_of(scope)
+        # The caller identified at the handshake: every response is its (accounted, limited).
+        self._tenant = tenant_of_scope(scope)
         self._max_body = socket.max_body
         self._idle_timeout = socket.idle_timeout
         self._local = MemoryResponseStore(
@@ -246,6 +249,7 @@ class _Connection:
     async def _respond(self, frame: str | bytes) -> None:
         """One frame: one request, recorded when its response (or its error) has been sent."""
         with Outcome(sink=self._gateway.recorder) as outcome:
+            outcome.tenant = self._tenant
             stream_id: str | None = None
             try:
                 try:

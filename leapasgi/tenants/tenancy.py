@@ -488,16 +488,19 @@ class Tenancy:
             if rate is not None:
                 used = outcome.prompt_tokens + outcome.completion_tokens
                 self._limiter.settle(rate, used if served is not None else None)
-        if served is None and outcome.error is None:
+        hit = outcome.cache == "hit"
+        if served is None and outcome.error is None and not hit:
             return  # never reached a provider (the client left first): nothing to count
         model = served.model if served is not None else (outcome.model or "")
-        provider = served.provider if served is not None else (outcome.provider or "")
+        provider = (
+            served.provider if served is not None else "cache" if hit else outcome.provider or ""
+        )
         self.buffer.record(
             wall=self.clock.time(),
             tenant=tenant.id,
             model=model,
             provider=provider,
-            error=outcome.error is not None or served is None,
+            error=outcome.error is not None or (served is None and not hit),
             prompt_tokens=outcome.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
             cached_tokens=outcome.cached_tokens,

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from leapasgi import Gateway, ProviderManager
 from leapasgi.clock import FakeClock
 from leapasgi.config import (
+    CacheConfig,
     GatewayConfig,
     HealthConfig,
     PolicyConfig,
@@ -214,5 +215,42 @@ async def test_the_host_apps_hook_decides_who_calls(clock: FakeClock) -> None:
         )
         # The refused request is alice's too: counted, as an error.
         assert [(row.tenant, row.requests, row.errors) for row in rows] == [("alice", 2, 1)]
+    finally:
+        await gateway.aclose()
+
+
+async def test_cached_answers_are_counted_and_never_cross_a_model_list(clock: FakeClock) -> None:
+    cfg = config(
+        tenants=TenantsConfig(require_key=True),
+        cache=CacheConfig(enabled=True, models=["mock-chat"], scope="global"),
+    )
+    gateway = await open_gateway(cfg, clock)
+    try:
+        allowed = await add_key(
+            gateway, tenant="a", policy=TenantPolicy(), expires_at=None, tags=(), metadata={}
+        )
+        other = await add_key(
+            gateway,
+            tenant="b",
+            policy=TenantPolicy(models=frozenset({"another"})),
+            expires_at=None,
+            tags=(),
+            metadata={},
+        )
+        async with http(gateway, allowed) as a, http(gateway, other) as b:
+            assert (await chat(a)).headers["x-leap-cache"] == "miss"
+            refused = await chat(b)  # the same body: a hit for anyone allowed, not for b
+            assert refused.status_code == 403
+            assert refused.json()["error"]["code"] == "model_not_allowed"
+            hit = await chat(a)
+            assert hit.headers["x-leap-cache"] == "hit"
+        await gateway.tenancy.flush_usage()
+        rows = await gateway.tenancy.usage.report(
+            since="2026-12-01", until="2026-12-31", group_by=("tenant", "provider")
+        )
+        found = {(r.tenant, r.provider): (r.requests, r.errors, r.cost_usd) for r in rows}
+        assert found[("a", "mock")] == (1, 0, pytest.approx(COST))
+        assert found[("a", "cache")] == (1, 0, 0.0)  # a hit: counted, and free
+        assert found[("b", "")] == (1, 1, 0.0)
     finally:
         await gateway.aclose()
