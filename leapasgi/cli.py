@@ -1,4 +1,5 @@
-"""The ``leapasgi`` command: ``serve``, ``check`` and ``presets``."""
+"""The ``leapasgi`` command: ``serve``, ``check``, ``presets``, and ``keys`` and ``usage`` (in
+``cli_tenants.py``)."""
 
 from __future__ import annotations
 

@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Receive, Scope, Send
 
 from ..access import owner_of
-from ..tenants.tenancy import tenant_of_scope
 from ..conversations import DEFAULT_TTL, MemoryResponseStore, ResponseStore, StoredResponse
 from ..exceptions import InvalidRequestError, LeapError, RequestTooLargeError
 from ..native import EventBatch
 from ..outcome import Outcome
+from ..tenants.tenancy import tenant_of_scope
 from ._http import JSON, error_headers
 from .responses import ResponsesEncoder, empty_events, prepare_turn
 
