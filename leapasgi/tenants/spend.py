@@ -8,7 +8,7 @@ import sqlite3
 from ._sqlite import SqliteFile
 from .ledger import spend_keys
 
-__all__ = ["load_spend", "save_spend"]
+__all__ = ["load_spend", "prune_spend", "save_spend"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -46,3 +46,21 @@ async def save_spend(database: SqliteFile, rows: list[tuple[str, str, float]]) -
         )
 
     await database.run(write)
+
+
+async def prune_spend(database: SqliteFile, before: str) -> int:
+    """Forget the spend of days and months that ended before day ``before`` ("YYYY-MM-DD");
+    totals are kept."""
+    database.ensure(_SCHEMA)
+    month = before[:7]
+
+    def delete(connection: sqlite3.Connection) -> int:
+        days = connection.execute(
+            "DELETE FROM spend WHERE length(period) = 10 AND period < ?", (before,)
+        ).rowcount
+        months = connection.execute(
+            "DELETE FROM spend WHERE length(period) = 7 AND period < ?", (month,)
+        ).rowcount
+        return int(days + months)
+
+    return await database.run(delete)

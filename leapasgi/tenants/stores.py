@@ -72,7 +72,9 @@ async def open_stores(
     """The stores ``config`` names, outside a running gateway (the CLI): closed on exit."""
     from ..state import build_state
 
-    state = build_state(config.state, config.cache, env=env)
+    # An admin's command may cross a network: a second per operation, not the hot path's 0.1.
+    patient = config.state.model_copy(update={"op_timeout": max(config.state.op_timeout, 2.0)})
+    state = build_state(patient, config.cache, env=env)
     stores = build_stores(config, state)
     try:
         yield stores

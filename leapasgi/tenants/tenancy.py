@@ -42,7 +42,7 @@ from ..native import ProtocolRequest
 from ..state import Bucket, RateLimiter, Reservation
 from ..tokens import estimate_prompt_tokens
 from ..types import ChatCompletionRequest
-from .base import KEY_PREFIX, VirtualKey, key_digest
+from .base import KEY_PREFIX, UsageRow, VirtualKey, key_digest
 from .ledger import Held, Ledger, MemoryLedger, Refused, Ticket
 from .policy import ANONYMOUS, Budget, Tenant, TenantPolicy
 from .pricing import PriceTable
@@ -572,12 +572,26 @@ class Tenancy:
                     raise
 
     async def _flush_loop(self) -> None:
+        pruned = ""
         while True:
             await asyncio.sleep(self._flush_interval)
             try:
                 await self.flush_usage()
+                today = UsageRow.day_of(self.clock.time())
+                if today != pruned:  # once a day (and at start): usage past its retention goes
+                    await self.prune()
+                    pruned = today
             except Exception:
                 logger.exception("tenants: writing usage failed; it is kept and tried again")
+
+    async def prune(self) -> None:
+        """Forget usage (and, in one host, spend) older than ``retention_days``."""
+        cutoff = UsageRow.day_of(self.clock.time() - self._retention_days * 86_400)
+        await self.usage.prune(cutoff)
+        if self._memory_ledger is not None and self.stores.database is not None:
+            from .spend import prune_spend
+
+            await prune_spend(self.stores.database, cutoff)
 
     async def aclose(self) -> None:
         self._closed = True

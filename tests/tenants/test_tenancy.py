@@ -26,8 +26,10 @@ from leapasgi.config import (
     ServerConfig,
     TenantsConfig,
 )
+from leapasgi.tenants.base import UsageRow
 from leapasgi.tenants.keys import new_key
 from leapasgi.tenants.policy import Budget, Period, Tenant, TenantPolicy
+from leapasgi.tenants.spend import save_spend
 
 pytestmark = pytest.mark.anyio
 
@@ -252,5 +254,39 @@ async def test_cached_answers_are_counted_and_never_cross_a_model_list(clock: Fa
         assert found[("a", "mock")] == (1, 0, pytest.approx(COST))
         assert found[("a", "cache")] == (1, 0, 0.0)  # a hit: counted, and free
         assert found[("b", "")] == (1, 1, 0.0)
+    finally:
+        await gateway.aclose()
+
+
+async def test_usage_and_spend_past_their_retention_are_pruned(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    cfg = config(tenants=TenantsConfig(database=tmp_path / "leap.sqlite3", retention_days=30))
+    gateway = await open_gateway(cfg, clock)
+    try:
+        tenancy = gateway.tenancy
+        database = tenancy.stores.database
+        assert database is not None
+        old, recent = "2026-10-01", "2026-12-01"
+        await tenancy.usage.add(
+            [
+                UsageRow(day=day, tenant="t", model="m", provider="p", requests=1)
+                for day in (old, recent)
+            ]
+        )
+        await save_spend(
+            database,
+            [
+                ("k:a", old, 1.0),
+                ("k:a", "2026-10", 1.0),
+                ("k:a", recent, 2.0),
+                ("k:a", "total", 3.0),
+            ],
+        )
+        await tenancy.prune()
+        rows = await tenancy.usage.report(since="2026-01-01", until="2026-12-31", group_by=("day",))
+        assert [row.day for row in rows] == [recent]
+        kept = await database.query("SELECT period, usd FROM spend ORDER BY period")
+        assert kept == [(recent, 2.0), ("total", 3.0)]
     finally:
         await gateway.aclose()
