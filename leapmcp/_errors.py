@@ -27,9 +27,10 @@ def describe(error: LeapError, *, known_models: Iterable[str] = ()) -> str:
     """The message of the tool error for ``error``."""
     if isinstance(error, ModelNotFoundError):
         return f"{_sentence(error.message)} {_known(sorted(known_models))}"
-    if isinstance(error, AuthenticationError | PermissionDeniedError):
-        who = f"Provider {error.provider!r}" if error.provider else "The provider"
-        text = f"{who} refused the gateway's credentials: {error.message}"
+    if isinstance(error, AuthenticationError | PermissionDeniedError) and error.provider:
+        text = f"Provider {error.provider!r} refused the gateway's credentials: {error.message}"
+    elif isinstance(error, AuthenticationError | PermissionDeniedError):
+        text = f"The gateway refused the request: {error.message}"  # the caller's own policy
     elif isinstance(error, InvalidRequestError):
         text = f"The request was refused: {error.message}"
     elif isinstance(error, NoProviderAvailableError):

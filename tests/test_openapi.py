@@ -560,7 +560,7 @@ async def test_the_key_body_schemas_agree_with_the_gateways_checks(
     client: httpx.AsyncClient,
 ) -> None:
     document = await document_of(client)
-    refused_to_update = [{"tenant": "team-b"}, {"tenant": None}]
+    refused_to_update: list[dict[str, Any]] = [{"tenant": "team-b"}, {"tenant": None}]
     for name, update in (("KeyCreateRequest", False), ("KeyUpdateRequest", True)):
         validator = _validator(document, name)
         drop = "tenant" if update else ""

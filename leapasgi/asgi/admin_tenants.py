@@ -27,7 +27,7 @@ from ..config import PolicyConfig
 from ..exceptions import InvalidRequestError, LeapError
 from ..outcome import CLIENT_CLOSED
 from ..tenants.base import UsageRow, VirtualKey
-from ..tenants.keys import missing, new_key, policy_to_json
+from ..tenants.keys import missing, new_key
 from ..tenants.policy import TenantPolicy
 from ..tenants.usage import GROUP_FIELDS, group_fields, totals
 from ._http import ClientGone, read_body
@@ -106,7 +106,7 @@ def _policy(body: Mapping[str, Any], base: TenantPolicy | None) -> TenantPolicy:
             raise _invalid("models", f"at most {MAX_MODELS} names")
         for model in models:
             _text(model, "models", limit=MAX_MODEL_NAME, empty=False)
-    merged = {**(policy_to_json(base) if base is not None else {}), **changes}
+    merged = {**(base.to_json() if base is not None else {}), **changes}
     try:
         return PolicyConfig.model_validate(merged, strict=True).build()
     except ValidationError as exc:

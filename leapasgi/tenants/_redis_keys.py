@@ -45,8 +45,10 @@ return 1
 _Records = list[tuple[str, bytes | None]]
 
 
-def _unreachable() -> StoreUnavailableError:
-    return StoreUnavailableError("Redis is unreachable")
+def _unreachable(link: Link) -> StoreUnavailableError:
+    """The error for a call Redis did not answer, with why (never an address or a secret)."""
+    detail = f" ({link.detail})" if link.detail else ""
+    return StoreUnavailableError(f"Redis is unreachable{detail}")
 
 
 class RedisKeyStore:
@@ -61,14 +63,14 @@ class RedisKeyStore:
     async def _execute(self, *args: str) -> Any:
         reply = await self._link.execute(*args)
         if reply is DOWN:
-            raise _unreachable()
+            raise _unreachable(self._link)
         return reply
 
     async def add(self, key: VirtualKey) -> None:
         keys = (self._digests + key.digest, self._ids + key.id, self._index)
         added = await self._link.run(_ADD, keys, (key_to_json(key), key.id, key.digest))
         if added is DOWN:
-            raise _unreachable()
+            raise _unreachable(self._link)
         if not added:
             raise ConflictError("A virtual key with this digest exists")
 
@@ -86,7 +88,7 @@ class RedisKeyStore:
     async def list(self) -> list[VirtualKey]:
         replies = await self._link.call(self._fetch_all)
         if replies is DOWN:
-            raise _unreachable()
+            raise _unreachable(self._link)
         keys = [_read(digest, record) for digest, record in replies if record is not None]
         return sorted(keys, key=lambda key: (key.created_at, key.id))
 
@@ -108,7 +110,7 @@ class RedisKeyStore:
         keys = (self._ids + key.id, self._digests + key.digest)
         replaced = await self._link.run(_PUT, keys, (key_to_json(key), key.digest))
         if replaced is DOWN:
-            raise _unreachable()
+            raise _unreachable(self._link)
         if not replaced:
             raise missing(key.id)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from .policy import OPEN, Budget, TenantPolicy
+from .policy import OPEN, TenantPolicy
 
 __all__ = [
     "KEY_PREFIX",
@@ -71,21 +71,13 @@ class VirtualKey:
 
     def public(self) -> dict[str, Any]:
         """The key as the admin API and CLI show it (no digest, no secret)."""
-        policy = self.policy
-        budget: Budget | None = policy.budget
         return {
             "id": self.id,
             "object": "virtual_key",
             "hint": self.hint,
             "tenant": self.tenant,
             "name": self.name,
-            "models": sorted(policy.models) if policy.models is not None else None,
-            "rpm": policy.rpm,
-            "tpm": policy.tpm,
-            "max_in_flight": policy.max_in_flight,
-            "budget": None
-            if budget is None
-            else {"usd": budget.usd, "period": str(budget.period), "alert_at": budget.alert_at},
+            **self.policy.to_json(),
             "created_at": self.created_at,
             "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,

@@ -25,7 +25,6 @@ __all__ = [
     "key_to_json",
     "new_key",
     "policy_from_json",
-    "policy_to_json",
 ]
 
 # Random bytes in a secret (43 url-safe characters) and in a key id (16 hex digits).
@@ -64,20 +63,6 @@ def new_key(
     return key, secret
 
 
-def policy_to_json(policy: TenantPolicy) -> dict[str, Any]:
-    """A policy as JSON-ready data, in the shape of ``[tenants.policy]`` (``PolicyConfig``)."""
-    budget = policy.budget
-    return {
-        "models": sorted(policy.models) if policy.models is not None else None,
-        "rpm": policy.rpm,
-        "tpm": policy.tpm,
-        "max_in_flight": policy.max_in_flight,
-        "budget": None
-        if budget is None
-        else {"usd": budget.usd, "period": str(budget.period), "alert_at": budget.alert_at},
-    }
-
-
 def _int(body: Mapping[str, Any], name: str) -> int | None:
     value = body.get(name)
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
@@ -95,7 +80,7 @@ def _number(body: Mapping[str, Any], name: str) -> float | None:
 
 
 def policy_from_json(body: Mapping[str, Any]) -> TenantPolicy:
-    """The policy ``policy_to_json`` made (missing fields: no limit); ValueError when it is
+    """The policy ``TenantPolicy.to_json`` made (missing fields: no limit); ValueError when it is
     not one. A client's fields are validated before they get here (``PolicyConfig``)."""
     models = body.get("models")
     if models is not None and (
@@ -129,7 +114,7 @@ def key_to_json(key: VirtualKey) -> str:
         "hint": key.hint,
         "tenant": key.tenant,
         "name": key.name,
-        "policy": policy_to_json(key.policy),
+        "policy": key.policy.to_json(),
         "created_at": key.created_at,
         "expires_at": key.expires_at,
         "revoked_at": key.revoked_at,

@@ -21,8 +21,7 @@ import asyncio
 import calendar
 import datetime as dt
 import itertools
-import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,8 +37,6 @@ __all__ = [
     "period_end",
     "spend_keys",
 ]
-
-logger = logging.getLogger("leapasgi.tenants")
 
 
 def spend_keys(wall: float) -> tuple[str, str, str]:
@@ -139,9 +136,16 @@ class MemoryLedger:
     ``divisor`` gives each of that many replicas its share of a budget (a degraded shared
     backend's fallback)."""
 
-    def __init__(self, *, clock: Clock, divisor: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        divisor: int = 1,
+        on_alert: Callable[[str, Budget, str], None] | None = None,
+    ) -> None:
         self._clock = clock
         self._divisor = max(1, divisor)
+        self._on_alert = on_alert
         self._accounts: dict[str, _Account] = {}
         self._unsaved: dict[tuple[str, str], float] = {}
         self._ids = itertools.count(1)
@@ -251,13 +255,8 @@ class MemoryLedger:
         if key not in account.alerted and account.spent.get(key, 0.0) >= threshold:
             account.alerted.add(key)
             self.alerts += 1
-            logger.warning(
-                "budget alert: %s has spent %.0f%% of its %s budget (%s)",
-                subject,
-                100 * (budget.alert_at or 1.0),
-                budget.period,
-                key,
-            )
+            if self._on_alert is not None:
+                self._on_alert(subject, budget, key)
 
     async def wait(self, subject: str, within: float) -> None:
         account = self._account(subject)

@@ -84,6 +84,20 @@ class TenantPolicy:
         _, slash, bare = model.partition("/")
         return bool(slash) and bare in models
 
+    def to_json(self) -> dict[str, Any]:
+        """The policy as JSON-ready data, in the shape of ``[tenants.policy]``
+        (``PolicyConfig``): how keys are stored and shown."""
+        budget = self.budget
+        return {
+            "models": sorted(self.models) if self.models is not None else None,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "max_in_flight": self.max_in_flight,
+            "budget": None
+            if budget is None
+            else {"usd": budget.usd, "period": str(budget.period), "alert_at": budget.alert_at},
+        }
+
     @property
     def limited(self) -> bool:
         """Whether anything here needs the ledger or the limiter (a request of an unlimited

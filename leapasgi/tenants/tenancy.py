@@ -151,7 +151,7 @@ class Tenancy:
                 on_alert=self._alerted,
             )
         else:
-            self._memory_ledger = MemoryLedger(clock=clock)
+            self._memory_ledger = MemoryLedger(clock=clock, on_alert=self._alerted)
             self.ledger = self._memory_ledger
         self._static = _Digests(config.server.api_keys)
         admin = config.server.admin_key
@@ -573,6 +573,7 @@ class Tenancy:
 
     async def _flush_loop(self) -> None:
         pruned = ""
+        failing = False
         while True:
             await asyncio.sleep(self._flush_interval)
             try:
@@ -581,8 +582,18 @@ class Tenancy:
                 if today != pruned:  # once a day (and at start): usage past its retention goes
                     await self.prune()
                     pruned = today
+            except StoreUnavailableError as error:
+                if not failing:  # once per outage; the usage is kept and written after it
+                    logger.warning(
+                        "tenants: usage kept in memory until the store is back: %s", error.message
+                    )
+                failing = True
             except Exception:
                 logger.exception("tenants: writing usage failed; it is kept and tried again")
+            else:
+                if failing:
+                    logger.warning("tenants: the store is back; usage is written again")
+                failing = False
 
     async def prune(self) -> None:
         """Forget usage (and, in one host, spend) older than ``retention_days``."""

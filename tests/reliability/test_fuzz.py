@@ -17,6 +17,7 @@ import string
 import time
 import urllib.parse
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -389,7 +390,11 @@ def test_config_loader_raises_only_configuration_error(figures: Figures, tmp_pat
         nonlocal seen
         seen += 1
         path.write_text(text, encoding="utf-8")
-        for load in (lambda: parse_config(text, env={}), lambda: load_config(path, env={})):
+        loads: tuple[Callable[[], GatewayConfig], ...] = (
+            lambda: parse_config(text, env={}),
+            lambda: load_config(path, env={}),
+        )
+        for load in loads:
             try:
                 config = load()
             except ConfigurationError:
