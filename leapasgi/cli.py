@@ -75,8 +75,8 @@ def warn_unshared(config: GatewayConfig, workers: int) -> None:
     if workers > 1 and config.state.backend == "memory":
         logging.getLogger("leapasgi").warning(
             "%d workers with the memory state backend: each worker keeps its own breakers, "
-            'rate limits, cache, sessions and conversations; set [state] backend = "redis" '
-            "to share them",
+            "rate limits, cache, sessions, conversations and budgets (keys and usage are "
+            'shared through the SQLite file); set [state] backend = "redis" to share them',
             workers,
         )
 

@@ -117,7 +117,8 @@ class ChatRunner:
             self._check_preferred(request, provider)
         progress = _Progress(report)
         with self._gateway.outcome() as outcome:
-            outcome.tenant = tenant
+            # Over stdio nobody is identified: the gateway's anonymous caller, accounted too.
+            outcome.tenant = tenant if tenant is not None else self._gateway.tenancy.anonymous
             await manager.start()
             streamed = parse_chat_request(
                 {**body, "stream": True, "stream_options": {"include_usage": True}}

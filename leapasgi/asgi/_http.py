@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
-from ..exceptions import InvalidRequestError, LeapError, RequestTooLargeError
+from ..exceptions import BudgetExceededError, InvalidRequestError, LeapError, RequestTooLargeError
 from ..outcome import Outcome
 
 __all__ = [
@@ -99,8 +99,9 @@ def error_headers(error: LeapError) -> list[tuple[bytes, bytes]]:
     elif status == 401 or error.challenge is not None:
         headers.append((b"www-authenticate", (error.challenge or "Bearer").encode()))
     trail = error.trail
-    if trail is not None and trail.tries > 1:
-        # We already retried and failed over: SDK clients must not multiply the attempts.
+    if (trail is not None and trail.tries > 1) or type(error) is BudgetExceededError:
+        # We already retried and failed over, or the budget is spent until its period ends:
+        # SDK clients must not multiply the attempts.
         headers.append((b"x-should-retry", b"false"))
     return headers
 

@@ -322,6 +322,11 @@ class Tenancy:
         return AuthenticationError(message, code=code)
 
     @property
+    def anonymous(self) -> Tenant:
+        """Who a caller is when nothing identifies it (an open gateway, MCP over stdio)."""
+        return self._anonymous
+
+    @property
     def oauth(self) -> TokenValidator | None:
         return self._oauth
 

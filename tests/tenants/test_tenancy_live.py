@@ -217,6 +217,7 @@ def test_a_budget_for_ten_requests_serves_at_most_eleven_of_a_hundred_at_once(
     assert caught.value.code == "budget_exceeded"
     assert "budget" in caught.value.message
     assert int(caught.value.response.headers["retry-after"]) >= 1
+    assert caught.value.response.headers["x-should-retry"] == "false"  # not before midnight
 
 
 def test_cancelled_streams_give_their_reservation_back(serve: Serve) -> None:
