@@ -180,6 +180,10 @@ if TYPE_CHECKING:
     from .tenants.base import (
         VirtualKey,
     )
+    from .tenants.identity import (
+        Authenticate,
+        tenant_of_scope,
+    )
     from .tenants.policy import (
         Budget,
         Period,
@@ -187,9 +191,7 @@ if TYPE_CHECKING:
         TenantPolicy,
     )
     from .tenants.tenancy import (
-        Authenticate,
         Tenancy,
-        tenant_of_scope,
     )
     from .trail import (
         Attempt,
@@ -341,7 +343,7 @@ _EXPORTS: dict[str, str] = {
     "AccessPolicy": ".access",
     "AliasConfig": ".config",
     "Attempt": ".trail",
-    "Authenticate": ".tenants.tenancy",
+    "Authenticate": ".tenants.identity",
     "AuthenticationError": ".exceptions",
     "BreakerPolicy": ".health",
     "Budget": ".tenants.policy",
@@ -465,7 +467,7 @@ _EXPORTS: dict[str, str] = {
     "required_features": ".features",
     "run_server": ".server",
     "sleep_until": ".clock",
-    "tenant_of_scope": ".tenants.tenancy",
+    "tenant_of_scope": ".tenants.identity",
 }
 
 

@@ -630,7 +630,7 @@ class BudgetConfig(_Config):
     """A budget: at most ``usd`` per ``period`` (a UTC day, a UTC month, or all time); past
     ``alert_at`` (a fraction, such as 0.8) an alert is logged and counted once per period."""
 
-    usd: float = Field(gt=0)
+    usd: float = Field(gt=0, le=1e12)
     period: Literal["day", "month", "total"] = "month"
     alert_at: float | None = Field(default=None, gt=0, lt=1)
 
@@ -643,9 +643,9 @@ class PolicyConfig(_Config):
     tokens per minute, requests at once, and a budget."""
 
     models: list[str] | None = None
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    max_in_flight: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    tpm: int | None = Field(default=None, ge=1, le=1_000_000_000_000)
+    max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
     budget: BudgetConfig | None = None
 
     def build(self) -> TenantPolicy:

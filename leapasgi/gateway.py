@@ -25,7 +25,8 @@ from .prometheus import GatewayMetrics
 from .providers.base import Provider
 from .recorder import OutcomeRecorder
 from .state import StateBackend, build_state
-from .tenants.tenancy import Authenticate, Tenancy
+from .tenants.identity import Authenticate
+from .tenants.tenancy import Tenancy
 
 __all__ = ["GatewayCore", "Service"]
 
@@ -124,7 +125,7 @@ class GatewayCore:
         """None when the caller of this request may use the API (it is identified, and kept
         in the scope); else the error it is answered with (401, 403, 503)."""
         try:
-            await self.tenancy.identify(scope, resource=resource)
+            await self.tenancy.identity.identify(scope, resource=resource)
         except LeapError as error:
             return error
         return None

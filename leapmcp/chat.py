@@ -118,7 +118,9 @@ class ChatRunner:
         progress = _Progress(report)
         with self._gateway.outcome() as outcome:
             # Over stdio nobody is identified: the gateway's anonymous caller, accounted too.
-            outcome.tenant = tenant if tenant is not None else self._gateway.tenancy.anonymous
+            outcome.tenant = (
+                tenant if tenant is not None else self._gateway.tenancy.identity.anonymous
+            )
             await manager.start()
             streamed = parse_chat_request(
                 {**body, "stream": True, "stream_options": {"include_usage": True}}

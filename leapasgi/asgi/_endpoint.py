@@ -40,7 +40,7 @@ class ProtocolEndpoint:
         self.gateway = gateway
         self.manager = gateway.manager
         self.recorder = gateway.recorder
-        self.tenancy = gateway.tenancy
+        self.identity = gateway.tenancy.identity
         self.max_body = gateway.config.server.max_body_bytes
         self.keepalive = gateway.config.server.keepalive_interval
         # Headers naming a client's session, read only when sticky routing is on somewhere.
@@ -65,11 +65,11 @@ class ProtocolEndpoint:
                     await self.send_error(send, error, outcome)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send, outcome: Outcome) -> None:
-        tenancy = self.tenancy
-        tenant = tenancy.quick(scope) if tenancy.open else None
+        identity = self.identity
+        tenant = identity.quick(scope) if identity.open else None
         if tenant is None:
             try:
-                tenant = await tenancy.identify(scope)
+                tenant = await identity.identify(scope)
             except LeapError as refused:
                 await self.send_error(send, refused, outcome)
                 return

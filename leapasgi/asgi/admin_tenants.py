@@ -343,7 +343,7 @@ class TenantAdmin:
     async def _put(self, key: VirtualKey) -> None:
         tenancy = self.gateway.tenancy
         await tenancy.keys.put(key)
-        tenancy.forget(key)
+        tenancy.identity.forget(key)
 
     async def create(self, request: Request) -> Response:
         """``POST /v1/keys``: a new key; the only answer that shows its secret."""

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._logging import printable
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
-from ..tenants.tenancy import WELL_KNOWN
+from ..tenants.identity import WELL_KNOWN
 from .admin_tenants import tenant_routes
 from .chat import ChatEndpoint
 from .embeddings import EmbeddingsEndpoint

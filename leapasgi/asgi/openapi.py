@@ -15,7 +15,7 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..prometheus import CONTENT_TYPE
-from ..tenants.tenancy import WELL_KNOWN
+from ..tenants.identity import WELL_KNOWN
 from ..tenants.usage import GROUP_FIELDS
 from ._openapi_operations import (
     ANSWER_HEADERS,
@@ -520,7 +520,7 @@ class OpenAPIEndpoint:
         if body is None:
             gateway = self._gateway
             document = openapi_document(
-                api_auth=gateway.tenancy.required,
+                api_auth=gateway.tenancy.identity.required,
                 admin=gateway.access.has_admin,
                 cache=gateway.cache is not None,
                 oauth=gateway.config.oauth is not None,

@@ -41,7 +41,7 @@ from ..conversations import DEFAULT_TTL, MemoryResponseStore, ResponseStore, Sto
 from ..exceptions import InvalidRequestError, LeapError, RequestTooLargeError
 from ..native import EventBatch
 from ..outcome import Outcome
-from ..tenants.tenancy import tenant_of_scope
+from ..tenants.identity import tenant_of_scope
 from ._http import JSON, error_headers
 from .responses import ResponsesEncoder, empty_events, prepare_turn
 

@@ -18,7 +18,7 @@ from ..outcome import CLIENT_CLOSED
 from ..prometheus import CONTENT_TYPE
 from ..protocols.messages import anthropic_error
 from ..registry import ProviderStatus
-from ..tenants.tenancy import tenant_of_scope
+from ..tenants.identity import tenant_of_scope
 from ..types import Model
 from ._http import ClientGone, error_headers, read_body
 
@@ -135,7 +135,9 @@ class Routes:
         from ..tenants.oauth import protected_resource_metadata
 
         path = request.path_params.get("resource", "")
-        resource = self.gateway.tenancy.resource_url(request.scope, f"/{path}" if path else "")
+        resource = self.gateway.tenancy.identity.resource_url(
+            request.scope, f"/{path}" if path else ""
+        )
         return JSONResponse(
             protected_resource_metadata(oauth, resource),
             headers={"cache-control": "public, max-age=3600"},

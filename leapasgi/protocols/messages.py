@@ -405,4 +405,6 @@ def _status(error: LeapError) -> tuple[int, str]:
             return 529, "overloaded_error"
         if upstream == 504:
             return 504, "timeout_error"
+    if error.http_status == 503:
+        return 503, "api_error"  # the gateway's own stores or issuer away: try again later
     return 500, "api_error"

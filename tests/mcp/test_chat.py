@@ -56,7 +56,7 @@ async def test_chat_answers_with_provider_model_usage_and_trail(
     assert re.fullmatch(r"req_[0-9a-f]{24}", request_id)
     (line,) = [r.getMessage() for r in caplog.records if r.name == "leapasgi.access"]
     assert line.startswith("chat model=mock-chat provider=mock status=200 attempts=1 ")
-    assert line.endswith(f" id={request_id}")
+    assert line.endswith(f" id={request_id} tenant=anonymous")  # stdio: nobody identified
     assert answer == {
         "reply": "You said: hi",
         "provider": "mock",

@@ -49,7 +49,7 @@ from leapasgi.config import (
 )
 from leapasgi.exceptions import LeapError
 from leapasgi.tenants.base import key_digest
-from leapasgi.tenants.tenancy import tenant_of_scope
+from leapasgi.tenants.identity import tenant_of_scope
 from tests.asgi.live_server import live_gateway
 from tests.fake_upstream import Behavior, FakeUpstream, Seen, text_stream
 from tests.redis_server import RedisServer
@@ -400,7 +400,7 @@ def _identified(served: _Served, gateway: Gateway, credentials: Sequence[str]) -
             "state": {},
         }
         try:
-            tenant = await gateway.tenancy.identify(scope)
+            tenant = await gateway.tenancy.identity.identify(scope)
         except LeapError as error:
             chain = "".join(traceback.format_exception(error))
             return [chain, repr(error), str(error), str(error.challenge)]
@@ -433,7 +433,7 @@ def _reprs(served: _Served, gateway: Gateway) -> list[str]:
         tenancy.keys,
         tenancy.usage,
         tenancy.ledger,
-        tenancy.oauth,
+        tenancy.identity.oauth,
         tenancy.buffer,
         *served.run(tenancy.keys.list()),
         *served.tenants.values(),

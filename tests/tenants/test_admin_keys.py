@@ -50,7 +50,7 @@ class Admin:
     async def identify(self, secret: str) -> Tenant:
         """The tenant the gateway sees behind ``secret`` (its lookup cache included)."""
         scope = {"type": "http", "headers": [(b"authorization", f"Bearer {secret}".encode())]}
-        return await self.tenancy.identify(scope)
+        return await self.tenancy.identity.identify(scope)
 
 
 @pytest.fixture

@@ -168,7 +168,7 @@ def test_keys_work_on_redis_and_say_so_when_it_is_gone(
     redis_server.kill()
     status, _, err = leap(capsys, "keys", "list", "--config", str(config))
     assert status == 2
-    assert err.endswith("leapasgi: Redis is unreachable\n")
+    assert err.endswith("leapasgi: Redis is unreachable (ConnectionError)\n")
 
 
 @pytest.mark.parametrize(
