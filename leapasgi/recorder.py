@@ -81,19 +81,18 @@ class OutcomeRecorder:
             stream=outcome.stream,
         )
         kind = f" error={type(error).__name__}" if error is not None else ""
-        tenancy = ""
         accountant = self.accountant
         if accountant is not None and outcome.tenant is not None:
             accountant(outcome)
-            tenancy = f" tenant={printable(outcome.tenant.id)}"
+            kind += f" tenant={printable(outcome.tenant.id)}"
             if outcome.cost_usd is not None:
-                tenancy += f" cost={outcome.cost_usd:.6f}"
+                kind += f" cost={outcome.cost_usd:.6f}"
         cache = outcome.cache
         if cache is not None:
             self.metrics.record_cache(cache)
             kind += f" cache={cache}"
         self._log.info(
-            "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s%s",
+            "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s",
             outcome.operation,
             printable(model) if model else "-",
             provider,
@@ -102,7 +101,6 @@ class OutcomeRecorder:
             trail.tries,
             latency * 1000,
             outcome.request_id,
-            tenancy,
         )
 
     def flush(self) -> None:

@@ -55,8 +55,9 @@ async def test_chat_answers_with_provider_model_usage_and_trail(
     # The mock sends no request id of its own: the gateway's, the one in its access log line.
     assert re.fullmatch(r"req_[0-9a-f]{24}", request_id)
     (line,) = [r.getMessage() for r in caplog.records if r.name == "leapasgi.access"]
-    assert line.startswith("chat model=mock-chat provider=mock status=200 attempts=1 ")
-    assert line.endswith(f" id={request_id} tenant=anonymous")  # stdio: nobody identified
+    # Over stdio nobody is identified: the anonymous caller, accounted.
+    assert line.startswith("chat model=mock-chat provider=mock status=200 tenant=anonymous ")
+    assert line.endswith(f" id={request_id}")
     assert answer == {
         "reply": "You said: hi",
         "provider": "mock",
