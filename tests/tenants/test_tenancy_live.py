@@ -156,7 +156,7 @@ def test_a_keys_requests_per_minute_are_limited(serve: Serve) -> None:
 
 def test_a_keys_requests_in_flight_are_limited(serve: Serve) -> None:
     live = tenant_gateway(serve)
-    live.mock().chunk_delay = 0.2
+    live.mock().chunk_delay = 1.0  # the two streams stay open while the third is refused
     with live.client(api_key=make_key(live, max_in_flight=2)) as client:
         _limited_in_flight(live, client)
 
