@@ -25,7 +25,7 @@ from .health import least_recently_ejected
 from .registry import ProviderEntry, Registry
 from .retry import RetryPolicy, is_final
 from .routing import Route
-from .trail import OK, Attempt, RoutingTrail
+from .trail import CANCELLED, OK, Attempt, RoutingTrail
 
 __all__ = ["BUSY_RETRY_AFTER", "UNAVAILABLE_RETRY_AFTER", "Decision", "RequestAttempts"]
 
@@ -75,6 +75,10 @@ class RequestAttempts:
         self._limited: RateLimitError | None = None
         # (seconds left, came with a 429) of the shortest hold that outlasts the deadline.
         self._held: tuple[float, bool] | None = None
+        # Set when the request is hedged: its attempts may run two at once (a stream's until
+        # the first content).
+        self.hedging = False
+        self.stream = False
 
     async def next(self) -> Route | None:
         """The next route to try, waiting for a due retry if nothing fresh is left; None when
@@ -95,6 +99,34 @@ class RequestAttempts:
                 continue
             return self._panic()
         return None
+
+    @property
+    def alternatives(self) -> int:
+        """Fresh routes not tried yet (a hedge needs one)."""
+        return len(self._fresh)
+
+    def next_fresh(self) -> Route | None:
+        """The next fresh route that takes a request now, without waiting (for a hedge); None
+        when there is none."""
+        registry = self._registry
+        while self._fresh:
+            route = self._fresh.popleft()
+            if route.provider in registry and self._admit(route):
+                return route
+        return None
+
+    def put_back(self, route: Route) -> None:
+        """Return a route ``next_fresh`` gave out and that was not tried: it comes next."""
+        self._fresh.appendleft(route)
+
+    def record_hedge(self, route: Route, delay: float) -> None:
+        """Note the second attempt of a hedged request, started after ``delay`` seconds."""
+        self.trail.hedged = route.provider
+        self.trail.notes.append(f"hedged to {route.provider} after {delay:.3g} s")
+
+    def record_cancelled(self, route: Route, latency: float) -> None:
+        """Note a hedged attempt cancelled because the other one answered first."""
+        self.trail.attempts.append(Attempt(route.provider, route.model, CANCELLED, latency=latency))
 
     def _admit(self, route: Route) -> bool:
         """True when ``route``'s provider takes a request now; else its Retry-After hold is

@@ -103,6 +103,11 @@ DEFAULT_FIRST_TOKEN_TIMEOUT = 60.0
 DEFAULT_HEALTH_INTERVAL = 30.0
 DEFAULT_HEALTH_TIMEOUT = 5.0
 DEFAULT_STICKY_TTL = 3600.0
+# Request priorities in providers' queues (higher first); batches run at the lowest.
+PRIORITY_MIN = -100
+PRIORITY_MAX = 100
+# At most this share of requests are hedged (a retry budget's usual size).
+DEFAULT_HEDGE_BUDGET = 0.05
 DEFAULT_SESSION_HEADERS = ("x-session-id", "x-claude-code-session-id")
 DEFAULT_OP_TIMEOUT = 0.1
 DEFAULT_SYNC_INTERVAL = 0.25
@@ -371,6 +376,8 @@ class AliasConfig(_Config):
     strategy: Strategy | None = None
     # Keep a session on the provider that served it (unset: routing.sticky).
     sticky: bool | None = None
+    # Hedge this alias's requests (needs routing.hedge_after; unset: routing.hedge_models).
+    hedge: bool | None = None
 
 
 class RoutingConfig(_Config):
@@ -390,6 +397,14 @@ class RoutingConfig(_Config):
     # that served it while that one is healthy. Off by default; an alias may switch it.
     sticky: bool = False
     sticky_ttl: float = Field(default=DEFAULT_STICKY_TTL, gt=0)
+    # Hedged requests (off unless hedge_after is set): a request without content after
+    # hedge_after seconds (or "p95": its provider's recent p95 time to first token) sends a
+    # second attempt to the next provider, and the first to produce content wins. Models in
+    # hedge_models ("*": all) and aliases with hedge = true are hedged; a request opts in or
+    # out with ``x-leap-hedge: on|off``. hedge_budget caps hedges at that share of requests.
+    hedge_after: float | Literal["p95"] | None = Field(default=None)
+    hedge_budget: float = Field(default=DEFAULT_HEDGE_BUDGET, ge=0, le=1)
+    hedge_models: list[str] = Field(default_factory=list)
     session_headers: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")]] = Field(
         default_factory=lambda: list(DEFAULT_SESSION_HEADERS), max_length=8
     )
@@ -405,6 +420,13 @@ class RoutingConfig(_Config):
         if not isinstance(value, Mapping):
             return value
         return {k: {"targets": v} if isinstance(v, list) else v for k, v in value.items()}
+
+    @field_validator("hedge_after")
+    @classmethod
+    def _positive_delay(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float | int) and not value > 0:
+            raise ValueError("hedge_after is a number of seconds above 0, or 'p95'")
+        return value
 
     @field_validator("first_token_timeout", mode="before")
     @classmethod
@@ -647,6 +669,12 @@ class PolicyConfig(_Config):
     tpm: int | None = Field(default=None, ge=1, le=1_000_000_000_000)
     max_in_flight: int | None = Field(default=None, ge=1, le=1_000_000)
     budget: BudgetConfig | None = None
+    # May its requests be hedged (false: never sent twice)?
+    hedge: bool = True
+    # Its requests' priority in a provider's queue (higher first, PRIORITY_MIN..PRIORITY_MAX),
+    # and the highest a request may ask for with x-leap-priority (unset: its priority).
+    priority: int = Field(default=0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
+    max_priority: int | None = Field(default=None, ge=PRIORITY_MIN, le=PRIORITY_MAX)
 
     def build(self) -> TenantPolicy:
         return TenantPolicy(
@@ -655,6 +683,9 @@ class PolicyConfig(_Config):
             tpm=self.tpm,
             max_in_flight=self.max_in_flight,
             budget=self.budget.build() if self.budget is not None else None,
+            hedge=self.hedge,
+            priority=self.priority,
+            max_priority=self.max_priority,
         )
 
 

@@ -22,7 +22,7 @@ import math
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from enum import Enum
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 from .attempts import BUSY_RETRY_AFTER, Decision, RequestAttempts
 from .balancing import Candidate, Strategy, order
@@ -38,6 +38,7 @@ from .exceptions import (
     StreamInterruptedError,
     UpstreamUnavailableError,
 )
+from .hedging import HedgeBudget, hedge_delay
 from .native import EventBatch, NativeReply, ProtocolRequest
 from .outcome import Outcome
 from .providers.base import NativeProvider
@@ -127,6 +128,9 @@ class Dispatcher:
         self._policies: dict[int, RetryPolicy] = {}
         self._limiter: RateLimiter = state.limiter
         self._sticky: StickyTable = state.sticky
+        # Hedged requests: on when routing.hedge_after is set (then a budget bounds them).
+        self._hedging = routing.hedge_after is not None
+        self.hedges = HedgeBudget(routing.hedge_budget)
         # The tenant's policy, checked and reserved before the loop (tenancy's ``admit``),
         # and the price of an answer (tenancy's ``price``), for its cost header.
         self.admit: Admit | None = None
@@ -232,39 +236,32 @@ class Dispatcher:
                 if session is not None:
                     prefer = await self._sticky.get(session)
             attempts = self._plan(routes, model, outcome.trail, prefer)
+            hedge = self._hedge_delay(outcome, model, attempts) if self._hedging else None
             clock = self._clock
             while True:
                 route = await attempts.next()
                 if route is None:
                     raise attempts.exhausted_error()
+                if hedge is not None:
+                    answered = await self._hedged(route, request, attempts, attempt, hedge)
+                    if answered is None:
+                        continue
+                    route, result = answered
+                    break
+                # The unhedged attempt, inline: the hot path makes no coroutine of its own.
                 entry = self._registry.get(route.provider)
-                reserved = None
-                if entry.rated and (buckets := entry.buckets(route.model)):
-                    reserved = await self._reserve(entry, route, buckets, request, attempts)
-                    if reserved is None:
+                if entry.rated or entry.limit is not None:
+                    lease = await self._lease(entry, route, request, attempts)
+                    if lease is None:
                         continue
-                if entry.limit is not None:
-                    slot = await self._take_slot(entry, route, attempts)
-                    if slot is not _Slot.TAKEN:
-                        if reserved is not None:
-                            self._limiter.settle(reserved, None)
-                        if slot is _Slot.OUT_OF_TIME:
-                            raise attempts.exhausted_error()
-                        continue
-                lease = entry.lease(expires_at=attempts.deadline.at)
-                if reserved is not None:
-                    lease.reserved = (self._limiter, reserved)
+                else:
+                    lease = entry.lease(expires_at=attempts.deadline.at)
                 started = clock.monotonic()
                 try:
                     result = await attempt(entry, route, request, attempts, lease, started)
                     break
                 except LeapError as error:
-                    latency = clock.monotonic() - started
-                    decision = attempts.record_failure(route, entry, error, latency)
-                    if decision is Decision.FINAL:
-                        lease.refused(error)
-                        raise attempts.final_error(error) from error
-                    lease.failed(error, latency)
+                    self._failed(route, entry, lease, error, started, attempts)
                 except BaseException:
                     lease.abandoned()
                     raise
@@ -278,6 +275,136 @@ class Dispatcher:
             # The session's provider from now on (its first, or it moved on a failure).
             await self._sticky.set(session, route.provider, self._routing.sticky_ttl)
         return result
+
+    def _hedge_delay(
+        self, outcome: Outcome, model: str, attempts: RequestAttempts
+    ) -> float | Literal["p95"] | None:
+        """The hedge delay of this request, when it is hedged: the client asked
+        (``x-leap-hedge: on``), or its model or alias is hedged and it did not say no; never
+        for a tenant whose requests must not be duplicated, nor with one provider to go to."""
+        wanted = outcome.hedge
+        if wanted is False or (wanted is None and not self._routes.hedged(model)):
+            return None
+        tenant = outcome.tenant
+        if (tenant is not None and not tenant.policy.hedge) or attempts.alternatives < 2:
+            return None
+        self.hedges.earn()
+        attempts.hedging = True
+        attempts.stream = outcome.stream
+        return self._routing.hedge_after
+
+    async def _hedged(
+        self,
+        route: Route,
+        request: _R,
+        attempts: RequestAttempts,
+        attempt: _Attempt[_R, _T],
+        after: float | Literal["p95"],
+    ) -> tuple[Route, _T] | None:
+        """``_try`` on ``route``; when it has produced nothing after the hedge delay, a second
+        attempt on the next fresh route (within the hedge budget). The first to answer (for a
+        stream, to produce content) wins and the other is cancelled at once; None when both
+        failed."""
+        delay = hedge_delay(after, self._registry.get(route.provider), stream=attempts.stream)
+        first = asyncio.ensure_future(self._try(route, request, attempts, attempt))
+        racing: dict[asyncio.Future[_T | None], Route] = {first: route}
+        winner: asyncio.Future[_T | None] = first
+        try:
+            early, _ = await asyncio.wait((first,), timeout=delay)
+            second = None if early else attempts.next_fresh()
+            if second is None or not self.hedges.take():
+                if second is not None:
+                    attempts.put_back(second)
+                result = await first
+                return None if result is None else (route, result)
+            attempts.record_hedge(second, delay)
+            racing[asyncio.ensure_future(self._try(second, request, attempts, attempt))] = second
+            pending: set[asyncio.Future[_T | None]] = set(racing)
+            while pending:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    result = task.result()  # the error a request ends with ends this one
+                    if result is not None:
+                        winner = task
+                        return racing[task], result
+            return None
+        finally:
+            await _discard(
+                {t for t in racing if not t.done()},
+                {t for t in racing if t.done() and t is not winner},
+            )
+
+    async def _try(
+        self,
+        route: Route,
+        request: _R,
+        attempts: RequestAttempts,
+        attempt: _Attempt[_R, _T],
+    ) -> _T | None:
+        """One attempt on ``route`` as a task of its own (a hedged request's): its lease, the
+        call; None when the provider was skipped or failed; raises the error the request ends
+        with. A cancelled attempt (the hedge lost) lets go of its lease and is noted."""
+        entry = self._registry.get(route.provider)
+        if entry.rated or entry.limit is not None:
+            lease = await self._lease(entry, route, request, attempts)
+            if lease is None:
+                return None
+        else:
+            lease = entry.lease(expires_at=attempts.deadline.at)
+        started = self._clock.monotonic()
+        try:
+            return await attempt(entry, route, request, attempts, lease, started)
+        except LeapError as error:
+            self._failed(route, entry, lease, error, started, attempts)
+            return None
+        except asyncio.CancelledError:
+            lease.abandoned()
+            attempts.record_cancelled(route, self._clock.monotonic() - started)
+            raise
+        except BaseException:
+            lease.abandoned()
+            raise
+
+    async def _lease(
+        self, entry: ProviderEntry, route: Route, request: _R, attempts: RequestAttempts
+    ) -> Lease | None:
+        """A lease on a provider with rate or concurrency limits: its share of the limits and
+        a slot first; None when it was skipped (noted in the trail)."""
+        reserved = None
+        if entry.rated and (buckets := entry.buckets(route.model)):
+            reserved = await self._reserve(entry, route, buckets, request, attempts)
+            if reserved is None:
+                return None
+        if entry.limit is not None:
+            slot = await self._take_slot(entry, route, attempts)
+            if slot is not _Slot.TAKEN:
+                if reserved is not None:
+                    self._limiter.settle(reserved, None)
+                if slot is _Slot.OUT_OF_TIME:
+                    raise attempts.exhausted_error()
+                return None
+        lease = entry.lease(expires_at=attempts.deadline.at)
+        if reserved is not None:
+            lease.reserved = (self._limiter, reserved)
+        return lease
+
+    def _failed(
+        self,
+        route: Route,
+        entry: ProviderEntry,
+        lease: Lease,
+        error: LeapError,
+        started: float,
+        attempts: RequestAttempts,
+    ) -> None:
+        """An attempt failed: noted, and its lease ended as the provider's fault or the
+        caller's; raises when the error is the request's answer."""
+        latency = self._clock.monotonic() - started
+        decision = attempts.record_failure(route, entry, error, latency)
+        if decision is Decision.FINAL:
+            lease.refused(error)
+            raise attempts.final_error(error) from error
+        lease.failed(error, latency)
 
     async def _reserve(
         self,
@@ -565,6 +692,22 @@ def _speaker(entry: ProviderEntry, request: ProtocolRequest) -> NativeProvider |
     if native is not None and request.native.protocol in entry.capabilities.protocols:
         return native
     return None
+
+
+async def _discard(running: set[asyncio.Future[Any]], finished: set[asyncio.Future[Any]]) -> None:
+    """Cancel the losing attempts of a hedged request and wait for them to let go (the upstream
+    requests close); an answer that finished too is a stream to close, or simply dropped."""
+    for task in running:
+        task.cancel()
+    if running:
+        await asyncio.wait(running)
+    for task in finished:
+        if task.cancelled() or task.exception() is not None:
+            continue
+        loser = task.result()
+        if isinstance(loser, UpstreamStream):
+            await loser.close()
+            loser.lease.abandoned()
 
 
 def note_usage(outcome: Outcome, usage: Usage) -> None:

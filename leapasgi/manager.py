@@ -81,10 +81,11 @@ class ProviderManager:
         self.routes = RouteTable(
             self.registry,
             {
-                name: Alias(tuple(alias.targets), alias.strategy, alias.sticky)
+                name: Alias(tuple(alias.targets), alias.strategy, alias.sticky, alias.hedge)
                 for name, alias in self.routing.aliases.items()
             },
             sticky=self.routing.sticky,
+            hedged=frozenset(self.routing.hedge_models),
         )
         # Breakers' news, rate limits and sessions: this process's, unless a backend is given.
         self.state: StateBackend = state or MemoryState(clock=self._clock)

@@ -59,6 +59,7 @@ class Outcome:
         "error",
         "first_token_at",
         "gone",
+        "hedge",
         "model",
         "operation",
         "prompt_tokens",
@@ -98,6 +99,8 @@ class Outcome:
         # The request as the dispatcher took it (for usage estimates when no report came).
         self.request: ChatCompletionRequest | ProtocolRequest | None = None
         self.upstream_request_id: str | None = None
+        # The client's word on hedging (x-leap-hedge): True, False, or None (the config's).
+        self.hedge: bool | None = None
         # The client's session (a session header's value), for sticky routing.
         self.session: str | None = None
         # What the response cache did: "hit", "miss" or "bypass"; None without a cache.

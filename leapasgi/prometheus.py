@@ -84,6 +84,11 @@ class _Family(Generic[V]):
     def _new(self) -> V:
         raise NotImplementedError
 
+    @property
+    def used(self) -> bool:
+        """Whether any series was recorded (a family shown only once it means something)."""
+        return bool(self._series)
+
     def _admit(self, label_values: tuple[str, ...]) -> V:
         # Only reached for a label set not seen yet: the hot path never gets here.
         if len(label_values) != len(self.labels):
@@ -209,7 +214,16 @@ class _Gauge(_Family[float]):
 class GatewayMetrics:
     """Everything /metrics shows: per-request counters and histograms, provider gauges."""
 
-    __slots__ = ("cache", "duration", "errors", "overhead", "requests", "tokens", "ttft")
+    __slots__ = (
+        "cache",
+        "duration",
+        "errors",
+        "hedges",
+        "overhead",
+        "requests",
+        "tokens",
+        "ttft",
+    )
 
     def __init__(self, *, max_series: int = MAX_SERIES) -> None:
         self.requests = Counter(
@@ -248,6 +262,14 @@ class GatewayMetrics:
             ("provider", "kind"),
             max_series=max_series,
         )
+        # Shown once a request was hedged.
+        self.hedges = Counter(
+            "leap_hedges_total",
+            "Hedged attempts, by the provider hedged to and result: won (it answered first) "
+            "or lost (the first attempt did, and the hedge was cancelled).",
+            ("provider", "result"),
+            max_series=max_series,
+        )
         # Shown only by a gateway with the response cache on.
         self.cache = Counter(
             "leap_cache_requests_total",
@@ -284,6 +306,10 @@ class GatewayMetrics:
         """Count one error of ``kind``; ``provider`` is "" when no provider was reached."""
         self.errors.inc(provider, kind)
 
+    def record_hedge(self, *, provider: str, won: bool) -> None:
+        """Count one hedged attempt to ``provider``, and whether it answered first."""
+        self.hedges.inc(provider, "won" if won else "lost")
+
     def record_cache(self, result: str) -> None:
         """Count what the response cache did with one request ("hit", "miss", "bypass")."""
         self.cache.inc(result)
@@ -307,6 +333,8 @@ class GatewayMetrics:
             self.errors,
             *_provider_gauges(snapshots),
         ]
+        if self.hedges.used:
+            families.append(self.hedges)
         if cache is not None:
             families += [self.cache, *_cache_families(cache)]
         if state is not None:

@@ -61,6 +61,9 @@ class OutcomeRecorder:
         upstream = trail.upstream_seconds
         first = outcome.first_token_at
         ttft = None if first is None or error is not None else first - outcome.started
+        if trail.hedged is not None:
+            won = served is not None and served.provider == trail.hedged
+            self.metrics.record_hedge(provider=trail.hedged, won=won)
         if error is not None:
             self.metrics.record_error(provider=provider, kind=type(error).__name__)
             overhead = latency

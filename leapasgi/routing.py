@@ -36,6 +36,8 @@ class Alias:
     strategy: str | None = None
     # Keep a session on one provider (None: the gateway's default).
     sticky: bool | None = None
+    # Hedge its requests (None: the gateway's hedged models decide).
+    hedge: bool | None = None
 
 
 class RouteTable:
@@ -47,9 +49,13 @@ class RouteTable:
         aliases: Mapping[str, Alias] | None = None,
         *,
         sticky: bool = False,
+        hedged: frozenset[str] = frozenset(),
     ) -> None:
         self._registry = registry
         self.aliases: dict[str, Alias] = dict(aliases or {})
+        # Models hedged by default ("*": all), and aliases that say so themselves.
+        self._hedged = hedged | {n for n, a in self.aliases.items() if a.hedge}
+        self._unhedged = frozenset(n for n, a in self.aliases.items() if a.hedge is False)
         # Sticky routing by default, and whether any model routes sticky at all.
         self.sticky = sticky
         self.sticky_anywhere = sticky or any(a.sticky for a in self.aliases.values())
@@ -67,6 +73,12 @@ class RouteTable:
         if alias is not None and alias.sticky is not None:
             return alias.sticky
         return self.sticky
+
+    def hedged(self, model: str) -> bool:
+        """Whether requests for ``model`` are hedged unless they say otherwise."""
+        if model in self._unhedged:
+            return False
+        return model in self._hedged or "*" in self._hedged
 
     def routes(self, request: ChatCompletionRequest) -> list[Route]:
         """Routes for ``request``, in preference order; 404 for an unknown model, 400 when no

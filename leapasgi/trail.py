@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["Attempt", "RoutingTrail"]
+__all__ = ["CANCELLED", "OK", "Attempt", "RoutingTrail"]
 
 OK = "ok"
+# The outcome of a hedged attempt cancelled because the other one answered first.
+CANCELLED = "cancelled"
 
 
 @dataclass(slots=True)
@@ -33,12 +35,16 @@ class RoutingTrail:
     # its chat form could not carry ("dropped cache_control", ...).
     translated: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    # The provider a hedged request's second attempt went to (None: not hedged).
+    hedged: str | None = None
 
     @property
     def served_by(self) -> Attempt | None:
-        """The attempt that succeeded, if one did."""
-        last = self.attempts[-1] if self.attempts else None
-        return last if last is not None and last.outcome == OK else None
+        """The attempt that succeeded, if one did (a hedge cancelled after it comes later)."""
+        for attempt in reversed(self.attempts):
+            if attempt.outcome != CANCELLED:
+                return attempt if attempt.outcome == OK else None
+        return None
 
     @property
     def upstream_seconds(self) -> float:

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..config import CACHEABLE_ROUTES
 from ..exceptions import InvalidRequestError, LeapError
+from ..hedging import hedge_header
 from ..outcome import Outcome
 from ..sessions import session_header
 from ._cache import CacheStep
@@ -43,8 +44,10 @@ class ProtocolEndpoint:
         self.identity = gateway.tenancy.identity
         self.max_body = gateway.config.server.max_body_bytes
         self.keepalive = gateway.config.server.keepalive_interval
-        # Headers naming a client's session, read only when sticky routing is on somewhere.
+        # Headers naming a client's session, read only when sticky routing is on somewhere;
+        # x-leap-hedge, read only when hedging is configured.
         self.session_headers = gateway.session_headers
+        self.hedge_header = gateway.config.routing.hedge_after is not None
         # The response cache before ``handle``, on a cacheable ``route`` (the path this
         # endpoint serves) while the cache is on; None costs nothing.
         cache = gateway.cache
@@ -76,6 +79,8 @@ class ProtocolEndpoint:
         outcome.tenant = tenant
         if self.session_headers:
             outcome.session = session_header(scope, self.session_headers)
+        if self.hedge_header:
+            outcome.hedge = hedge_header(scope)
         try:
             body = await read_body(receive, scope, self.max_body)
         except ClientGone:

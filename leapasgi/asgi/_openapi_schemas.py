@@ -395,6 +395,10 @@ _LIMITS = {
     "tpm": "Tokens per minute, prompt and completion (null: no limit).",
     "max_in_flight": "Requests at once (null: no limit).",
     "budget": "At most usd per period (null: no budget).",
+    "hedge": "Whether its requests may be hedged (false: never sent twice).",
+    "priority": "Its requests' place in a provider's queue, higher first.",
+    "max_priority": "The highest priority a request may ask for with x-leap-priority "
+    "(null: its own).",
 }
 
 
@@ -497,6 +501,9 @@ def _virtual_key_schema() -> dict[str, Any]:
         "tpm": _NULLABLE_LIMIT,
         "max_in_flight": _NULLABLE_LIMIT,
         "budget": {"anyOf": [ref("Budget"), {"type": "null"}]},
+        "hedge": {"type": "boolean"},
+        "priority": {"type": "integer"},
+        "max_priority": {"type": ["integer", "null"]},
         "created_at": {"type": "number", "description": "Seconds since the epoch."},
         "expires_at": wall,
         "revoked_at": wall,

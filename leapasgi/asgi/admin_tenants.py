@@ -59,7 +59,16 @@ MAX_METADATA_DEPTH = 16
 USAGE_DAYS = 30
 DEFAULT_GROUPS = ("day", "tenant", "model")
 
-_POLICY = ("models", "rpm", "tpm", "max_in_flight", "budget")
+_POLICY = (
+    "models",
+    "rpm",
+    "tpm",
+    "max_in_flight",
+    "budget",
+    "hedge",
+    "priority",
+    "max_priority",
+)
 _UPDATABLE = frozenset({"name", *_POLICY, "expires_at", "expires_in", "tags", "metadata"})
 _CREATABLE = _UPDATABLE | {"tenant"}
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

@@ -103,6 +103,9 @@ def policy_from_json(body: Mapping[str, Any]) -> TenantPolicy:
         tpm=_int(body, "tpm"),
         max_in_flight=_int(body, "max_in_flight"),
         budget=budget,
+        hedge=body.get("hedge", True) is not False,
+        priority=_int(body, "priority") or 0,
+        max_priority=_int(body, "max_priority"),
     )
 
 

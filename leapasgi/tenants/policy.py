@@ -69,6 +69,13 @@ class TenantPolicy:
     tpm: int | None = None
     max_in_flight: int | None = None
     budget: Budget | None = None
+    # Whether its requests may be hedged (sent twice when slow); False for requests that
+    # must never be duplicated.
+    hedge: bool = True
+    # Its requests' place in a provider's queue (higher first), and the highest a request may
+    # ask for with x-leap-priority (None: its own priority).
+    priority: int = 0
+    max_priority: int | None = None
     # Whether admission has anything to check (a model list or a limit): computed once.
     restricted: bool = field(init=False, repr=False, compare=False, default=False)
 
@@ -96,6 +103,9 @@ class TenantPolicy:
             "budget": None
             if budget is None
             else {"usd": budget.usd, "period": str(budget.period), "alert_at": budget.alert_at},
+            "hedge": self.hedge,
+            "priority": self.priority,
+            "max_priority": self.max_priority,
         }
 
     @property
