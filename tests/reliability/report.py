@@ -51,6 +51,12 @@ ROWS: dict[str, tuple[str, str]] = {
         "the provider never sees more than its limit; overflow fails fast with 503 + "
         "Retry-After; local overflow never ejects a provider",
     ),
+    "11": (
+        "hedged requests: U1 answers in 2 s for 10% of requests and 50 ms otherwise, hedge at "
+        "300 ms, 100 req/s non-streaming",
+        "p99 under 500 ms; extra upstream requests at most 12%; the losing attempt cancelled "
+        "(the upstream sees the close within 100 ms)",
+    ),
     "12": (
         "client disconnects (mid-stream, before the first token, non-streaming, mounted under "
         "BaseHTTPMiddleware)",
