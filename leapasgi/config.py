@@ -56,7 +56,7 @@ from .providers.urls import check_base_url
 from .redact import public_url
 from .retry import DEFAULT_MAX_RETRIES, INITIAL_RETRY_DELAY, MAX_RETRY_AFTER, MAX_RETRY_DELAY
 from .state.memory import DEFAULT_CACHE_MAX_BYTES, DEFAULT_CACHE_MAX_ENTRIES
-from .tenants.policy import Budget, Period, TenantPolicy
+from .tenants.policy import PRIORITY_MAX, PRIORITY_MIN, Budget, Period, TenantPolicy
 
 __all__ = [
     "DEFAULT_BASE_EJECTION",
@@ -103,9 +103,6 @@ DEFAULT_FIRST_TOKEN_TIMEOUT = 60.0
 DEFAULT_HEALTH_INTERVAL = 30.0
 DEFAULT_HEALTH_TIMEOUT = 5.0
 DEFAULT_STICKY_TTL = 3600.0
-# Request priorities in providers' queues (higher first); batches run at the lowest.
-PRIORITY_MIN = -100
-PRIORITY_MAX = 100
 # At most this share of requests are hedged (a retry budget's usual size).
 DEFAULT_HEDGE_BUDGET = 0.05
 DEFAULT_SESSION_HEADERS = ("x-session-id", "x-claude-code-session-id")

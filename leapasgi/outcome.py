@@ -62,6 +62,7 @@ class Outcome:
         "hedge",
         "model",
         "operation",
+        "priority",
         "prompt_tokens",
         "request",
         "sent",
@@ -99,8 +100,10 @@ class Outcome:
         # The request as the dispatcher took it (for usage estimates when no report came).
         self.request: ChatCompletionRequest | ProtocolRequest | None = None
         self.upstream_request_id: str | None = None
-        # The client's word on hedging (x-leap-hedge): True, False, or None (the config's).
+        # The client's word on hedging (x-leap-hedge): True, False, or None (the config's);
+        # and its priority in providers' queues (x-leap-priority within its policy's bounds).
         self.hedge: bool | None = None
+        self.priority = 0
         # The client's session (a session header's value), for sticky routing.
         self.session: str | None = None
         # What the response cache did: "hit", "miss" or "bypass"; None without a cache.

@@ -18,7 +18,7 @@ from ..hedging import hedge_header
 from ..outcome import Outcome
 from ..sessions import session_header
 from ._cache import CacheStep
-from ._http import ClientGone, read_body, send_error
+from ._http import ClientGone, header_int, read_body, send_error
 
 if TYPE_CHECKING:
     from ..gateway import GatewayCore
@@ -48,6 +48,8 @@ class ProtocolEndpoint:
         # x-leap-hedge, read only when hedging is configured.
         self.session_headers = gateway.session_headers
         self.hedge_header = gateway.config.routing.hedge_after is not None
+        # x-leap-priority, read only when some provider's requests can wait in line.
+        self.priority_header = any(p.max_in_flight for p in gateway.config.providers)
         # The response cache before ``handle``, on a cacheable ``route`` (the path this
         # endpoint serves) while the cache is on; None costs nothing.
         cache = gateway.cache
@@ -81,6 +83,8 @@ class ProtocolEndpoint:
             outcome.session = session_header(scope, self.session_headers)
         if self.hedge_header:
             outcome.hedge = hedge_header(scope)
+        if self.priority_header:
+            outcome.priority = tenant.policy.priority_for(header_int(scope, b"x-leap-priority"))
         try:
             body = await read_body(receive, scope, self.max_body)
         except ClientGone:

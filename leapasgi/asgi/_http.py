@@ -89,6 +89,18 @@ async def send_json(
     await send_response(send, status, body, headers=headers)
 
 
+def header_int(scope: Scope, name: bytes) -> int | None:
+    """The integer a request header holds (``-3``, ``10``); None when it is absent or not a
+    small integer."""
+    for key, value in scope["headers"]:
+        if key == name:
+            text = bytes(value).strip()
+            if 0 < len(text) <= 4 and text.lstrip(b"-").isdigit():
+                return int(text)
+            return None
+    return None
+
+
 def error_headers(error: LeapError) -> list[tuple[bytes, bytes]]:
     """Retry-After when the error has a hint; x-should-retry false once the gateway retried;
     WWW-Authenticate on every 401 (RFC 9110 requires it)."""

@@ -18,12 +18,19 @@ from typing import Any
 __all__ = [
     "ANONYMOUS",
     "OPEN",
+    "PRIORITY_MAX",
+    "PRIORITY_MIN",
     "Budget",
     "Period",
     "Tenant",
     "TenantPolicy",
     "period_key",
 ]
+
+
+# Request priorities in providers' queues (higher first); batches run at the lowest.
+PRIORITY_MIN = -100
+PRIORITY_MAX = 100
 
 
 class Period(StrEnum):
@@ -81,6 +88,15 @@ class TenantPolicy:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "restricted", self.models is not None or self.limited)
+
+    def priority_for(self, asked: int | None) -> int:
+        """The priority of a request that asked for ``asked`` (x-leap-priority): at most
+        ``max_priority`` (else its own), at least ``PRIORITY_MIN``; its own when it asked
+        for none."""
+        if asked is None:
+            return self.priority
+        ceiling = self.max_priority if self.max_priority is not None else self.priority
+        return max(PRIORITY_MIN, min(asked, ceiling))
 
     def allows(self, model: str) -> bool:
         """Whether the tenant may ask for ``model`` (a model, alias or provider/model name)."""
