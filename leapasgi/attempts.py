@@ -79,6 +79,8 @@ class RequestAttempts:
         # the first content).
         self.hedging = False
         self.stream = False
+        # Its place in a provider's line (higher first).
+        self.priority = 0
 
     async def next(self) -> Route | None:
         """The next route to try, waiting for a due retry if nothing fresh is left; None when

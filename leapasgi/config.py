@@ -193,6 +193,10 @@ class ProviderConfig(_Config):
     # slot, up to the request's deadline; beyond that a request fails over at once.
     max_in_flight: int | None = Field(default=None, ge=1)
     max_waiting: int = Field(default=0, ge=0)
+    # Adaptive concurrency: the in-flight limit follows what the provider can take (its
+    # latency, its 429s and 503s), between min_in_flight and max_in_flight.
+    adaptive_concurrency: bool = False
+    min_in_flight: int = Field(default=1, ge=1)
     # Requests and tokens per minute to this provider (unset: no limit), exact across
     # replicas with a shared state backend; per model too. Over one: fail over, else a 429.
     rpm: int | None = Field(default=None, ge=1)
@@ -258,6 +262,10 @@ class ProviderConfig(_Config):
     def _waiting_needs_a_limit(self) -> Self:
         if self.max_waiting and self.max_in_flight is None:
             raise ValueError("max_waiting: set max_in_flight too; requests wait for its slots")
+        if self.adaptive_concurrency and self.max_in_flight is None:
+            raise ValueError("adaptive_concurrency: set max_in_flight too (its ceiling)")
+        if self.max_in_flight is not None and self.min_in_flight > self.max_in_flight:
+            raise ValueError("min_in_flight: at most max_in_flight")
         return self
 
     def resolve_key(self, env: Mapping[str, str] | None = None) -> SecretStr | None:

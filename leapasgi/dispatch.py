@@ -39,6 +39,7 @@ from .exceptions import (
     UpstreamUnavailableError,
 )
 from .hedging import HedgeBudget, hedge_delay
+from .limits import Acquired
 from .native import EventBatch, NativeReply, ProtocolRequest
 from .outcome import Outcome
 from .providers.base import NativeProvider
@@ -74,7 +75,6 @@ _OFF = (ProviderStatus.INACTIVE, ProviderStatus.MAINTENANCE)
 class _Slot(Enum):
     TAKEN = "taken"
     FULL = "full"  # skipped: another provider may serve
-    OUT_OF_TIME = "out_of_time"  # the wait for a slot used up the request's time
 
 
 def for_route(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:
@@ -236,6 +236,7 @@ class Dispatcher:
                 if session is not None:
                     prefer = await self._sticky.get(session)
             attempts = self._plan(routes, model, outcome.trail, prefer)
+            attempts.priority = outcome.priority
             hedge = self._hedge_delay(outcome, model, attempts) if self._hedging else None
             clock = self._clock
             while True:
@@ -380,8 +381,6 @@ class Dispatcher:
             if slot is not _Slot.TAKEN:
                 if reserved is not None:
                     self._limiter.settle(reserved, None)
-                if slot is _Slot.OUT_OF_TIME:
-                    raise attempts.exhausted_error()
                 return None
         lease = entry.lease(expires_at=attempts.deadline.at)
         if reserved is not None:
@@ -599,21 +598,33 @@ class Dispatcher:
         # A stream dropped without being closed may hold a slot past its deadline.
         if entry.reclaim(self._clock.monotonic()) and limit.try_acquire():
             return _Slot.TAKEN
-        remaining = attempts.deadline.remaining()
-        # With a place in line, a refusal means the wait used up the request's time.
-        in_line = remaining > 0 and limit.waiting < limit.max_waiting
-        if await limit.acquire(remaining):
+        # In line by priority, then deadline; a request that could not be answered in time
+        # even once served (its wait plus the provider's typical latency) is shed at once.
+        deadline = attempts.deadline
+        got = await limit.acquire(
+            deadline.remaining(),
+            priority=attempts.priority,
+            deadline=deadline.at,
+            service_time=service_time(entry),
+        )
+        if got is Acquired.TAKEN:
             return _Slot.TAKEN
+        why = (
+            "could not answer within the request's time"
+            if got is not Acquired.FULL
+            else f"is at its concurrency limit ({limit.max_in_flight} in flight, "
+            f"{limit.max_waiting} waiting)"
+        )
         attempts.record_overflow(
             route,
             ProviderBusyError(
-                f"Provider {entry.name!r} is at its concurrency limit "
-                f"({limit.max_in_flight} in flight, {limit.max_waiting} waiting)",
+                f"Provider {entry.name!r} {why}",
                 provider=entry.name,
                 retry_after=BUSY_RETRY_AFTER,
             ),
         )
-        return _Slot.OUT_OF_TIME if in_line else _Slot.FULL
+        # Shed or given up in line: another provider may still answer in time.
+        return _Slot.FULL
 
     def _plan(
         self, routes: list[Route], model: str, trail: RoutingTrail, prefer: str | None
@@ -708,6 +719,13 @@ async def _discard(running: set[asyncio.Future[Any]], finished: set[asyncio.Futu
         if isinstance(loser, UpstreamStream):
             await loser.close()
             loser.lease.abandoned()
+
+
+def service_time(entry: ProviderEntry) -> float:
+    """How long a request holds one of ``entry``'s slots, typically: its median latency (0
+    before any sample, when nothing is shed)."""
+    quantiles = entry.stats.latency.quantiles()
+    return quantiles.p50 if quantiles is not None else 0.0
 
 
 def note_usage(outcome: Outcome, usage: Usage) -> None:

@@ -181,6 +181,8 @@ class ProviderManager:
             base_url=public_url(url) if (url := config.resolved_base_url) else None,
             max_in_flight=config.max_in_flight,
             max_waiting=config.max_waiting,
+            adaptive=config.adaptive_concurrency,
+            min_in_flight=config.min_in_flight,
             rpm=config.rpm,
             tpm=config.tpm,
             model_limits=tuple(

@@ -18,6 +18,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from .health import BreakerState
+from .limits import WAIT_BUCKETS
 from .registry import ProviderSnapshot, ProviderStatus
 
 if TYPE_CHECKING:
@@ -182,6 +183,18 @@ class Histogram(_Family[_HistogramSeries]):
         series.counts[bisect_left(self.buckets, value)] += 1
         series.sum += value
 
+    def load(self, cumulative: tuple[int, ...], total: float, *label_values: str) -> None:
+        """Set the series for ``label_values`` from counts kept elsewhere: cumulative, one per
+        bucket and +Inf (as a limit's wait histogram keeps them), and their sum."""
+        if len(cumulative) != len(self.buckets) + 1:
+            return
+        series = self._admit(label_values)
+        previous = 0
+        for index, count in enumerate(cumulative):
+            series.counts[index] = count - previous
+            previous = count
+        series.sum = total
+
     def _new(self) -> _HistogramSeries:
         return _HistogramSeries(len(self.buckets) + 1)
 
@@ -343,7 +356,7 @@ class GatewayMetrics:
         return "".join(family.render() for family in families)
 
 
-def _provider_gauges(snapshots: Iterable[ProviderSnapshot]) -> list[_Gauge | Counter]:
+def _provider_gauges(snapshots: Iterable[ProviderSnapshot]) -> list[_Family[Any]]:
     in_flight = _Gauge("leap_provider_in_flight", "Requests in flight to the provider.", _PROVIDER)
     up = _Gauge("leap_provider_up", "1 if the provider's status is active, else 0.", _PROVIDER)
     breaker = _Gauge(
@@ -367,6 +380,23 @@ def _provider_gauges(snapshots: Iterable[ProviderSnapshot]) -> list[_Gauge | Cou
         "Requests turned away locally because the provider's slots and queue were full.",
         _PROVIDER,
     )
+    limit = _Gauge(
+        "leap_provider_concurrency_limit",
+        "Requests the provider may have in flight now (an adaptive limit moves).",
+        _PROVIDER,
+    )
+    shed = Counter(
+        "leap_provider_shed_total",
+        "Requests shed at once, or given up in line, because the provider could not answer "
+        "them within their deadline.",
+        _PROVIDER,
+    )
+    waits = Histogram(
+        "leap_provider_queue_wait_seconds",
+        "Time requests waited in line for one of the provider's slots.",
+        _PROVIDER,
+        WAIT_BUCKETS,
+    )
     for snap in snapshots:
         name = snap.name
         in_flight.set(snap.in_flight, name)
@@ -378,7 +408,11 @@ def _provider_gauges(snapshots: Iterable[ProviderSnapshot]) -> list[_Gauge | Cou
         errors.set(snap.consecutive_errors, name)
         waiting.set(snap.waiting, name)
         overflows.inc(name, amount=snap.overflows)
-    return [in_flight, up, breaker, ewma, errors, waiting, overflows]
+        if snap.limit is not None:
+            limit.set(snap.limit, name)
+            shed.inc(name, amount=snap.shed + snap.timed_out)
+            waits.load(snap.wait_counts, snap.wait_sum, name)
+    return [in_flight, up, breaker, ewma, errors, waiting, overflows, limit, shed, waits]
 
 
 def _cache_families(cache: CacheSnapshot) -> list[_Gauge | Counter]:

@@ -12,12 +12,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from .adaptive import AdaptiveLimit
 from .clock import Clock, SystemClock
 from .exceptions import (
     ConfigurationError,
     ConflictError,
     InvalidRequestError,
     LeapError,
+    LeapTimeoutError,
     NotFoundError,
     RateLimitError,
 )
@@ -84,10 +86,20 @@ class RouteSettings:
     # Requests at once (None: no limit), and how many more may wait for a slot.
     max_in_flight: int | None = None
     max_waiting: int = 0
+    # The limit adapts to the provider between min_in_flight and max_in_flight.
+    adaptive: bool = False
+    min_in_flight: int = 1
     # Requests and tokens per minute (None: no limit), and per model: (model, rpm, tpm).
     rpm: int | None = None
     tpm: int | None = None
     model_limits: tuple[tuple[str, int | None, int | None], ...] = ()
+
+
+def _overloaded(error: LeapError) -> bool:
+    """Whether a failure says the provider is overloaded (429, 503, 529, a timeout): what
+    an adaptive limit backs off from. Other failures say nothing about its queue."""
+    status = error.upstream_status
+    return isinstance(error, RateLimitError | LeapTimeoutError) or status in (503, 529)
 
 
 def _native(provider: Provider, capabilities: Capabilities) -> NativeProvider | None:
@@ -114,6 +126,7 @@ class ProviderEntry:
         "_effective",
         "_kept",
         "_on_idle",
+        "adaptive",
         "breaker",
         "capabilities",
         "discovered_models",
@@ -142,8 +155,19 @@ class ProviderEntry:
         self.discovered_models: tuple[str, ...] | None = None
         self.transitions: deque[Transition] = deque(maxlen=MAX_TRANSITIONS)
         self.limit = (
-            ConcurrencyLimit(settings.max_in_flight, settings.max_waiting)
+            ConcurrencyLimit(settings.max_in_flight, settings.max_waiting, clock=clock)
             if settings.max_in_flight is not None
+            else None
+        )
+        # The adaptive limiter that sets ``limit`` (None: a fixed limit, or none).
+        self.adaptive = (
+            AdaptiveLimit(
+                floor=min(settings.min_in_flight, settings.max_in_flight),
+                ceiling=settings.max_in_flight,
+                initial=settings.max_in_flight,
+                clock=clock,
+            )
+            if settings.adaptive and settings.max_in_flight is not None
             else None
         )
         # Monotonic time of the last outcome with a latency sample; least-latency probes a
@@ -254,6 +278,10 @@ class ProviderEntry:
         self.sampled_at = now
         self.breaker.record_success()
         self.refresh("a request succeeded")
+        if self.adaptive is not None:
+            # A stream's time to first token is the cleaner signal of the provider's queue.
+            sample = ttft if ttft is not None else latency
+            self._adapt(sample, now - latency, overloaded=False)
 
     def failed(self, error: LeapError, latency: float) -> None:
         """Record a provider failure; enough of them in a row eject the provider, and its
@@ -263,6 +291,8 @@ class ProviderEntry:
         now = self._clock.monotonic()
         self.stats.record_failure(kind, latency, now=now, message=error.message[:200])
         self.sampled_at = now
+        if self.adaptive is not None and _overloaded(error):
+            self._adapt(latency, now - latency, overloaded=True)
         if error.retry_after:
             self.breaker.hold(error.retry_after)
             self.held_for_rate_limit = isinstance(error, RateLimitError)
@@ -279,6 +309,16 @@ class ProviderEntry:
                 self._note(self.status, cause)
             if self.observer is not None:
                 self.observer(self)
+
+    def _adapt(self, latency: float, started: float, *, overloaded: bool) -> None:
+        """Feed the adaptive limiter one outcome; a new limit applies to the slots at once."""
+        assert self.adaptive is not None
+        assert self.limit is not None
+        limit = self.adaptive.on_sample(
+            latency, in_flight=self.stats.in_flight, overloaded=overloaded, started=started
+        )
+        if limit is not None:
+            self.limit.set_limit(limit)
 
     def refused(self, error: LeapError) -> None:
         """Record an error that is the caller's, not the provider's (400, 404, 413, 422...)."""
@@ -435,12 +475,23 @@ class ProviderSnapshot:
     # The concurrency limit (None: none), requests waiting for a slot, and those turned away.
     max_in_flight: int | None = None
     max_waiting: int = 0
+    # The limit adapts to the provider between min_in_flight and max_in_flight.
+    adaptive: bool = False
+    min_in_flight: int = 1
     # Requests and tokens per minute (None: no limit), and per model: (model, rpm, tpm).
     rpm: int | None = None
     tpm: int | None = None
     model_limits: tuple[tuple[str, int | None, int | None], ...] = ()
     waiting: int = 0
     overflows: int = 0
+    # The limit now (an adaptive one moves), requests shed (they could not be answered in
+    # time) or given up in line, and the waits in line: cumulative counts per WAIT_BUCKETS
+    # bound and +Inf, and their sum.
+    limit: int | None = None
+    shed: int = 0
+    timed_out: int = 0
+    wait_counts: tuple[int, ...] = ()
+    wait_sum: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -620,6 +671,13 @@ def _snapshot(entry: ProviderEntry, now: float, wall: float) -> ProviderSnapshot
         held_until=wall_time(breaker.held_until),
         max_in_flight=entry.settings.max_in_flight,
         max_waiting=entry.settings.max_waiting if limit is not None else 0,
+        adaptive=entry.adaptive is not None,
+        min_in_flight=entry.settings.min_in_flight,
         waiting=limit.waiting if limit is not None else 0,
         overflows=limit.overflows if limit is not None else 0,
+        limit=limit.max_in_flight if limit is not None else None,
+        shed=limit.shed if limit is not None else 0,
+        timed_out=limit.timed_out if limit is not None else 0,
+        wait_counts=limit.wait_seconds.counts if limit is not None else (),
+        wait_sum=limit.wait_seconds.sum if limit is not None else 0.0,
     )

@@ -10,6 +10,7 @@ import pytest
 from leapasgi.clock import FakeClock
 from leapasgi.exceptions import UpstreamUnavailableError
 from leapasgi.health import DEFAULT_BASE_EJECTION, DEFAULT_FAILURE_THRESHOLD
+from leapasgi.limits import Acquired
 from leapasgi.prometheus import (
     CONTENT_TYPE,
     DEFAULT_BUCKETS,
@@ -388,10 +389,13 @@ def test_help_and_type_appear_once_per_family_in_name_order() -> None:
             "leap_errors_total",
             "leap_gateway_overhead_seconds",
             "leap_provider_breaker_state",
+            "leap_provider_concurrency_limit",
             "leap_provider_consecutive_errors",
             "leap_provider_in_flight",
             "leap_provider_latency_ewma_seconds",
             "leap_provider_overflows_total",
+            "leap_provider_queue_wait_seconds",
+            "leap_provider_shed_total",
             "leap_provider_up",
             "leap_provider_waiting",
             "leap_request_duration_seconds",
@@ -446,8 +450,10 @@ async def test_a_limited_provider_shows_its_queue_and_overflows() -> None:
     registry, _ = make_registry()
     entry = registry.register(MockProvider(name="small"), RouteSettings(max_in_flight=1))
     assert entry.limit is not None
-    assert await entry.limit.acquire(0.0)  # the one slot
-    assert not await entry.limit.acquire(0.0)  # no queue: turned away
+    assert await entry.limit.acquire(0.0) is Acquired.TAKEN  # the one slot
+    assert await entry.limit.acquire(0.0) is Acquired.FULL  # no queue: turned away
     exp = parse(GatewayMetrics().render(registry.snapshots()))
     assert exp.value("leap_provider_overflows_total", provider="small") == 1
     assert exp.value("leap_provider_waiting", provider="small") == 0
+    assert exp.value("leap_provider_concurrency_limit", provider="small") == 1
+    assert exp.value("leap_provider_shed_total", provider="small") == 0
