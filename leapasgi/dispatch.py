@@ -609,12 +609,15 @@ class Dispatcher:
         )
         if got is Acquired.TAKEN:
             return _Slot.TAKEN
-        why = (
-            "could not answer within the request's time"
-            if got is not Acquired.FULL
-            else f"is at its concurrency limit ({limit.max_in_flight} in flight, "
-            f"{limit.max_waiting} waiting)"
-        )
+        if got is Acquired.SHED:
+            why = "could not answer within the request's time (shed)"
+        elif got is Acquired.TIMED_OUT:
+            why = "kept the request in line until too little of its time was left"
+        else:
+            why = (
+                f"is at its concurrency limit ({limit.max_in_flight} in flight, "
+                f"{limit.max_waiting} waiting)"
+            )
         attempts.record_overflow(
             route,
             ProviderBusyError(

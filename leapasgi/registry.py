@@ -164,7 +164,7 @@ class ProviderEntry:
             AdaptiveLimit(
                 floor=min(settings.min_in_flight, settings.max_in_flight),
                 ceiling=settings.max_in_flight,
-                initial=settings.max_in_flight,
+                initial=settings.min_in_flight,
                 clock=clock,
             )
             if settings.adaptive and settings.max_in_flight is not None

@@ -51,6 +51,12 @@ ROWS: dict[str, tuple[str, str]] = {
         "the provider never sees more than its limit; overflow fails fast with 503 + "
         "Retry-After; local overflow never ejects a provider",
     ),
+    "10": (
+        "adaptive concurrency: an upstream with a capacity of 8 (latency grows with its queue) "
+        "offered 64 concurrent clients for 30 s",
+        "the limit converges between 6 and 16 within 10 s; the upstream's p99 stays under 2x "
+        "its unloaded p99; shed requests fail within 10 ms",
+    ),
     "11": (
         "hedged requests: U1 answers in 2 s for 10% of requests and 50 ms otherwise, hedge at "
         "300 ms, 100 req/s non-streaming",
