@@ -41,7 +41,15 @@ class RoutingTrail:
     @property
     def served_by(self) -> Attempt | None:
         """The attempt that succeeded, if one did (a hedge cancelled after it comes later)."""
-        for attempt in reversed(self.attempts):
+        attempts = self.attempts
+        if not attempts:
+            return None
+        last = attempts[-1]
+        if last.outcome == OK:
+            return last
+        if self.hedged is None:
+            return None
+        for attempt in reversed(attempts):
             if attempt.outcome != CANCELLED:
                 return attempt if attempt.outcome == OK else None
         return None
