@@ -24,6 +24,8 @@ from leapasgi.types import ChatCompletionRequest
 pytestmark = pytest.mark.anyio
 
 SLOW = 30.0  # a first attempt that would take this long is always hedged (and cancelled)
+HEDGE = 0.2
+LATE = 0.6  # slower than the hedge delay, far faster than SLOW
 
 
 def req(**fields: Any) -> ChatCompletionRequest:
@@ -32,8 +34,9 @@ def req(**fields: Any) -> ChatCompletionRequest:
 
 
 def hedged(**routing: Any) -> tuple[ProviderManager, MockProvider, MockProvider]:
-    """A manager over providers a (tried first) and b, hedging model m after 20 ms."""
-    routing.setdefault("hedge_after", 0.02)
+    """A manager over providers a (tried first) and b, hedging model m after 0.2 s (well past
+    what an answer takes here, however busy the machine)."""
+    routing.setdefault("hedge_after", HEDGE)
     routing.setdefault("hedge_models", ["m"])
     routing.setdefault("hedge_budget", 1.0)
     manager = ProviderManager(
@@ -79,7 +82,7 @@ async def test_a_fast_first_attempt_is_not_hedged() -> None:
 
 async def test_the_first_to_answer_wins_even_when_it_is_the_first_attempt() -> None:
     manager, a, b = hedged()
-    a.inject(Fault.delay(0.1))  # slower than the hedge delay, faster than b
+    a.inject(Fault.delay(LATE))  # slower than the hedge delay, faster than b
     b.inject(Fault.delay(SLOW))
     outcome = Outcome()
     answer = await manager.chat(req(), outcome=outcome)
@@ -90,7 +93,7 @@ async def test_the_first_to_answer_wins_even_when_it_is_the_first_attempt() -> N
 
 async def test_a_failed_hedge_leaves_the_first_attempt_to_answer() -> None:
     manager, a, b = hedged()
-    a.inject(Fault.delay(0.1))
+    a.inject(Fault.delay(LATE))
     b.inject(Fault.status(500))
     outcome = Outcome()
     answer = await manager.chat(req(), outcome=outcome)
@@ -113,7 +116,7 @@ async def test_a_stream_hedges_before_its_first_content() -> None:
 async def test_a_stream_that_committed_is_never_hedged() -> None:
     # a sends its first content at once, then is slow: the stream is a's, and b never hears.
     manager, a, b = hedged()
-    a.chunk_delay = 0.1
+    a.chunk_delay = LATE  # its first content comes at once, the rest after the hedge delay
     outcome = Outcome()
     async with manager.stream(req(stream=True), outcome=outcome) as stream:
         text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
@@ -134,7 +137,7 @@ async def test_no_hedge(why: str) -> None:
     if why == "model not hedged":
         options["hedge_models"] = ["other"]
     manager, a, b = hedged(**options)
-    a.inject(Fault.delay(0.1))
+    a.inject(Fault.delay(LATE))
     outcome = Outcome()
     if why == "client said off":
         outcome.hedge = False
@@ -183,7 +186,7 @@ async def test_hedges_show_in_the_metrics_and_the_header_turns_them_on() -> None
             ProviderConfig(name="a", type="mock", models=["m"], priority=0),
             ProviderConfig(name="b", type="mock", models=["m"], priority=1),
         ],
-        routing=RoutingConfig(hedge_after=0.02, hedge_budget=1.0),
+        routing=RoutingConfig(hedge_after=HEDGE, hedge_budget=1.0),
         health=HealthConfig(interval=0),
     )
     gateway = Gateway(config=config)

@@ -74,9 +74,10 @@ async def test_the_line_serves_higher_priority_first() -> None:
 async def test_a_request_that_cannot_be_answered_in_time_is_shed_at_once() -> None:
     manager, mock = one_slot(request_timeout=0.5)
     # Teach the provider's typical latency (0.3 s), then hold its one slot.
-    mock.inject(Fault.delay(0.3), Fault.delay(0.3), Fault.delay(0.3))
+    mock.inject(Fault.delay(0.3), Fault.delay(0.3), Fault.delay(3.0))
     for _ in range(2):
         await manager.chat(req())
+    # Holds the slot until its own deadline (0.5 s), whatever the machine's pace.
     holder = asyncio.ensure_future(manager.chat(req()))
     await asyncio.sleep(0.05)
     # In line behind it, a request would need 0.3 s of wait plus 0.3 s of its own: more than
@@ -88,7 +89,7 @@ async def test_a_request_that_cannot_be_answered_in_time_is_shed_at_once() -> No
     assert caught.value.retry_after is not None
     assert "could not answer within the request's time" in caught.value.message
     assert manager.registry.get("p").limit.shed == 1  # type: ignore[union-attr]
-    await holder
+    await asyncio.gather(holder, return_exceptions=True)
     await manager.aclose()
 
 
