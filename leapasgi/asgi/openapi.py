@@ -59,6 +59,17 @@ _ANTHROPIC_HEADERS = [
     optional("header", "anthropic-version", "Passed on to a provider that speaks Messages."),
     optional("header", "anthropic-beta", "Passed on to a provider that speaks Messages."),
 ]
+# What a request may ask of the gateway itself, on every model endpoint.
+_CONTROL_HEADERS = [
+    optional(
+        "header", "x-leap-hedge", "on or off: hedge this request or not (with routing.hedge_after)."
+    ),
+    optional(
+        "header",
+        "x-leap-priority",
+        "Its place in a provider's line, -100 to 100 (higher first), within the caller's policy.",
+    ),
+]
 _MODEL_SHAPE = optional(
     "header", "anthropic-version", "Any value: answer in Anthropic's shape (Anthropic's SDKs)."
 )
@@ -108,6 +119,7 @@ def openapi_document(
                 },
                 tags=["chat"],
                 security=api,
+                parameters=_CONTROL_HEADERS,
                 body={"schema": ref("ChatCompletionRequest")},
                 error=MODEL_ERROR,
             )
@@ -130,6 +142,7 @@ def openapi_document(
                 },
                 tags=["responses"],
                 security=api,
+                parameters=_CONTROL_HEADERS,
                 body={"schema": ref("ResponsesRequest")},
                 error=MODEL_ERROR,
                 description="The gateway keeps the conversation: previous_response_id names a "
@@ -175,7 +188,7 @@ def openapi_document(
                 tags=["messages"],
                 security=anthropic_api,
                 body={"schema": ref("MessagesRequest")},
-                parameters=_ANTHROPIC_HEADERS,
+                parameters=[*_ANTHROPIC_HEADERS, *_CONTROL_HEADERS],
                 error=ANTHROPIC_ERROR,
             )
         },
@@ -211,6 +224,7 @@ def openapi_document(
                 },
                 tags=["embeddings"],
                 security=api,
+                parameters=_CONTROL_HEADERS,
                 body={"schema": ref("EmbeddingRequest")},
                 error=MODEL_ERROR,
             )
