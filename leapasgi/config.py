@@ -41,6 +41,7 @@ from .conversations import DEFAULT_TTL as DEFAULT_STORE_TTL
 from .exceptions import ConfigurationError
 from .features import ALL_FEATURES
 from .health import DEFAULT_BASE_EJECTION, DEFAULT_FAILURE_THRESHOLD, DEFAULT_MAX_EJECTION
+from .hooks import load_hook
 from .native import WireProtocol
 from .providers.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Provider, Timeouts
 from .providers.compatible import OpenAICompatibleProvider
@@ -82,6 +83,7 @@ __all__ = [
     "ConnectionLimits",
     "GatewayConfig",
     "HealthConfig",
+    "HookConfig",
     "ProviderConfig",
     "RateLimitConfig",
     "ResponsesConfig",
@@ -798,6 +800,28 @@ class TenantsConfig(_Config):
     retention_days: int = Field(default=400, ge=1)
 
 
+class HookConfig(_Config):
+    """[[hooks]]: a request hook by import path (``"package.module:factory"``), made at load
+    by calling the factory with ``options``."""
+
+    path: str = Field(min_length=3)
+    options: dict[str, Any] = Field(default_factory=dict)
+    _hook: object = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load(self) -> Self:
+        try:
+            self._hook = load_hook(self.path, self.options)
+        except ConfigurationError as exc:
+            raise ValueError(exc.message) from None
+        return self
+
+    @property
+    def hook(self) -> object:
+        """The hook the factory made."""
+        return self._hook
+
+
 class GatewayConfig(_Config):
     """Providers, routing, health and server settings of one gateway."""
 
@@ -812,8 +836,17 @@ class GatewayConfig(_Config):
     oauth: OAuthConfig | None = None
     # Prices (USD per million tokens) by model, over the shipped table.
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
+    # Request hooks, in order ("package.module:factory" alone, or a table with options).
+    hooks: list[HookConfig] = Field(default_factory=list)
     # Optional providers dropped while loading a file (an unset variable), with the reason.
     _skipped: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @field_validator("hooks", mode="before")
+    @classmethod
+    def _path_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"path": item} if isinstance(item, str) else item for item in value]
+        return value
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Self:

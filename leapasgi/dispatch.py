@@ -22,7 +22,7 @@ import math
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from enum import Enum
-from typing import Any, Generic, Literal, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 from .attempts import BUSY_RETRY_AFTER, Decision, RequestAttempts
 from .balancing import Candidate, Strategy, order
@@ -39,6 +39,7 @@ from .exceptions import (
     UpstreamUnavailableError,
 )
 from .hedging import HedgeBudget, hedge_delay
+from .hooks import HookChain, HookContext
 from .limits import Acquired
 from .native import EventBatch, NativeReply, ProtocolRequest
 from .outcome import Outcome
@@ -135,6 +136,8 @@ class Dispatcher:
         # and the price of an answer (tenancy's ``price``), for its cost header.
         self.admit: Admit | None = None
         self.price: Callable[[Outcome], float | None] | None = None
+        # Request hooks (GatewayCore's); None: no hook, and nothing is done for them.
+        self.hooks: HookChain | None = None
 
     def use_state(self, state: StateBackend) -> None:
         """Take rate limits and sticky sessions from ``state``."""
@@ -146,9 +149,17 @@ class Dispatcher:
     ) -> ChatCompletion:
         """One completion from the best provider that can serve it; ``prefer`` names a
         provider to try first."""
-        completion = await self._run(
-            request, request.model, self._routes.routes, outcome, prefer, self._complete
-        )
+        hooks = self.hooks
+        context = None
+        if hooks is None:
+            completion = await self._run(
+                request, request.model, self._routes.routes, outcome, prefer, self._complete
+            )
+        else:
+            completion, context = await self._hooked(
+                hooks, request, self._routes.routes, outcome, prefer, self._complete
+            )
+            request = cast(ChatCompletionRequest, context.request)
         usage = completion.usage
         if usage is not None:
             note_usage(outcome, usage)
@@ -159,6 +170,8 @@ class Dispatcher:
             outcome.usage_estimated = True
         if self.price is not None:
             outcome.cost_usd = self.price(outcome)
+        if hooks is not None and context is not None:
+            await self._after(hooks, context, outcome, completion)
         return completion
 
     async def open_stream(
@@ -167,18 +180,33 @@ class Dispatcher:
         """A stream committed to the first provider that sent a first batch; failures before
         it fail over."""
         outcome.stream = True
-        return await self._run(
-            request, request.model, self._routes.routes, outcome, prefer, self._open
+        hooks = self.hooks
+        if hooks is None:
+            return await self._run(
+                request, request.model, self._routes.routes, outcome, prefer, self._open
+            )
+        stream, context = await self._hooked(
+            hooks, request, self._routes.routes, outcome, prefer, self._open
         )
+        stream.hooked = (hooks, context)
+        return stream
 
     async def exchange(
         self, request: ProtocolRequest, outcome: Outcome, *, prefer: str | None = None
     ) -> NativeReply | ChatCompletion:
         """One whole answer to a request in another protocol: the upstream's own answer from a
         provider that speaks it, else a chat completion to translate back."""
-        answer: NativeReply | ChatCompletion = await self._run(
-            request, request.model, self._protocol_routes, outcome, prefer, self._exchange
-        )
+        hooks = self.hooks
+        context = None
+        answer: NativeReply | ChatCompletion
+        if hooks is None:
+            answer = await self._run(
+                request, request.model, self._protocol_routes, outcome, prefer, self._exchange
+            )
+        else:
+            answer, context = await self._hooked(
+                hooks, request, self._protocol_routes, outcome, prefer, self._exchange
+            )
         if isinstance(answer, NativeReply):
             if answer.usage is not None:
                 outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens = (
@@ -188,6 +216,8 @@ class Dispatcher:
             note_usage(outcome, answer.usage)
         if self.price is not None:
             outcome.cost_usd = self.price(outcome)
+        if hooks is not None and context is not None:
+            await self._after(hooks, context, outcome, answer)
         return answer
 
     async def open_exchange(
@@ -196,10 +226,54 @@ class Dispatcher:
         """A stream in another protocol, committed at its first content: native events from a
         provider that speaks it, else chat chunks to translate."""
         outcome.stream = True
-        stream: UpstreamStream[Batch] = await self._run(
-            request, request.model, self._protocol_routes, outcome, prefer, self._open_exchange
+        hooks = self.hooks
+        stream: UpstreamStream[Batch]
+        if hooks is None:
+            stream = await self._run(
+                request, request.model, self._protocol_routes, outcome, prefer, self._open_exchange
+            )
+            return stream
+        stream, context = await self._hooked(
+            hooks, request, self._protocol_routes, outcome, prefer, self._open_exchange
         )
+        stream.hooked = (hooks, context)
         return stream
+
+    async def _hooked(
+        self,
+        hooks: HookChain,
+        request: _R,
+        routes_of: Callable[[_R], list[Route]],
+        outcome: Outcome,
+        prefer: str | None,
+        attempt: _Attempt[_R, _T],
+    ) -> tuple[_T, HookContext]:
+        """``_run`` after the ``before`` hooks, with the request as they left it; the
+        ``on_error`` hooks see the error it ends with."""
+        outcome.model = request.model
+        context = hooks.context(request, outcome)
+        try:
+            await hooks.before(context, outcome)
+            changed = cast(_R, context.request)
+            result = await self._run(changed, changed.model, routes_of, outcome, prefer, attempt)
+        except LeapError as error:
+            if outcome.error is None:  # a hook refused it: _run never saw it
+                outcome.failed(error)
+                outcome.settle()
+            await hooks.error(context, error)
+            raise
+        return result, context
+
+    async def _after(
+        self, hooks: HookChain, context: HookContext, outcome: Outcome, answer: Any
+    ) -> None:
+        """The ``after`` hooks; one that refuses the answer ends the request."""
+        try:
+            await hooks.after(context, outcome, answer)
+        except LeapError as error:
+            outcome.failed(error)
+            await hooks.error(context, error)
+            raise
 
     def _protocol_routes(self, request: ProtocolRequest) -> list[Route]:
         protocol = request.native.protocol
@@ -782,7 +856,7 @@ class UpstreamStream(Generic[_B]):
     """A stream committed to one provider once its first batch came: the rest of its batches
     and the lease its outcome is recorded on. ``next()`` raises StopAsyncIteration at the end."""
 
-    __slots__ = ("_batches", "_bound", "_clock", "_started", "first", "lease", "ttft")
+    __slots__ = ("_batches", "_bound", "_clock", "_started", "first", "hooked", "lease", "ttft")
 
     def __init__(
         self,
@@ -802,6 +876,8 @@ class UpstreamStream(Generic[_B]):
         self.lease = lease
         # Seconds from the attempt's start to its first batch.
         self.ttft = clock.monotonic() - started
+        # The request's hooks and their context, when it has hooks.
+        self.hooked: tuple[HookChain, HookContext] | None = None
 
     @property
     def request_id(self) -> str | None:

@@ -8,6 +8,7 @@ request ends with is a copy made by ``for_request``, carrying its routing trail.
 
     LeapError
     ├── ConfigurationError               settings that cannot work (unknown preset, missing key)
+    ├── HookError                        500 a request hook failed (names the hook)
     ├── InvalidRequestError              400 the request is malformed or asks for the impossible
     │   ├── RequestTooLargeError         413
     │   ├── UnprocessableEntityError     422
@@ -59,6 +60,7 @@ __all__ = [
     "ConnectTimeoutError",
     "DeadlineExceededError",
     "FirstByteTimeoutError",
+    "HookError",
     "IdleTimeoutError",
     "InvalidRequestError",
     "LeapError",
@@ -175,6 +177,17 @@ class ConfigurationError(LeapError):
 
     error_type = "configuration_error"
     default_code = "invalid_configuration"
+
+
+class HookError(LeapError):
+    """Raised when a request hook fails with something other than a LeapError; ``hook``
+    names it."""
+
+    default_code = "hook_failed"
+
+    def __init__(self, message: str, *, hook: str = "", **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.hook = hook
 
 
 class InvalidRequestError(LeapError):

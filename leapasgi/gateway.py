@@ -19,6 +19,7 @@ from .cache import ResponseCache
 from .config import GatewayConfig, load_config
 from .conversations import ResponseStore
 from .exceptions import LeapError
+from .hooks import HookChain
 from .manager import ProviderManager
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
@@ -56,6 +57,7 @@ class GatewayCore:
         response_store: ResponseStore | None = None,
         state: StateBackend | None = None,
         authenticate: Authenticate | None = None,
+        hooks: Iterable[object] | None = None,
     ) -> None:
         self.config = config = config or GatewayConfig()
         clock = manager.registry.clock if manager is not None else None
@@ -105,6 +107,10 @@ class GatewayCore:
         self.recorder.accountant = self.tenancy.account
         self.manager.dispatcher.admit = self.tenancy.admit
         self.manager.dispatcher.price = self.tenancy.price
+        # Request hooks: the config's, then the code's; none costs nothing.
+        chain = [*(hook.hook for hook in config.hooks), *(hooks or ())]
+        if chain:
+            self.manager.dispatcher.hooks = HookChain(chain)
         self._services: list[Service] = []
 
     @classmethod

@@ -11,6 +11,7 @@ from typing import Generic, TypeVar
 
 from .dispatch import Batch, UpstreamStream, note_usage
 from .exceptions import LeapError
+from .hooks import HookChain, HookContext
 from .native import EventBatch
 from .outcome import Outcome
 from .streaming import ChunkBatch
@@ -84,6 +85,9 @@ class ManagedStream(Generic[_B]):
             await self.aclose()
             raise
         self._note_usage(batch)
+        hooked = upstream.hooked
+        if hooked is not None and hooked[0].watches_chunks:
+            await self._watched(upstream, hooked, batch)
         return batch
 
     async def aclose(self) -> None:
@@ -106,7 +110,31 @@ class ManagedStream(Generic[_B]):
         self.outcome.first_token_at = time.perf_counter()
         first = upstream.first
         self._note_usage(first)
+        hooked = upstream.hooked
+        if hooked is not None and hooked[0].watches_chunks:
+            await self._watched(upstream, hooked, first)
         return first
+
+    async def _watched(
+        self, upstream: UpstreamStream[_B], hooked: tuple[HookChain, HookContext], batch: _B
+    ) -> None:
+        """The ``on_chunk`` hooks over ``batch``; one that raises ends the stream (the
+        provider did nothing wrong: its attempt is abandoned, not failed)."""
+        hooks, context = hooked
+        try:
+            await hooks.chunks(context, self.outcome, batch)
+        except LeapError as error:
+            self._upstream = None
+            self._done = True
+            try:
+                await upstream.close()
+            finally:
+                upstream.lease.abandoned()
+            outcome = self.outcome
+            failure = error.for_request(outcome.trail)
+            outcome.failed(failure)
+            await hooks.error(context, failure)
+            raise failure from error
 
     def _note_usage(self, batch: Batch) -> None:
         if type(batch) is EventBatch:
@@ -136,6 +164,15 @@ class ManagedStream(Generic[_B]):
             completion_tokens=outcome.completion_tokens,
         )
         await upstream.close()
+        if upstream.hooked is not None:
+            hooks, context = upstream.hooked
+            try:
+                await hooks.after(context, outcome, None)
+            except LeapError as error:
+                failure = error.for_request(outcome.trail)
+                outcome.failed(failure)
+                await hooks.error(context, failure)
+                raise failure from error
 
     async def _broke(self, upstream: UpstreamStream[_B], error: LeapError) -> LeapError:
         """The stream broke after it began: record the failure, close the upstream request;
@@ -149,4 +186,7 @@ class ManagedStream(Generic[_B]):
         attempt.outcome, attempt.message = type(error).__name__, error.message
         failure = error.for_request(outcome.trail)
         outcome.failed(failure)
+        if upstream.hooked is not None:
+            hooks, context = upstream.hooked
+            await hooks.error(context, failure)
         return failure

@@ -153,6 +153,22 @@ class ProtocolRequest:
         """Whether providers that do not speak the protocol can serve it through chat."""
         return self._translate is not None
 
+    def rewritten(
+        self,
+        native: NativeCall,
+        chat: Callable[[ChatCompletionRequest], ChatCompletionRequest],
+    ) -> ProtocolRequest:
+        """The same request with ``native`` as its call, and ``chat`` applied to its chat
+        form (a hook's rewrite, kept exact in both forms)."""
+        translate = self._translate
+        if translate is None:
+            return ProtocolRequest(native)
+
+        def rewrite(notes: list[str]) -> ChatCompletionRequest:
+            return chat(translate(notes))
+
+        return ProtocolRequest(native, rewrite)
+
     def chat(self) -> ChatCompletionRequest:
         """The chat form (made once); raises the translation's InvalidRequestError."""
         chat = self._chat
