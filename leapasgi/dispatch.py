@@ -49,7 +49,7 @@ from .retry import RetryPolicy
 from .routing import Route, RouteTable
 from .sessions import request_session
 from .state import Bucket, RateLimiter, Reservation, StateBackend, StickyTable
-from .streaming import ChunkBatch
+from .streaming import ChunkBatch, chunks_from_completion
 from .tenants.policy import Tenant
 from .tokens import estimate_answer_tokens, estimate_prompt_tokens, estimate_tokens
 from .trail import RoutingTrail
@@ -157,8 +157,11 @@ class Dispatcher:
             )
         else:
             completion, context = await self._hooked(
-                hooks, request, self._routes.routes, outcome, prefer, self._complete
+                hooks, request, self._routes.routes, outcome, prefer, self._complete, _itself
             )
+            if context.answered_by is not None:  # no provider: nothing used, nothing to pay
+                await self._after(hooks, context, outcome, completion)
+                return completion
             request = cast(ChatCompletionRequest, context.request)
         usage = completion.usage
         if usage is not None:
@@ -186,7 +189,7 @@ class Dispatcher:
                 request, request.model, self._routes.routes, outcome, prefer, self._open
             )
         stream, context = await self._hooked(
-            hooks, request, self._routes.routes, outcome, prefer, self._open
+            hooks, request, self._routes.routes, outcome, prefer, self._open, self._answered
         )
         stream.hooked = (hooks, context)
         return stream
@@ -205,8 +208,11 @@ class Dispatcher:
             )
         else:
             answer, context = await self._hooked(
-                hooks, request, self._protocol_routes, outcome, prefer, self._exchange
+                hooks, request, self._protocol_routes, outcome, prefer, self._exchange, _itself
             )
+            if context.answered_by is not None:
+                await self._after(hooks, context, outcome, answer)
+                return answer
         if isinstance(answer, NativeReply):
             if answer.usage is not None:
                 outcome.prompt_tokens, outcome.completion_tokens, outcome.cached_tokens = (
@@ -234,7 +240,13 @@ class Dispatcher:
             )
             return stream
         stream, context = await self._hooked(
-            hooks, request, self._protocol_routes, outcome, prefer, self._open_exchange
+            hooks,
+            request,
+            self._protocol_routes,
+            outcome,
+            prefer,
+            self._open_exchange,
+            self._answered,
         )
         stream.hooked = (hooks, context)
         return stream
@@ -247,14 +259,20 @@ class Dispatcher:
         outcome: Outcome,
         prefer: str | None,
         attempt: _Attempt[_R, _T],
+        answered: Callable[[ChatCompletion, HookContext], _T],
     ) -> tuple[_T, HookContext]:
-        """``_run`` after the ``before`` hooks, with the request as they left it; the
-        ``on_error`` hooks see the error it ends with."""
+        """``_run`` after the ``before`` hooks, with the request as they left it, or the
+        answer a hook gave (made a ``_T`` by ``answered``); the ``on_error`` hooks see the
+        error it ends with."""
         outcome.model = request.model
         context = hooks.context(request, outcome)
         try:
-            await hooks.before(context, outcome)
+            answer = await hooks.before(context, outcome)
             changed = cast(_R, context.request)
+            if answer is not None:
+                outcome.request = changed
+                outcome.settle()
+                return answered(answer, context), context
             result = await self._run(changed, changed.model, routes_of, outcome, prefer, attempt)
         except LeapError as error:
             if outcome.error is None:  # a hook refused it: _run never saw it
@@ -263,6 +281,17 @@ class Dispatcher:
             await hooks.error(context, error)
             raise
         return result, context
+
+    def _answered(self, answer: ChatCompletion, context: HookContext) -> UpstreamStream[Any]:
+        """A hook's answer to a streamed request, as a stream of chat chunks (translated to
+        the request's protocol by its front door, as a chat-only provider's are)."""
+        request = context.request
+        chat = request.chat() if isinstance(request, ProtocolRequest) else request
+        chunks = chunks_from_completion(answer, include_usage=chat.include_usage)
+        clock = self._clock
+        return UpstreamStream(
+            _no_more(), ChunkBatch(chunks), None, None, clock=clock, started=clock.monotonic()
+        )
 
     async def _after(
         self, hooks: HookChain, context: HookContext, outcome: Outcome, answer: Any
@@ -795,7 +824,7 @@ async def _discard(running: set[asyncio.Future[Any]], finished: set[asyncio.Futu
         loser = task.result()
         if isinstance(loser, UpstreamStream):
             await loser.close()
-            loser.lease.abandoned()
+            loser.abandoned()
 
 
 def service_time(entry: ProviderEntry) -> float:
@@ -856,13 +885,23 @@ class UpstreamStream(Generic[_B]):
     """A stream committed to one provider once its first batch came: the rest of its batches
     and the lease its outcome is recorded on. ``next()`` raises StopAsyncIteration at the end."""
 
-    __slots__ = ("_batches", "_bound", "_clock", "_started", "first", "hooked", "lease", "ttft")
+    __slots__ = (
+        "_batches",
+        "_bound",
+        "_clock",
+        "_provider",
+        "_started",
+        "first",
+        "hooked",
+        "lease",
+        "ttft",
+    )
 
     def __init__(
         self,
         batches: AsyncGenerator[_B, None],
         first: _B,
-        lease: Lease,
+        lease: Lease | None,
         bound: Deadline | None,
         *,
         clock: Clock,
@@ -873,7 +912,9 @@ class UpstreamStream(Generic[_B]):
         self._clock = clock
         self._started = started
         self.first = first
+        # None: no provider holds it (a hook answered).
         self.lease = lease
+        self._provider = "" if lease is None else lease.entry.name
         # Seconds from the attempt's start to its first batch.
         self.ttft = clock.monotonic() - started
         # The request's hooks and their context, when it has hooks.
@@ -895,13 +936,44 @@ class UpstreamStream(Generic[_B]):
             if bound is None:
                 batch = await anext(batches)  # the provider stops at the deadline itself
             else:
-                batch = await bounded(anext(batches), self.lease.entry.name, bound)
+                batch = await bounded(anext(batches), self._provider, bound)
             if batch.chunks or (type(batch) is ChunkBatch and batch.usage is not None):
                 return batch
 
     async def close(self) -> None:
         """Close the upstream request."""
         await close_quietly(self._batches)
+
+    def succeeded(self, *, prompt_tokens: int, completion_tokens: int) -> None:
+        """The stream ended well: its provider served the request."""
+        if self.lease is not None:
+            self.lease.succeeded(
+                self.elapsed(),
+                ttft=self.ttft,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+            )
+
+    def failed(self, error: LeapError) -> None:
+        """The stream broke through its provider's fault."""
+        if self.lease is not None:
+            self.lease.failed(error, self.elapsed())
+
+    def abandoned(self) -> None:
+        """The stream ended without a verdict on its provider."""
+        if self.lease is not None:
+            self.lease.abandoned()
+
+
+def _itself(answer: ChatCompletion, context: HookContext) -> ChatCompletion:
+    """A hook's answer to a whole request: the answer itself."""
+    return answer
+
+
+async def _no_more() -> AsyncGenerator[Any, None]:
+    """The rest of a stream that came whole in its first batch."""
+    return
+    yield
 
 
 async def bounded(call: Awaitable[_T], provider: str, deadline: Deadline | None) -> _T:

@@ -98,7 +98,7 @@ class ManagedStream(Generic[_B]):
             try:
                 await upstream.close()
             finally:
-                upstream.lease.abandoned()
+                upstream.abandoned()
 
     async def _first(self) -> _B:
         try:
@@ -129,7 +129,7 @@ class ManagedStream(Generic[_B]):
             try:
                 await upstream.close()
             finally:
-                upstream.lease.abandoned()
+                upstream.abandoned()
             outcome = self.outcome
             failure = error.for_request(outcome.trail)
             outcome.failed(failure)
@@ -157,11 +157,8 @@ class ManagedStream(Generic[_B]):
         self._upstream = None
         self._done = True
         outcome = self.outcome
-        upstream.lease.succeeded(
-            upstream.elapsed(),
-            ttft=upstream.ttft,
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
+        upstream.succeeded(
+            prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens
         )
         await upstream.close()
         if upstream.hooked is not None:
@@ -179,7 +176,7 @@ class ManagedStream(Generic[_B]):
         returns the error the stream ends with (the upstream's, with the request's trail)."""
         self._upstream = None
         self._done = True
-        upstream.lease.failed(error, upstream.elapsed())
+        upstream.failed(error)
         await upstream.close()
         outcome = self.outcome
         attempt = outcome.trail.attempts[-1]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from leapasgi import ChatCompletionRequest, MockProvider
+from leapasgi import ChatCompletion, ChatCompletionRequest, MockProvider
 from leapasgi.config import GatewayConfig, HookConfig, parse_config
 from leapasgi.exceptions import ConfigurationError, HookError, LeapError, PermissionDeniedError
 from leapasgi.gateway import GatewayCore
@@ -18,6 +18,7 @@ from leapasgi.native import NativeCall, ProtocolRequest, WireProtocol
 from leapasgi.outcome import Outcome
 from leapasgi.protocols.messages import parse_messages_request
 from leapasgi.protocols.messages_chat import messages_to_chat
+from leapasgi.streaming import ChunkBatch
 
 pytestmark = pytest.mark.anyio
 
@@ -318,6 +319,112 @@ async def test_a_raising_chunk_hook_ends_the_stream() -> None:
         with pytest.raises(HookError, match="hook 'cut' failed: ValueError"):
             async with gateway.manager.stream(chat(), outcome=outcome) as stream:
                 [chunk async for chunk in stream]
+    assert outcome.status == 500
+
+
+class Canned(Hook):
+    """A guardrail's polite refusal as an answer: what mentions "forbidden" never leaves."""
+
+    name = "canned"
+
+    def __init__(self) -> None:
+        self.answers: list[Any] = []
+
+    async def before(self, ctx: HookContext) -> ChatCompletion | None:
+        if any("forbidden" in text for text in ctx.texts()):
+            return ctx.reply(REFUSAL)
+        return None
+
+    def after(self, ctx: HookContext, answer: Any) -> None:
+        self.answers.append((ctx.answered_by, type(answer).__name__))
+
+
+REFUSAL = "I cannot help with that."
+
+
+async def test_a_hook_answers_a_chat_request_whole_and_streamed() -> None:
+    canned = Canned()
+    gateway, mock = core(canned, Recorder("later", []))
+    async with gateway:
+        outcome = Outcome()
+        completion = await gateway.manager.chat(chat("a forbidden topic"), outcome=outcome)
+        streamed = Outcome()
+        request = ChatCompletionRequest.model_validate(
+            {
+                "model": "m",
+                "messages": [{"role": "user", "content": "forbidden"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
+        )
+        async with gateway.manager.stream(request, outcome=streamed) as stream:
+            chunks = [chunk async for chunk in stream]
+        await gateway.manager.chat(chat("fine"))
+    assert completion.choices[0].message.content == REFUSAL
+    assert completion.model == "m"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == REFUSAL
+    assert chunks[-1].usage is not None
+    for ended in (outcome, streamed):
+        assert ended.trail.attempts == []
+        assert ended.trail.summary() == "notes: hook 'canned' answered"
+        assert ended.error is None
+    assert outcome.cost_usd is None
+    assert canned.answers == [
+        ("canned", "ChatCompletion"),
+        ("canned", "NoneType"),
+        (None, "ChatCompletion"),
+    ]
+    assert [chat_texts(sent) for sent in mock.requests] == [["fine+later"]]  # later hooks skipped
+
+
+async def test_a_hook_answers_a_protocol_request_with_a_chat_completion() -> None:
+    gateway, mock = core(Canned())
+    parsed = parse_messages_request(MESSAGES_BODY)
+    body = {**MESSAGES_BODY, "system": "forbidden"}
+    request = ProtocolRequest(
+        NativeCall(WireProtocol.MESSAGES, body), lambda notes: messages_to_chat(parsed, notes)
+    )
+    async with gateway:
+        answer = await gateway.manager.exchange(request)
+        async with gateway.manager.open_exchange(request) as stream:
+            batch = await stream.next_batch()
+            with pytest.raises(StopAsyncIteration):
+                await stream.next_batch()
+    assert isinstance(answer, ChatCompletion)
+    assert answer.choices[0].message.content == REFUSAL
+    assert isinstance(batch, ChunkBatch)
+    assert batch.chunks[0].choices[0].delta.content == REFUSAL
+    assert mock.requests == []
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (
+            ProtocolRequest(NativeCall(WireProtocol.EMBEDDINGS, {"model": "m", "input": "x"})),
+            "hook 'canned' answered a request (embeddings) that has no chat form",
+        ),
+        (chat("wrong"), "hook 'canned' answered with dict, not a ChatCompletion"),
+    ],
+)
+async def test_an_answer_that_cannot_be_given_is_a_hook_error(request_: Any, message: str) -> None:
+    class Wrong(Hook):
+        name = "canned"
+
+        def before(self, ctx: HookContext) -> Any:
+            return {"choices": []} if ctx.texts() == ["wrong"] else ctx.reply("hi")
+
+    gateway, _ = core(Wrong())
+    async with gateway:
+        outcome = Outcome()
+        ask = (
+            gateway.manager.exchange(request_, outcome=outcome)
+            if isinstance(request_, ProtocolRequest)
+            else gateway.manager.chat(request_, outcome=outcome)
+        )
+        with pytest.raises(HookError) as caught:
+            await ask
+    assert caught.value.message == message
     assert outcome.status == 500
 
 

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from random import getrandbits
 from typing import TYPE_CHECKING, Any
 
 from ..native import NativeEvent, NativeReply, ProtocolRequest, WireProtocol
-from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from ..types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionRequest,
+    Choice,
+    Usage,
+)
 from .texts import Rewrite, chat_texts, native_texts, rewrite_chat, rewrite_native
 
 if TYPE_CHECKING:
@@ -21,9 +30,10 @@ Chunk = ChatCompletionChunk | NativeEvent
 
 class HookContext:
     """One request as hooks see it: its model, protocol, tenant and text, never its headers.
-    ``state`` is the hooks' own, kept from ``before`` to the request's end."""
+    ``state`` is the hooks' own, kept from ``before`` to the request's end; ``answered_by``
+    names the hook that answered the request itself (None: a provider did)."""
 
-    __slots__ = ("_request", "protocol", "state", "stream", "tenant")
+    __slots__ = ("_request", "answered_by", "protocol", "state", "stream", "tenant")
 
     def __init__(
         self,
@@ -41,6 +51,7 @@ class HookContext:
         self.stream = stream
         self.tenant = tenant
         self.state: dict[str, Any] = {}
+        self.answered_by: str | None = None
 
     @property
     def model(self) -> str:
@@ -70,13 +81,28 @@ class HookContext:
         else:
             self._request = rewrite_chat(request, rewrite)
 
+    def reply(self, content: str, *, finish_reason: str = "stop") -> ChatCompletion:
+        """A chat completion saying ``content``, for a ``before`` hook to answer with (no
+        tokens used: its usage is zero)."""
+        return ChatCompletion(
+            id=f"chatcmpl-hook{getrandbits(64):016x}",
+            created=int(time.time()),
+            model=self.model,
+            choices=[
+                Choice(message=ChatCompletionMessage(content=content), finish_reason=finish_reason)
+            ],
+            usage=Usage(),
+        )
+
 
 class Hook:
     """A request hook: override any of these, sync or async. Hooks run in the order they
     were given; ``name`` names one in the trail and the log (the class name by default).
 
-    ``before`` may change the request (``ctx.rewrite_texts``) or refuse it by raising a
-    LeapError (the client gets it in its protocol's error shape); ``after`` sees a whole
+    ``before`` may change the request (``ctx.rewrite_texts``), refuse it by raising a
+    LeapError (the client gets it in its protocol's error shape), or answer it by returning
+    a ChatCompletion (``ctx.reply(text)``; no provider is called, later ``before`` hooks do not
+    run, and a Responses or Messages client gets it translated); ``after`` sees a whole
     answer (None when a stream ended well), ``on_chunk`` each streamed chunk or native event,
     ``on_error`` the error a request ends with. Any other exception a hook raises ends that
     request with a 500 ``hook_failed`` naming the hook.
@@ -85,7 +111,8 @@ class Hook:
     name: str = ""
 
     def before(self, ctx: HookContext) -> Any:
-        """Called before the request is routed."""
+        """Called before the request is routed; a ChatCompletion returned (or awaited) is the
+        request's answer."""
 
     def after(self, ctx: HookContext, answer: Answer) -> Any:
         """Called with the answer."""

@@ -13,7 +13,7 @@ from ..exceptions import ConfigurationError, HookError, LeapError
 from ..native import EventBatch, ProtocolRequest
 from ..outcome import Outcome
 from ..streaming import ChunkBatch
-from ..types import ChatCompletionRequest
+from ..types import ChatCompletion, ChatCompletionRequest
 from .base import Answer, Hook, HookContext
 
 __all__ = ["HookChain", "load_hook"]
@@ -61,10 +61,14 @@ class HookChain:
         """A new request's context, for every step of it."""
         return HookContext(request, stream=outcome.stream, tenant=outcome.tenant)
 
-    async def before(self, ctx: HookContext, outcome: Outcome) -> None:
-        """Every ``before`` hook; ``ctx.request`` is the request as they left it."""
+    async def before(self, ctx: HookContext, outcome: Outcome) -> ChatCompletion | None:
+        """The ``before`` hooks, until one answers; ``ctx.request`` is the request as they
+        left it. Returns the answer (noted in the trail), else None."""
         for call in self._before:
-            await _run(call, outcome, ctx)
+            answer = await _run(call, outcome, ctx)
+            if answer is not None:
+                return _answered(call[0], ctx, outcome, answer)
+        return None
 
     async def after(self, ctx: HookContext, outcome: Outcome, answer: Answer) -> None:
         """Every ``after`` hook, with the answer."""
@@ -91,12 +95,29 @@ class HookChain:
                 logger.error("hook %r failed in on_error: %s", name, type(exc).__name__)
 
 
-async def _run(call: _Call, outcome: Outcome, *args: Any) -> None:
+def _answered(name: str, ctx: HookContext, outcome: Outcome, answer: object) -> ChatCompletion:
+    """A ``before`` hook's answer, checked: a ChatCompletion, to a request that can take one."""
+    request = ctx.request
+    if not isinstance(answer, ChatCompletion):
+        reason = f"hook {name!r} answered with {type(answer).__name__}, not a ChatCompletion"
+    elif isinstance(request, ProtocolRequest) and not request.translatable:
+        reason = f"hook {name!r} answered a request ({ctx.protocol}) that has no chat form"
+    else:
+        ctx.answered_by = name
+        outcome.trail.notes.append(f"hook {name!r} answered")
+        return answer
+    logger.error("%s (request %s)", reason, outcome.request_id)
+    outcome.trail.notes.append(reason)
+    raise HookError(reason, hook=name)
+
+
+async def _run(call: _Call, outcome: Outcome, *args: Any) -> Any:
     name, method, is_async = call
     try:
         result = method(*args)
         if is_async:
-            await result
+            result = await result
+        return result
     except LeapError:
         raise
     except Exception as exc:
