@@ -1,5 +1,5 @@
 """Hooks over HTTP, through the official SDKs: the redactor changes what the upstream
-receives (chat whole and streamed; Messages native and translated), the model
+receives (chat whole and streamed; Messages and Responses native and translated), the model
 policy's refusal comes in each protocol's error shape, and a hook's own answer comes as a 200
 in each protocol, whole and streamed, with no upstream called."""
 
@@ -17,6 +17,7 @@ from leapasgi.hooks import Hook, HookContext
 from tests.asgi.live_server import Serve, upstream_config
 from tests.asgi.messages_support import native
 from tests.fake_responses import response_body
+from tests.fake_responses import text_stream as responses_stream
 from tests.fake_upstream import Behavior, FakeUpstream, anthropic_message, completion, text_stream
 
 pytestmark = pytest.mark.anyio
@@ -81,6 +82,48 @@ async def test_messages_prompts_are_redacted_native_and_translated(serve: Serve)
     assert SECRET not in str(texts)
     assert REDACTED in str(texts)
     assert caught.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+
+
+async def test_responses_prompts_are_redacted_native_and_translated(serve: Serve) -> None:
+    speaker = FakeUpstream(default=Behavior(json_body=response_body("hi")))
+    speaker.push(
+        Behavior(json_body=response_body("hi")), Behavior(events=responses_stream(["h", "i"]))
+    )
+    chat_only = FakeUpstream(default=Behavior(json_body=completion("hi")))
+    chat_only.push(Behavior(json_body=completion("hi")), Behavior(events=text_stream(["h", "i"])))
+    live = serve(
+        lambda ups: [
+            upstream_config("native", ups[0], protocols=["responses"], max_retries=0),
+            upstream_config("chat", ups[1], models=["m2"], max_retries=0),
+        ],
+        upstreams=[speaker, chat_only],
+        hooks=HOOKS,
+    )
+    async with live.async_client() as client:
+        for model in ("m1", "m2"):
+            response = await client.responses.create(
+                model=model, instructions=f"system: {SECRET}", input=SECRET
+            )
+            assert response.output_text == "hi"
+            stream = await client.responses.create(
+                model=model,
+                instructions=f"system: {SECRET}",
+                input=[{"role": "user", "content": [{"type": "input_text", "text": SECRET}]}],
+                stream=True,
+            )
+            events = [event async for event in stream]
+            assert events[-1].type == "response.completed"
+    sent = [seen.json for seen in speaker.seen if seen.path.endswith("/responses")]
+    assert len(sent) == 2
+    for body in sent:
+        assert body["instructions"] == f"system: {REDACTED}"
+        assert SECRET not in str(body["input"])
+        assert REDACTED in str(body["input"])
+    translated = [str(seen.json["messages"]) for seen in chat_only.chat_requests]
+    assert len(translated) == 2
+    for messages in translated:
+        assert SECRET not in messages
+        assert messages.count(REDACTED) == 2
 
 
 class CannedRefusal(Hook):
