@@ -88,6 +88,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "StateConfig",
+    "TelemetryConfig",
     "load_config",
     "parse_config",
 ]
@@ -798,6 +799,15 @@ class TenantsConfig(_Config):
     retention_days: int = Field(default=400, ge=1)
 
 
+class TelemetryConfig(_Config):
+    """OpenTelemetry: ``traces`` turns spans on (with the global tracer provider, unless the
+    gateway is given one); ``capture_content`` puts prompts and completions in attempt spans
+    (``gen_ai.input.messages``, ``gen_ai.output.messages``), off by default."""
+
+    traces: bool = False
+    capture_content: bool = False
+
+
 class GatewayConfig(_Config):
     """Providers, routing, health and server settings of one gateway."""
 
@@ -810,6 +820,7 @@ class GatewayConfig(_Config):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     tenants: TenantsConfig = Field(default_factory=TenantsConfig)
     oauth: OAuthConfig | None = None
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     # Prices (USD per million tokens) by model, over the shipped table.
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     # Optional providers dropped while loading a file (an unset variable), with the reason.

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 from starlette.types import Scope
 
@@ -27,6 +27,10 @@ from .recorder import OutcomeRecorder
 from .state import StateBackend, build_state
 from .tenants.identity import Authenticate
 from .tenants.tenancy import Tenancy
+from .tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["GatewayCore", "Service"]
 
@@ -56,6 +60,7 @@ class GatewayCore:
         response_store: ResponseStore | None = None,
         state: StateBackend | None = None,
         authenticate: Authenticate | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.config = config = config or GatewayConfig()
         clock = manager.registry.clock if manager is not None else None
@@ -105,6 +110,11 @@ class GatewayCore:
         self.recorder.accountant = self.tenancy.account
         self.manager.dispatcher.admit = self.tenancy.admit
         self.manager.dispatcher.price = self.tenancy.price
+        # OpenTelemetry traces: built (and opentelemetry imported) only when asked for.
+        telemetry = config.telemetry
+        if tracer_provider is not None or telemetry.traces:
+            tracing = Tracing(tracer_provider, capture_content=telemetry.capture_content)
+            self.recorder.tracing = self.manager.dispatcher.tracing = tracing
         self._services: list[Service] = []
 
     @classmethod

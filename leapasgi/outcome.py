@@ -12,7 +12,7 @@ import re
 import time
 from random import getrandbits
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .exceptions import LeapError
 from .trail import RoutingTrail
@@ -67,6 +67,7 @@ class Outcome:
         "request",
         "sent",
         "session",
+        "span",
         "started",
         "stream",
         "tenancy",
@@ -112,6 +113,8 @@ class Outcome:
         self.error: LeapError | None = None
         self.gone = False
         self.sent = False
+        # The request's OpenTelemetry span while it runs (None: not traced).
+        self.span: Any = None
         self._id: str | None = None
         self._sink = sink
 

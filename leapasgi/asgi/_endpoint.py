@@ -59,6 +59,8 @@ class ProtocolEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with Outcome(sink=self.recorder) as outcome:
+            if self.recorder.tracing is not None:
+                self.recorder.tracing.begin(outcome, scope)
             try:
                 await self._serve(scope, receive, send, outcome)
             except Exception:
