@@ -20,8 +20,15 @@ from starlette.routing import Mount
 from starlette.types import Receive, Scope, Send
 
 from leapasgi import Gateway
-from leapasgi.config import GatewayConfig, HealthConfig, ProviderConfig, TelemetryConfig
+from leapasgi.config import (
+    GatewayConfig,
+    HealthConfig,
+    ProviderConfig,
+    RoutingConfig,
+    TelemetryConfig,
+)
 from leapasgi.outcome import Outcome
+from leapasgi.providers.mock import Fault, MockProvider
 from tests.asgi.live_server import fast_routing, upstream_config
 from tests.fake_upstream import Behavior, FakeUpstream, completion, error_body
 
@@ -227,3 +234,34 @@ async def test_traces_from_the_config_use_the_global_provider() -> None:
     assert gateway.manager.dispatcher.tracing is not None
     assert trace.get_tracer_provider() is not None
     await gateway.aclose()
+
+
+async def test_a_hedged_request_has_both_attempt_spans_and_the_loser_is_marked() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    config = GatewayConfig(
+        providers=[
+            ProviderConfig(name="a", type="mock", models=["m"], priority=0),
+            ProviderConfig(name="b", type="mock", models=["m"], priority=1),
+        ],
+        routing=RoutingConfig(hedge_after=0.2, hedge_budget=1.0),
+        health=HealthConfig(interval=0),
+    )
+    gateway = Gateway(config=config, tracer_provider=provider)
+    slow = gateway.manager.registry.get("a").provider
+    assert isinstance(slow, MockProvider)
+    slow.inject(Fault.delay(30.0))
+    async with client(gateway.app) as c:
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        response = await c.post("/v1/chat/completions", json=body, headers={"x-leap-hedge": "on"})
+    await gateway.aclose()
+    assert response.headers["x-leap-provider"] == "b"
+    request, attempts = split(exporter.get_finished_spans())
+    by_provider = {dict(a.attributes or {})["gen_ai.provider.name"]: a for a in attempts}
+    loser, winner = dict(by_provider["a"].attributes or {}), dict(by_provider["b"].attributes or {})
+    assert loser["leap.cancelled"] is True
+    assert by_provider["a"].status.status_code is StatusCode.UNSET
+    assert winner["leap.hedge"] is True
+    assert "leap.cancelled" not in winner
+    assert dict(request.attributes or {})["leap.hedged_to"] == "b"
