@@ -801,10 +801,12 @@ class TenantsConfig(_Config):
 
 class TelemetryConfig(_Config):
     """OpenTelemetry: ``traces`` turns spans on (with the global tracer provider, unless the
-    gateway is given one); ``capture_content`` puts prompts and completions in attempt spans
+    gateway is given one); ``metrics`` the GenAI metrics (likewise with the global meter
+    provider); ``capture_content`` puts prompts and completions in attempt spans
     (``gen_ai.input.messages``, ``gen_ai.output.messages``), off by default."""
 
     traces: bool = False
+    metrics: bool = False
     capture_content: bool = False
 
 

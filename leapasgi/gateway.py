@@ -19,6 +19,7 @@ from .cache import ResponseCache
 from .config import GatewayConfig, load_config
 from .conversations import ResponseStore
 from .exceptions import LeapError
+from .genai_metrics import GenAIMetrics
 from .manager import ProviderManager
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
@@ -30,6 +31,7 @@ from .tenants.tenancy import Tenancy
 from .tracing import Tracing
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
 __all__ = ["GatewayCore", "Service"]
@@ -61,6 +63,7 @@ class GatewayCore:
         state: StateBackend | None = None,
         authenticate: Authenticate | None = None,
         tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.config = config = config or GatewayConfig()
         clock = manager.registry.clock if manager is not None else None
@@ -115,6 +118,8 @@ class GatewayCore:
         if tracer_provider is not None or telemetry.traces:
             tracing = Tracing(tracer_provider, capture_content=telemetry.capture_content)
             self.recorder.tracing = self.manager.dispatcher.tracing = tracing
+        if meter_provider is not None or telemetry.metrics:
+            self.recorder.genai = GenAIMetrics(meter_provider)
         self._services: list[Service] = []
 
     @classmethod

@@ -52,6 +52,7 @@ class Outcome:
     __slots__ = (
         "_id",
         "_sink",
+        "api",
         "cache",
         "cached_tokens",
         "completion_tokens",
@@ -78,9 +79,17 @@ class Outcome:
     )
 
     def __init__(
-        self, operation: str = "chat", *, sink: OutcomeSink | None = None, started: float = 0.0
+        self,
+        operation: str = "chat",
+        *,
+        api: str | None = None,
+        sink: OutcomeSink | None = None,
+        started: float = 0.0,
     ) -> None:
+        # The GenAI operation ("chat", "embeddings") and the API it came through
+        # ("chat_completions", "responses", "messages"; None: not said).
         self.operation = operation
+        self.api = api
         self.started = started or time.perf_counter()
         self.trail = RoutingTrail()
         self.model: str | None = None

@@ -6,11 +6,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ._logging import AccessLog, printable
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
 from .tracing import Tracing
+
+if TYPE_CHECKING:
+    from .genai_metrics import GenAIMetrics
 
 __all__ = ["MAX_LABEL", "OutcomeRecorder"]
 
@@ -28,7 +32,7 @@ class OutcomeRecorder:
     without bound. The access log still names every model, escaped and capped.
     """
 
-    __slots__ = ("_listed", "_log", "accountant", "metrics", "tracing")
+    __slots__ = ("_listed", "_log", "accountant", "genai", "metrics", "tracing")
 
     def __init__(
         self,
@@ -44,6 +48,8 @@ class OutcomeRecorder:
         self.accountant: Callable[[Outcome], None] | None = None
         # Traces, when on: the request's span opens with its outcome and closes here.
         self.tracing: Tracing | None = None
+        # OpenTelemetry's GenAI metrics, when on: recorded here with the Prometheus ones.
+        self.genai: GenAIMetrics | None = None
 
     def outcome(self, operation: str = "chat") -> Outcome:
         """A new outcome that is recorded here when its ``with`` block ends."""
@@ -102,6 +108,8 @@ class OutcomeRecorder:
             kind += f" cache={cache}"
         if outcome.span is not None and self.tracing is not None:
             self.tracing.end(outcome)
+        if self.genai is not None:
+            self.genai.record(outcome, model=label, latency=latency, ttft=ttft)
         self._log.info(
             "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s",
             outcome.operation,

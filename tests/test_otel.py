@@ -11,6 +11,8 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -27,6 +29,7 @@ from leapasgi.config import (
     RoutingConfig,
     TelemetryConfig,
 )
+from leapasgi.genai_metrics import DURATION_BUCKETS, TOKEN_BUCKETS, TTFT_BUCKETS
 from leapasgi.outcome import Outcome
 from leapasgi.providers.mock import Fault, MockProvider
 from tests.asgi.live_server import fast_routing, upstream_config
@@ -265,3 +268,91 @@ async def test_a_hedged_request_has_both_attempt_spans_and_the_loser_is_marked()
     assert winner["leap.hedge"] is True
     assert "leap.cancelled" not in winner
     assert dict(request.attributes or {})["leap.hedged_to"] == "b"
+
+
+def metered(upstreams: Sequence[FakeUpstream]) -> tuple[Gateway, InMemoryMetricReader]:
+    reader = InMemoryMetricReader()
+    config = GatewayConfig(
+        providers=[
+            upstream_config(f"u{i + 1}", fake, priority=i, max_retries=0)
+            for i, fake in enumerate(upstreams)
+        ],
+        routing=fast_routing(),
+        health=HealthConfig(interval=0),
+    )
+    gateway = Gateway(config=config, meter_provider=MeterProvider(metric_readers=[reader]))
+    return gateway, reader
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, list[Any]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found.setdefault(metric.name, []).extend(metric.data.data_points)
+    return found
+
+
+async def test_genai_metrics_count_tokens_and_duration_once_per_request() -> None:
+    async with FakeUpstream() as up:
+        gateway, reader = metered([up])
+        async with client(gateway.app) as c:
+            response = await c.post("/v1/chat/completions", json=BODY)
+        await gateway.aclose()
+    assert response.status_code == 200
+    found = points(reader)
+    (duration,) = found["gen_ai.client.operation.duration"]
+    assert duration.count == 1
+    assert dict(duration.attributes) == {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "u1",
+        "gen_ai.request.model": "m1",
+    }
+    assert list(duration.explicit_bounds) == list(DURATION_BUCKETS)
+    tokens = {p.attributes["gen_ai.token.type"]: p for p in found["gen_ai.client.token.usage"]}
+    assert tokens["input"].sum == 5
+    assert tokens["output"].sum == 1
+    assert list(tokens["input"].explicit_bounds) == list(TOKEN_BUCKETS)
+    assert "gen_ai.server.time_to_first_token" not in found
+
+
+async def test_genai_metrics_of_a_stream_have_time_to_first_token() -> None:
+    async with FakeUpstream() as up:
+        gateway, reader = metered([up])
+        async with client(gateway.app) as c:
+            response = await c.post("/v1/chat/completions", json={**BODY, "stream": True})
+        await gateway.aclose()
+    assert response.status_code == 200
+    found = points(reader)
+    (ttft,) = found["gen_ai.server.time_to_first_token"]
+    assert ttft.count == 1
+    assert list(ttft.explicit_bounds) == list(TTFT_BUCKETS)
+    assert found["gen_ai.client.operation.duration"][0].count == 1
+
+
+async def test_genai_metrics_of_a_failed_request_carry_the_error_type() -> None:
+    async with FakeUpstream() as bad:
+        bad.push(Behavior(status=400, json_body=error_body("no")))
+        gateway, reader = metered([bad])
+        async with client(gateway.app) as c:
+            response = await c.post("/v1/chat/completions", json=BODY)
+        await gateway.aclose()
+    assert response.status_code == 400
+    (duration,) = points(reader)["gen_ai.client.operation.duration"]
+    assert duration.attributes["error.type"] == "InvalidRequestError"
+
+
+async def test_without_metrics_no_genai_metrics_are_made() -> None:
+    config = GatewayConfig(providers=[ProviderConfig(name="mock", type="mock", models=["m"])])
+    gateway = Gateway(config=config)
+    assert gateway.recorder.genai is None
+    await gateway.aclose()
+    config = GatewayConfig(
+        providers=[ProviderConfig(name="mock", type="mock", models=["m"])],
+        telemetry=TelemetryConfig(metrics=True),
+    )
+    gateway = Gateway(config=config)
+    assert gateway.recorder.genai is not None
+    await gateway.aclose()
