@@ -51,9 +51,9 @@ class OutcomeRecorder:
         # OpenTelemetry's GenAI metrics, when on: recorded here with the Prometheus ones.
         self.genai: GenAIMetrics | None = None
 
-    def outcome(self, operation: str = "chat") -> Outcome:
+    def outcome(self, operation: str = "chat", *, api: str | None = None) -> Outcome:
         """A new outcome that is recorded here when its ``with`` block ends."""
-        outcome = Outcome(operation, sink=self)
+        outcome = Outcome(operation, api=api, sink=self)
         if self.tracing is not None:
             self.tracing.begin(outcome)
         return outcome

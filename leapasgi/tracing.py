@@ -76,7 +76,7 @@ class Tracing:
             outcome.operation,
             context=context,
             kind=trace.SpanKind.SERVER,
-            attributes={"gen_ai.operation.name": outcome.operation},
+            attributes=_operation(outcome),
         )
 
     def end(self, outcome: Outcome) -> None:
@@ -129,7 +129,7 @@ class Tracing:
         ) -> _T:
             operation = outcome.operation
             attributes: dict[str, Any] = {
-                "gen_ai.operation.name": operation,
+                **_operation(outcome),
                 "gen_ai.provider.name": route.provider,
                 "gen_ai.request.model": route.model,
                 "leap.attempt": next(numbers),
@@ -190,6 +190,13 @@ class Tracing:
                 [c.message.model_dump(mode="json", exclude_none=True) for c in result.choices]
             )
         span.set_attributes(attributes)
+
+
+def _operation(outcome: Outcome) -> dict[str, str]:
+    """The operation's attributes: the GenAI one, and which API asked for it."""
+    if outcome.api is None:
+        return {"gen_ai.operation.name": outcome.operation}
+    return {"gen_ai.operation.name": outcome.operation, "leap.api": outcome.api}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -307,6 +307,7 @@ async def test_genai_metrics_count_tokens_and_duration_once_per_request() -> Non
     assert duration.count == 1
     assert dict(duration.attributes) == {
         "gen_ai.operation.name": "chat",
+        "leap.api": "chat_completions",
         "gen_ai.provider.name": "u1",
         "gen_ai.request.model": "m1",
     }
@@ -356,3 +357,40 @@ async def test_without_metrics_no_genai_metrics_are_made() -> None:
     gateway = Gateway(config=config)
     assert gateway.recorder.genai is not None
     await gateway.aclose()
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "operation", "api"),
+    [
+        ("/v1/chat/completions", {**BODY, "model": "m"}, "chat", "chat_completions"),
+        ("/v1/responses", {"model": "m", "input": "hi"}, "chat", "responses"),
+        (
+            "/v1/messages",
+            {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]},
+            "chat",
+            "messages",
+        ),
+        ("/v1/embeddings", {"model": "m", "input": "hi"}, "embeddings", "embeddings"),
+    ],
+)
+async def test_each_endpoint_names_its_operation_and_api(
+    path: str, body: dict[str, Any], operation: str, api: str
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    config = GatewayConfig(
+        providers=[ProviderConfig(name="mock", type="mock", models=["m"])],
+        health=HealthConfig(interval=0),
+    )
+    gateway = Gateway(config=config, tracer_provider=provider)
+    async with client(gateway.app) as c:
+        response = await c.post(path, json=body)
+    await gateway.aclose()
+    assert response.status_code == 200, response.text
+    requests = [s for s in exporter.get_finished_spans() if s.kind is SpanKind.SERVER]
+    (request,) = requests
+    attributes = dict(request.attributes or {})
+    assert attributes["gen_ai.operation.name"] == operation
+    assert attributes["leap.api"] == api
+    assert request.name == f"{operation} m"
