@@ -13,6 +13,7 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 from .exceptions import ConfigurationError, LeapError
 from .types import ChatCompletion, ChatCompletionRequest
@@ -134,6 +135,8 @@ class Tracing:
                 "gen_ai.request.model": route.model,
                 "leap.attempt": next(numbers),
             }
+            if entry.settings.base_url:
+                attributes.update(_server(entry.settings.base_url))
             if last_error:
                 attributes["leap.failover_reason"] = last_error[-1]
             if attempts.hedging and attempts.trail.hedged == route.provider:
@@ -197,6 +200,15 @@ def _operation(outcome: Outcome) -> dict[str, str]:
     if outcome.api is None:
         return {"gen_ai.operation.name": outcome.operation}
     return {"gen_ai.operation.name": outcome.operation, "leap.api": outcome.api}
+
+
+def _server(base_url: str) -> dict[str, Any]:
+    """``server.address`` and ``server.port`` of a provider's (public) base URL."""
+    parts = urlsplit(base_url)
+    if not parts.hostname:
+        return {}
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return {"server.address": parts.hostname, "server.port": port}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

@@ -99,6 +99,8 @@ async def test_one_request_span_and_one_attempt_span_by_the_genai_conventions() 
     assert attempt.parent is not None
     assert attempt.parent.span_id == request.context.span_id
     assert dict(attempt.attributes or {})["leap.attempt"] == 1
+    assert dict(attempt.attributes or {})["server.address"] == "127.0.0.1"
+    assert dict(attempt.attributes or {})["server.port"] == up.port
     assert attempt.status.status_code is StatusCode.UNSET
 
 
