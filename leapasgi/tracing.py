@@ -31,7 +31,9 @@ __all__ = ["TRACE_HEADERS", "Tracing"]
 
 # The trace headers of the attempt running in this context, for the upstream request (None:
 # not traced). A context variable, as OpenTelemetry's own context is: each attempt's task sees
-# its own.
+# its own. Known exception to STYLE rule 7 (no module-level mutable state): the explicit path
+# is a ``headers`` keyword on Provider.chat/stream and NativeProvider.send/open, which every
+# implementation (Retrying, mock, test fakes) would have to take; until then, this.
 TRACE_HEADERS: ContextVar[Mapping[str, str] | None] = ContextVar(
     "leapasgi_trace_headers", default=None
 )
