@@ -90,6 +90,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "StateConfig",
+    "TelemetryConfig",
     "load_config",
     "parse_config",
 ]
@@ -822,6 +823,17 @@ class HookConfig(_Config):
         return self._hook
 
 
+class TelemetryConfig(_Config):
+    """OpenTelemetry: ``traces`` turns spans on (with the global tracer provider, unless the
+    gateway is given one); ``metrics`` the GenAI metrics (likewise with the global meter
+    provider); ``capture_content`` puts prompts and completions in attempt spans
+    (``gen_ai.input.messages``, ``gen_ai.output.messages``), off by default."""
+
+    traces: bool = False
+    metrics: bool = False
+    capture_content: bool = False
+
+
 class GatewayConfig(_Config):
     """Providers, routing, health and server settings of one gateway."""
 
@@ -834,6 +846,7 @@ class GatewayConfig(_Config):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     tenants: TenantsConfig = Field(default_factory=TenantsConfig)
     oauth: OAuthConfig | None = None
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     # Prices (USD per million tokens) by model, over the shipped table.
     prices: dict[str, PriceConfig] = Field(default_factory=dict)
     # Request hooks, in order ("package.module:factory" alone, or a table with options).

@@ -52,6 +52,7 @@ from .state import Bucket, RateLimiter, Reservation, StateBackend, StickyTable
 from .streaming import ChunkBatch, chunks_from_completion
 from .tenants.policy import Tenant
 from .tokens import estimate_answer_tokens, estimate_prompt_tokens, estimate_tokens
+from .tracing import Tracing
 from .trail import RoutingTrail
 from .types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Usage
 
@@ -138,6 +139,8 @@ class Dispatcher:
         self.price: Callable[[Outcome], float | None] | None = None
         # Request hooks (GatewayCore's); None: no hook, and nothing is done for them.
         self.hooks: HookChain | None = None
+        # Traces, when on: each attempt gets a span (``Tracing.traced``).
+        self.tracing: Tracing | None = None
 
     def use_state(self, state: StateBackend) -> None:
         """Take rate limits and sticky sessions from ``state``."""
@@ -326,6 +329,8 @@ class Dispatcher:
         the error the request ends with."""
         outcome.model = model
         outcome.request = request
+        if self.tracing is not None:
+            attempt = self.tracing.traced(attempt, outcome)
         session = None
         try:
             tenant = outcome.tenant

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 from starlette.types import Scope
 
@@ -19,6 +19,7 @@ from .cache import ResponseCache
 from .config import GatewayConfig, load_config
 from .conversations import ResponseStore
 from .exceptions import LeapError
+from .genai_metrics import GenAIMetrics
 from .hooks import HookChain
 from .manager import ProviderManager
 from .outcome import Outcome
@@ -28,6 +29,11 @@ from .recorder import OutcomeRecorder
 from .state import StateBackend, build_state
 from .tenants.identity import Authenticate
 from .tenants.tenancy import Tenancy
+from .tracing import Tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["GatewayCore", "Service"]
 
@@ -58,6 +64,8 @@ class GatewayCore:
         state: StateBackend | None = None,
         authenticate: Authenticate | None = None,
         hooks: Iterable[object] | None = None,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.config = config = config or GatewayConfig()
         clock = manager.registry.clock if manager is not None else None
@@ -111,6 +119,13 @@ class GatewayCore:
         chain = [*(hook.hook for hook in config.hooks), *(hooks or ())]
         if chain:
             self.manager.dispatcher.hooks = HookChain(chain)
+        # OpenTelemetry traces: built (and opentelemetry imported) only when asked for.
+        telemetry = config.telemetry
+        if tracer_provider is not None or telemetry.traces:
+            tracing = Tracing(tracer_provider, capture_content=telemetry.capture_content)
+            self.recorder.tracing = self.manager.dispatcher.tracing = tracing
+        if meter_provider is not None or telemetry.metrics:
+            self.recorder.genai = GenAIMetrics(meter_provider)
         self._services: list[Service] = []
 
     @classmethod

@@ -12,7 +12,7 @@ import re
 import time
 from random import getrandbits
 from types import TracebackType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .exceptions import LeapError
 from .trail import RoutingTrail
@@ -52,6 +52,7 @@ class Outcome:
     __slots__ = (
         "_id",
         "_sink",
+        "api",
         "cache",
         "cached_tokens",
         "completion_tokens",
@@ -67,6 +68,7 @@ class Outcome:
         "request",
         "sent",
         "session",
+        "span",
         "started",
         "stream",
         "tenancy",
@@ -77,9 +79,17 @@ class Outcome:
     )
 
     def __init__(
-        self, operation: str = "chat", *, sink: OutcomeSink | None = None, started: float = 0.0
+        self,
+        operation: str = "chat",
+        *,
+        api: str | None = None,
+        sink: OutcomeSink | None = None,
+        started: float = 0.0,
     ) -> None:
+        # The GenAI operation ("chat", "embeddings") and the API it came through
+        # ("chat_completions", "responses", "messages"; None: not said).
         self.operation = operation
+        self.api = api
         self.started = started or time.perf_counter()
         self.trail = RoutingTrail()
         self.model: str | None = None
@@ -112,6 +122,8 @@ class Outcome:
         self.error: LeapError | None = None
         self.gone = False
         self.sent = False
+        # The request's OpenTelemetry span while it runs (None: not traced).
+        self.span: Any = None
         self._id: str | None = None
         self._sink = sink
 

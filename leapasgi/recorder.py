@@ -6,10 +6,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ._logging import AccessLog, printable
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
+from .tracing import Tracing
+
+if TYPE_CHECKING:
+    from .genai_metrics import GenAIMetrics
 
 __all__ = ["MAX_LABEL", "OutcomeRecorder"]
 
@@ -27,7 +32,7 @@ class OutcomeRecorder:
     without bound. The access log still names every model, escaped and capped.
     """
 
-    __slots__ = ("_listed", "_log", "accountant", "metrics")
+    __slots__ = ("_listed", "_log", "accountant", "genai", "metrics", "tracing")
 
     def __init__(
         self,
@@ -41,10 +46,17 @@ class OutcomeRecorder:
         self._log = log or AccessLog(logging.getLogger("leapasgi.access"))
         # Tenancy's accounting (usage, cost, the reservation settled), when on.
         self.accountant: Callable[[Outcome], None] | None = None
+        # Traces, when on: the request's span opens with its outcome and closes here.
+        self.tracing: Tracing | None = None
+        # OpenTelemetry's GenAI metrics, when on: recorded here with the Prometheus ones.
+        self.genai: GenAIMetrics | None = None
 
-    def outcome(self, operation: str = "chat") -> Outcome:
+    def outcome(self, operation: str = "chat", *, api: str | None = None) -> Outcome:
         """A new outcome that is recorded here when its ``with`` block ends."""
-        return Outcome(operation, sink=self)
+        outcome = Outcome(operation, api=api, sink=self)
+        if self.tracing is not None:
+            self.tracing.begin(outcome)
+        return outcome
 
     def record(self, outcome: Outcome) -> None:
         """Count ``outcome`` in the metrics and write its access log line."""
@@ -94,6 +106,10 @@ class OutcomeRecorder:
         if cache is not None:
             self.metrics.record_cache(cache)
             kind += f" cache={cache}"
+        if outcome.span is not None and self.tracing is not None:
+            self.tracing.end(outcome)
+        if self.genai is not None:
+            self.genai.record(outcome, model=label, latency=latency, ttft=ttft)
         self._log.info(
             "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s",
             outcome.operation,

@@ -36,6 +36,10 @@ class ProtocolEndpoint:
     """An ASGI endpoint; subclasses implement ``handle`` for a request whose body was read."""
 
     send_error: ErrorSender = staticmethod(send_error)
+    # The GenAI operation (``gen_ai.operation.name``) and the API it is asked through
+    # (``leap.api``), for traces, metrics and the access log.
+    operation = "chat"
+    api = "chat_completions"
 
     def __init__(self, gateway: GatewayCore, *, route: str | None = None) -> None:
         self.gateway = gateway
@@ -58,7 +62,9 @@ class ProtocolEndpoint:
             self.cache = CacheStep(cache, route, gateway.config.routing.request_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        with Outcome(sink=self.recorder) as outcome:
+        with Outcome(self.operation, api=self.api, sink=self.recorder) as outcome:
+            if self.recorder.tracing is not None:
+                self.recorder.tracing.begin(outcome, scope)
             try:
                 await self._serve(scope, receive, send, outcome)
             except Exception:

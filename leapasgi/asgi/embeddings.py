@@ -18,6 +18,8 @@ __all__ = ["EmbeddingsEndpoint"]
 class EmbeddingsEndpoint(ProtocolEndpoint):
     """The embeddings endpoint of one gateway."""
 
+    operation = api = "embeddings"
+
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
     ) -> None:

@@ -72,6 +72,7 @@ class MessagesEndpoint(ProtocolEndpoint):
     """The Anthropic Messages endpoint of one gateway."""
 
     send_error = staticmethod(send_anthropic_error)
+    api = "messages"
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
@@ -146,6 +147,9 @@ class CountTokensEndpoint(ProtocolEndpoint):
     serves the model, else an estimate, marked ``"estimated": true``."""
 
     send_error = staticmethod(send_anthropic_error)
+    # Not one of the conventions' operations: a custom name, as they allow.
+    operation = "count_tokens"
+    api = "messages"
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome

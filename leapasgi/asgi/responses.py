@@ -134,6 +134,8 @@ async def prepare_turn(
 class ResponsesEndpoint(ProtocolEndpoint):
     """The Responses endpoint of one gateway."""
 
+    api = "responses"
+
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, outcome: Outcome
     ) -> None:

@@ -106,7 +106,7 @@ class ResponsesSocket:
             return  # gone before the handshake
         refused = await self.gateway.refusal(scope)
         if refused is not None:
-            with Outcome(sink=self.gateway.recorder) as outcome:
+            with self.gateway.recorder.outcome(api="responses") as outcome:
                 outcome.failed(refused)
                 await deny_websocket(scope, send, refused)
             return
@@ -193,7 +193,7 @@ class _Connection:
         if ending is not None:
             with contextlib.suppress(_ClientGone, OSError):
                 if ending.error is not None:
-                    with Outcome(sink=self._gateway.recorder) as outcome:
+                    with self._gateway.recorder.outcome(api="responses") as outcome:
                         outcome.failed(ending.error)
                         await self._frame(_error_frame(ending.error, outcome, None))
                 await self._send(
@@ -248,7 +248,7 @@ class _Connection:
 
     async def _respond(self, frame: str | bytes) -> None:
         """One frame: one request, recorded when its response (or its error) has been sent."""
-        with Outcome(sink=self._gateway.recorder) as outcome:
+        with self._gateway.recorder.outcome(api="responses") as outcome:
             outcome.tenant = self._tenant
             stream_id: str | None = None
             try:

@@ -37,6 +37,7 @@ from ..streaming import (
     ChunkNormalizer,
     chunks_from_completion,
 )
+from ..tracing import TRACE_HEADERS
 from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
 from ..types.request import StreamOptions
 from ._native import NativeStreamReader, reply_usage
@@ -434,6 +435,9 @@ class OpenAICompatibleProvider:
             headers = (
                 self._sse_headers if sse else (self._json_headers if body else self._get_headers)
             )
+        traced = TRACE_HEADERS.get()
+        if traced is not None:
+            headers = {**headers, **traced}
         session = self._client()
         limit, stage = self._budget(self.settings.timeouts.first_byte, deadline)
         data = io.BytesIO(body) if body is not None and len(body) > LARGE_BODY else body
