@@ -10,6 +10,7 @@ from collections.abc import Callable
 from ._logging import AccessLog, printable
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
+from .recent import RecentRequests
 
 __all__ = ["MAX_LABEL", "OutcomeRecorder"]
 
@@ -27,7 +28,7 @@ class OutcomeRecorder:
     without bound. The access log still names every model, escaped and capped.
     """
 
-    __slots__ = ("_listed", "_log", "accountant", "metrics")
+    __slots__ = ("_listed", "_log", "accountant", "metrics", "recent")
 
     def __init__(
         self,
@@ -41,6 +42,8 @@ class OutcomeRecorder:
         self._log = log or AccessLog(logging.getLogger("leapasgi.access"))
         # Tenancy's accounting (usage, cost, the reservation settled), when on.
         self.accountant: Callable[[Outcome], None] | None = None
+        # The dashboard's live view of the last requests, when the dashboard is on.
+        self.recent: RecentRequests | None = None
 
     def outcome(self, operation: str = "chat") -> Outcome:
         """A new outcome that is recorded here when its ``with`` block ends."""
@@ -94,6 +97,9 @@ class OutcomeRecorder:
         if cache is not None:
             self.metrics.record_cache(cache)
             kind += f" cache={cache}"
+        recent = self.recent
+        if recent is not None:
+            recent.add(outcome, provider=provider, latency=latency)
         self._log.info(
             "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s",
             outcome.operation,
