@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr, ValidationError
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from leapasgi import Gateway
 from leapasgi.asgi.dashboard import snapshot
@@ -138,3 +140,20 @@ def test_the_events_stream_sends_snapshots_without_content() -> None:
     assert [p["name"] for p in events[0]["providers"]] == ["mock"]
     assert events[0]["requests"][0]["attempts"][0]["outcome"] == "ok"
     assert events[1]["at"] > events[0]["at"]
+
+
+@pytest.mark.anyio
+async def test_the_dashboard_works_mounted_under_a_prefix() -> None:
+    async with gateway() as gw:
+        host = Starlette(routes=[Mount("/llm", app=gw.app)])
+        transport = httpx.ASGITransport(app=host)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+            home = await client.get("/llm/dashboard")
+            page = await client.get("/llm/dashboard/")
+            script = await client.get("/llm/dashboard/dashboard.js")
+            events = await client.get("/llm/dashboard/events")
+    assert home.headers["location"] == "dashboard/"
+    assert page.status_code == 200
+    assert script.status_code == 200
+    assert "../v1/providers/" in script.text  # the admin API, relative to the page
+    assert events.status_code == 401
