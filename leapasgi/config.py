@@ -522,6 +522,8 @@ class ServerConfig(_Config):
     mcp: bool = False
     # Offer MCP clients set_provider_status; over HTTP a call must present admin_key.
     mcp_admin_tools: bool = False
+    # Serve the live dashboard at /dashboard/ (its data and actions need admin_key).
+    dashboard: bool = False
     # Host names every route answers to besides loopback ones ("gw.example.com" any port,
     # "gw.example.com:8443", "*" any): checked when reached on loopback or when set.
     allowed_hosts: list[str] = Field(default_factory=list)
@@ -559,6 +561,8 @@ class ServerConfig(_Config):
     def _mcp_admin_needs_key(self) -> Self:
         if self.mcp and self.mcp_admin_tools and self.admin_key is None:
             raise ValueError("mcp_admin_tools: set admin_key too; /mcp callers must present it")
+        if self.dashboard and self.admin_key is None:
+            raise ValueError("dashboard: set admin_key too; the dashboard's viewers present it")
         return self
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ._logging import AccessLog, printable
 from .outcome import Outcome
 from .prometheus import GatewayMetrics
+from .recent import RecentRequests
 from .tracing import Tracing
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ class OutcomeRecorder:
     without bound. The access log still names every model, escaped and capped.
     """
 
-    __slots__ = ("_listed", "_log", "accountant", "genai", "metrics", "tracing")
+    __slots__ = ("_listed", "_log", "accountant", "genai", "metrics", "recent", "tracing")
 
     def __init__(
         self,
@@ -50,6 +51,8 @@ class OutcomeRecorder:
         self.tracing: Tracing | None = None
         # OpenTelemetry's GenAI metrics, when on: recorded here with the Prometheus ones.
         self.genai: GenAIMetrics | None = None
+        # The dashboard's live view of the last requests, when the dashboard is on.
+        self.recent: RecentRequests | None = None
 
     def outcome(self, operation: str = "chat", *, api: str | None = None) -> Outcome:
         """A new outcome that is recorded here when its ``with`` block ends."""
@@ -110,6 +113,9 @@ class OutcomeRecorder:
             self.tracing.end(outcome)
         if self.genai is not None:
             self.genai.record(outcome, model=label, latency=latency, ttft=ttft)
+        recent = self.recent
+        if recent is not None:
+            recent.add(outcome, provider=provider, latency=latency)
         self._log.info(
             "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s",
             outcome.operation,

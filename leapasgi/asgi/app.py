@@ -19,6 +19,7 @@ from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from ..tenants.identity import WELL_KNOWN
 from .admin_tenants import tenant_routes
 from .chat import ChatEndpoint
+from .dashboard import dashboard_routes
 from .embeddings import EmbeddingsEndpoint
 from .messages import CountTokensEndpoint, MessagesEndpoint
 from .openapi import OPENAPI_PATH, OpenAPIEndpoint
@@ -110,6 +111,7 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
     mcp: list[BaseRoute] = []
     if gateway.config.server.mcp:
         mcp.append(Route(MCP_PATH, _mcp_endpoint(gateway)))
+    dashboard = dashboard_routes(gateway) if gateway.config.server.dashboard else []
     starlette = Starlette(
         routes=[
             *(Route(path, endpoint, methods=["POST"]) for path, endpoint in posts.items()),
@@ -130,6 +132,7 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
             Route("/metrics", routes.metrics, methods=["GET"]),
             Route(OPENAPI_PATH, OpenAPIEndpoint(gateway).serve, methods=["GET"]),
             *mcp,
+            *dashboard,
         ],
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
         lifespan=lifespan,
