@@ -18,7 +18,15 @@ from pydantic import SecretStr
 
 from .exceptions import AuthenticationError, LeapError, NotFoundError, PermissionDeniedError
 
-__all__ = ["TENANT_KEY", "AccessPolicy", "Role", "bearer_token", "owner_of"]
+__all__ = [
+    "TENANT_KEY",
+    "AccessPolicy",
+    "KeyDigests",
+    "Role",
+    "bearer_token",
+    "key_digest",
+    "owner_of",
+]
 
 
 class Role(IntEnum):
@@ -60,23 +68,36 @@ def owner_of(scope: Mapping[str, Any]) -> str | None:
     return hashlib.sha256(token).hexdigest()[:32] if token else None
 
 
-class _Digests:
+def key_digest(secret: str | bytes) -> str:
+    """How a key is kept and looked up: its SHA-256, in hex. Gateway and virtual keys are
+    long random strings, so a fast hash is enough (nothing to brute-force)."""
+    raw = secret.encode() if isinstance(secret, str) else secret
+    return hashlib.sha256(raw).hexdigest()
+
+
+class KeyDigests:
+    """Keys kept as digests only; a presented key or digest is compared with every one."""
+
     __slots__ = ("_digests",)
 
     def __init__(self, keys: Iterable[SecretStr]) -> None:
-        self._digests = [hashlib.sha256(key.get_secret_value().encode()).digest() for key in keys]
+        self._digests = [key_digest(key.get_secret_value()) for key in keys]
 
     def __bool__(self) -> bool:
         return bool(self._digests)
 
     def match(self, token: bytes | None) -> bool:
+        """Whether ``token`` is one of the keys."""
         if token is None or not self._digests:
             return False
-        presented = hashlib.sha256(token).digest()
+        return self.match_digest(key_digest(token))
+
+    def match_digest(self, digest: str) -> bool:
+        """Whether ``digest`` (``key_digest`` of a key) is one of the keys'."""
         # Compare against every key, without stopping early, so timing tells nothing.
         found = False
-        for digest in self._digests:
-            found |= hmac.compare_digest(presented, digest)
+        for known in self._digests:
+            found |= hmac.compare_digest(digest, known)
         return found
 
 
@@ -90,8 +111,8 @@ class AccessPolicy:
     def __init__(
         self, api_keys: Iterable[SecretStr] = (), admin_key: SecretStr | None = None
     ) -> None:
-        self._api = _Digests(api_keys)
-        self._admin = _Digests([admin_key] if admin_key is not None else [])
+        self._api = KeyDigests(api_keys)
+        self._admin = KeyDigests([admin_key] if admin_key is not None else [])
 
     @property
     def keys_required(self) -> bool:

@@ -12,12 +12,12 @@ by every replica, and usage is appended to a Redis stream every host can read.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from ..access import key_digest
 from .policy import OPEN, TenantPolicy
 
 __all__ = [
@@ -31,13 +31,6 @@ __all__ = [
 
 # Every virtual key's secret starts with this, so the gateway knows where to look it up.
 KEY_PREFIX = "lk-"
-
-
-def key_digest(secret: str | bytes) -> str:
-    """How a key's secret is kept and looked up: its SHA-256, in hex. The secrets are 256
-    random bits, so a fast hash is enough (nothing to brute-force)."""
-    raw = secret.encode() if isinstance(secret, str) else secret
-    return hashlib.sha256(raw).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,17 +10,15 @@ are looked up by digest and cached for ``key_cache_ttl`` (found or not, at most
 
 from __future__ import annotations
 
-import hmac
 import inspect
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pydantic import SecretStr
 from starlette.requests import Request
 from starlette.types import Scope
 
-from ..access import TENANT_KEY, bearer_token
+from ..access import TENANT_KEY, KeyDigests, bearer_token
 from ..clock import Clock
 from ..exceptions import AuthenticationError, LeapError, StoreUnavailableError
 from .base import KEY_PREFIX, KeyStore, VirtualKey, key_digest
@@ -64,22 +62,6 @@ def _origin(scope: Mapping[str, Any]) -> str:
     return f"{scheme}://localhost"
 
 
-class _Digests:
-    """Static API keys by digest, each its own tenant ("key:" + its digest's start)."""
-
-    def __init__(self, keys: Iterable[SecretStr]) -> None:
-        self._digests = [key_digest(key.get_secret_value()) for key in keys]
-
-    def __bool__(self) -> bool:
-        return bool(self._digests)
-
-    def match(self, digest: str) -> bool:
-        found = False
-        for known in self._digests:
-            found |= hmac.compare_digest(digest, known)
-        return found
-
-
 class Identifier:
     """One gateway's way of knowing its callers."""
 
@@ -96,9 +78,9 @@ class Identifier:
         self.clock = clock
         tenants = config.tenants
         self._authenticate = authenticate
-        self._static = _Digests(config.server.api_keys)
+        self._static = KeyDigests(config.server.api_keys)
         admin = config.server.admin_key
-        self._admin = _Digests([admin] if admin is not None else [])
+        self._admin = KeyDigests([admin] if admin is not None else [])
         self._default_policy = tenants.policy.build()
         self._anonymous = Tenant(ANONYMOUS.id, self._default_policy)
         self._oauth: TokenValidator | None = None
@@ -196,9 +178,9 @@ class Identifier:
         if token.startswith(KEY_PREFIX.encode()):
             return await self._virtual(token)
         digest = key_digest(token)
-        if self._admin.match(digest):
+        if self._admin.match_digest(digest):
             return Tenant("admin", source="admin")
-        if self._static.match(digest):
+        if self._static.match_digest(digest):
             return Tenant(f"key:{digest[:12]}", self._default_policy, source="key")
         oauth = self._oauth
         if oauth is not None:
