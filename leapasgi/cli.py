@@ -61,9 +61,12 @@ def _check(path: Path) -> int:
 def app_from_env() -> object:
     """The ASGI app for the config named by LEAPASGI_CONFIG (uvicorn factory, for --workers)."""
     from .asgi import Gateway
+    from .config import load_config
 
-    configure_server_logging(sys.stderr)  # each worker process sets up its own
-    return Gateway.from_config(os.environ[CONFIG_ENV]).app
+    config = load_config(os.environ[CONFIG_ENV])
+    # Each worker process sets up its own.
+    configure_server_logging(sys.stderr, json_lines=config.server.log_format == "json")
+    return Gateway.from_config(config).app
 
 
 # Bytes a WebSocket frame may exceed the body limit by and still be read (and refused).
@@ -87,7 +90,7 @@ def _serve(path: Path, host: str | None, port: int | None, workers: int) -> int:
 
     config = load_config(path)  # fail fast, with the file and key, before binding anything
     os.environ[CONFIG_ENV] = str(path.resolve())
-    configure_server_logging(sys.stderr)
+    configure_server_logging(sys.stderr, json_lines=config.server.log_format == "json")
     warn_unshared(config, workers)
     run_server(
         "leapasgi.cli:app_from_env",

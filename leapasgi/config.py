@@ -524,6 +524,9 @@ class ServerConfig(_Config):
     mcp_admin_tools: bool = False
     # Serve the live dashboard at /dashboard/ (its data and actions need admin_key).
     dashboard: bool = False
+    # The server's log lines: "text", or "json" (one object per line, the access line's
+    # fields included; mounted, the access records carry them as ``record.fields``).
+    log_format: Literal["text", "json"] = "text"
     # Host names every route answers to besides loopback ones ("gw.example.com" any port,
     # "gw.example.com:8443", "*" any): checked when reached on loopback or when set.
     allowed_hosts: list[str] = Field(default_factory=list)

@@ -709,12 +709,16 @@ class Dispatcher:
         # In line by priority, then deadline; a request that could not be answered in time
         # even once served (its wait plus the provider's typical latency) is shed at once.
         deadline = attempts.deadline
+        clock = self._clock
+        waiting = clock.monotonic()
         got = await limit.acquire(
             deadline.remaining(),
             priority=attempts.priority,
             deadline=deadline.at,
             service_time=service_time(entry),
         )
+        if got is Acquired.TAKEN or got is Acquired.TIMED_OUT:  # it waited in line
+            attempts.trail.queued += clock.monotonic() - waiting
         if got is Acquired.TAKEN:
             return _Slot.TAKEN
         if got is Acquired.SHED:

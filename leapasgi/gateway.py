@@ -102,7 +102,11 @@ class GatewayCore:
         server = self.config.server
         self.access = AccessPolicy(server.api_keys, server.admin_key)
         self.metrics = GatewayMetrics()
-        self.recorder = OutcomeRecorder(self.metrics, listed=self.manager.routes.listed)
+        self.recorder = OutcomeRecorder(
+            self.metrics,
+            listed=self.manager.routes.listed,
+            structured=config.server.log_format == "json",
+        )
         # Who calls (keys, OAuth2 tokens, the host's own users), what each may use, and what
         # each spent: every request is accounted to its tenant.
         self.tenancy = Tenancy(

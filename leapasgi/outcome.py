@@ -52,6 +52,7 @@ class Outcome:
     __slots__ = (
         "_id",
         "_sink",
+        "answered_by",
         "api",
         "cache",
         "cached_tokens",
@@ -118,6 +119,9 @@ class Outcome:
         self.session: str | None = None
         # What the response cache did: "hit", "miss" or "bypass"; None without a cache.
         self.cache: str | None = None
+        # The hook that answered the request itself (None: a provider or the cache did);
+        # such an answer is never cached.
+        self.answered_by: str | None = None
         # How it ended: the error answered, the client gone, or the answer sent whole.
         self.error: LeapError | None = None
         self.gone = False

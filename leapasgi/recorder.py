@@ -41,10 +41,11 @@ class OutcomeRecorder:
         *,
         listed: Callable[[str], bool],
         log: AccessLog | None = None,
+        structured: bool = False,
     ) -> None:
         self.metrics = metrics
         self._listed = listed
-        self._log = log or AccessLog(logging.getLogger("leapasgi.access"))
+        self._log = log or AccessLog(logging.getLogger("leapasgi.access"), structured=structured)
         # Tenancy's accounting (usage, cost, the reservation settled), when on.
         self.accountant: Callable[[Outcome], None] | None = None
         # Traces, when on: the request's span opens with its outcome and closes here.
@@ -98,17 +99,12 @@ class OutcomeRecorder:
             completion_tokens=outcome.completion_tokens,
             stream=outcome.stream,
         )
-        kind = f" error={type(error).__name__}" if error is not None else ""
         accountant = self.accountant
         if accountant is not None and outcome.tenant is not None:
             accountant(outcome)
-            kind += f" tenant={printable(outcome.tenant.id)}"
-            if outcome.cost_usd is not None:
-                kind += f" cost={outcome.cost_usd:.6f}"
         cache = outcome.cache
         if cache is not None:
             self.metrics.record_cache(cache)
-            kind += f" cache={cache}"
         if outcome.span is not None and self.tracing is not None:
             self.tracing.end(outcome)
         if self.genai is not None:
@@ -116,8 +112,26 @@ class OutcomeRecorder:
         recent = self.recent
         if recent is not None:
             recent.add(outcome, provider=provider, latency=latency)
+        if self._log.structured:
+            self._log_fields(outcome, provider, latency)
+            return
+        # chat model=m provider=u2 status=200 [error=] [tenant=] [cost=] [cache=] [hook=] attempts=2
+        # ms=12.3 [queued_ms=] id=... [trail="u1:503 -> u2:ok"]
+        kind = f" error={type(error).__name__}" if error is not None else ""
+        if accountant is not None and outcome.tenant is not None:
+            kind += f" tenant={printable(outcome.tenant.id)}"
+            if outcome.cost_usd is not None:
+                kind += f" cost={outcome.cost_usd:.6f}"
+        if cache is not None:
+            kind += f" cache={cache}"
+        if outcome.answered_by is not None:
+            kind += f" hook={printable(outcome.answered_by)}"
+        tail = f" queued_ms={trail.queued * 1000:.1f}" if trail.queued else ""
+        tail += f" id={outcome.request_id}"
+        if trail.attempts:
+            tail += f' trail="{trail.short()}"'
         self._log.info(
-            "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f id=%s",
+            "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f%s",
             outcome.operation,
             printable(model) if model else "-",
             provider,
@@ -125,8 +139,46 @@ class OutcomeRecorder:
             kind,
             trail.tries,
             latency * 1000,
-            outcome.request_id,
+            tail,
         )
+
+    def _log_fields(self, outcome: Outcome, provider: str, latency: float) -> None:
+        """The access line as fields (``[server] log_format = "json"``)."""
+        trail = outcome.trail
+        model = printable(outcome.model) if outcome.model else None
+        fields: dict[str, object] = {
+            "request_id": outcome.request_id,
+            "operation": outcome.operation,
+            "api": outcome.api,
+            "model": model,
+            "provider": provider,
+            "status": outcome.status,
+            "stream": outcome.stream,
+            "attempts": trail.tries,
+            "duration_ms": round(latency * 1000, 1),
+            "trail": trail.short(),
+        }
+        error = outcome.error
+        if error is not None:
+            fields["error"] = type(error).__name__
+        if outcome.gone:
+            fields["client_closed"] = True
+        if trail.queued:
+            fields["queued_ms"] = round(trail.queued * 1000, 1)
+        if outcome.cache is not None:
+            fields["cache"] = outcome.cache
+        if trail.hedged is not None:
+            fields["hedged_to"] = trail.hedged
+        if outcome.answered_by is not None:
+            fields["answered_by"] = printable(outcome.answered_by)
+        if outcome.tenant is not None and self.accountant is not None:
+            fields["tenant"] = printable(outcome.tenant.id)
+            if outcome.cost_usd is not None:
+                fields["cost_usd"] = outcome.cost_usd
+        if outcome.prompt_tokens or outcome.completion_tokens:
+            fields["input_tokens"] = outcome.prompt_tokens
+            fields["output_tokens"] = outcome.completion_tokens
+        self._log.info("%s %s %d", outcome.operation, model or "-", outcome.status, fields=fields)
 
     def flush(self) -> None:
         """Write the access lines still waiting (at shutdown)."""

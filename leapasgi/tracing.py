@@ -102,6 +102,8 @@ class Tracing:
             span.set_attribute("leap.request_id", outcome.request_id)
         if outcome.cache is not None:
             span.set_attribute("leap.cache", outcome.cache)
+        if outcome.trail.queued:
+            span.set_attribute("leap.queue_wait", outcome.trail.queued)
         if outcome.trail.hedged is not None:
             span.set_attribute("leap.hedged_to", outcome.trail.hedged)
         if outcome.first_token_at is not None:
@@ -121,6 +123,8 @@ class Tracing:
         parent = trace.set_span_in_context(outcome.span) if outcome.span is not None else None
         numbers = itertools.count(1)
         last_error: list[str] = []
+        # Seconds the request had waited in lines before the attempt before this one.
+        waited = [0.0]
 
         async def run(
             entry: ProviderEntry,
@@ -141,6 +145,10 @@ class Tracing:
                 attributes.update(_server(entry.settings.base_url))
             if last_error:
                 attributes["leap.failover_reason"] = last_error[-1]
+            queued = attempts.trail.queued
+            if queued > waited[0]:
+                attributes["leap.queue_wait"] = queued - waited[0]
+                waited[0] = queued
             if attempts.hedging and attempts.trail.hedged == route.provider:
                 attributes["leap.hedge"] = True
             if self._capture:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["CANCELLED", "OK", "Attempt", "RoutingTrail"]
+__all__ = ["CANCELLED", "MAX_SHORT", "OK", "Attempt", "RoutingTrail"]
 
 OK = "ok"
 # The outcome of a hedged attempt cancelled because the other one answered first.
@@ -37,6 +37,8 @@ class RoutingTrail:
     notes: list[str] = field(default_factory=list)
     # The provider a hedged request's second attempt went to (None: not hedged).
     hedged: str | None = None
+    # Seconds spent in providers' lines for a concurrency slot, over every attempt.
+    queued: float = 0.0
 
     @property
     def served_by(self) -> Attempt | None:
@@ -74,3 +76,39 @@ class RoutingTrail:
         if self.notes:
             parts.append("notes: " + ", ".join(self.notes))
         return "; ".join(parts)
+
+    def short(self) -> str:
+        """The trail in short for the access log: ``u1:503 -> u2:ok``; each step is the
+        upstream's status, else what happened (``timeout``, ``ejected``, ``cancelled``),
+        and at most MAX_SHORT steps are shown. Empty when nothing was tried."""
+        attempts = self.attempts
+        steps = [f"{a.provider}:{_step(a)}" for a in attempts[:MAX_SHORT]]
+        if len(attempts) > MAX_SHORT:
+            steps.append(f"+{len(attempts) - MAX_SHORT} more")
+        return " -> ".join(steps)
+
+
+# The most steps the short trail shows.
+MAX_SHORT = 8
+# What a step without an upstream status shows, by error kind (others: the kind, shortened).
+_WORDS = {
+    "ConnectTimeoutError": "connect-timeout",
+    "FirstByteTimeoutError": "first-byte-timeout",
+    "IdleTimeoutError": "idle-timeout",
+    "DeadlineExceededError": "deadline",
+    "UpstreamTimeoutError": "timeout",
+    "ProviderBusyError": "busy",
+    "RateLimitError": "rate-limited",
+}
+
+
+def _step(attempt: Attempt) -> str:
+    outcome = attempt.outcome
+    if attempt.status is not None and not attempt.skipped:
+        return str(attempt.status)
+    word = _WORDS.get(outcome)
+    if word is not None:
+        return word
+    if outcome.endswith("Error"):
+        return outcome[: -len("Error")].lower()
+    return outcome

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -43,9 +44,13 @@ def wait_until_up(url: str, process: subprocess.Popen[str]) -> None:
 
 @pytest.fixture
 def served() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    yield from serve(EXAMPLES / "gateway.toml")
+
+
+def serve(config: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     command = [sys.executable, "-m", "leapasgi", "serve", "--config"]
-    command += [str(EXAMPLES / "gateway.toml"), "--port", str(port)]
+    command += [str(config), "--port", str(port)]
     process = subprocess.Popen(
         command, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -165,3 +170,28 @@ def test_a_sigterm_shutdown_loses_no_log_line(
     _, log = process.communicate(timeout=30)
     assert [line for line in log.splitlines() if "leapasgi.access" in line]
     assert "Finished server process" in log
+
+
+def test_the_json_log_format_writes_one_object_per_line(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    text = (EXAMPLES / "gateway.toml").read_text()
+    config.write_text(f'[server]\nlog_format = "json"\n\n{text}')
+    served = serve(config)
+    url, process = next(served)
+    try:
+        prompt = {"role": "user", "content": "zebra quartz prompt"}
+        body = {**BODY, "messages": [prompt]}
+        response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10)
+        assert response.status_code == 200
+        process.send_signal(signal.SIGINT)
+        _, log = process.communicate(timeout=30)
+    finally:
+        served.close()
+    lines = [json.loads(line) for line in log.splitlines()]  # every line, uvicorn's too
+    assert {line["logger"] for line in lines} >= {"leapasgi.access", "uvicorn.error"}
+    (access,) = [line for line in lines if line["logger"] == "leapasgi.access"]
+    assert access["request_id"] == response.headers["x-request-id"]
+    assert access["trail"] == "mock:ok"
+    assert access["status"] == 200
+    assert access["model"] == "default"
+    assert "zebra" not in log

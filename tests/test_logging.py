@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from collections.abc import Iterator
 
 import pytest
 
-from leapasgi._logging import AccessLog, BatchingHandler, ServerFormatter
+from leapasgi._logging import AccessLog, BatchingHandler, JsonFormatter, ServerFormatter
 
 
 @pytest.fixture
@@ -140,3 +141,68 @@ def test_the_access_log_flushes_its_pending_lines() -> None:
         assert out.getvalue().endswith("leapasgi.access chat model=m1\n")
     finally:
         handler.close()
+
+
+def test_json_lines_write_the_fields_logging_would_have_written() -> None:
+    fast_out, slow_out = io.StringIO(), io.StringIO()
+    fast = BatchingHandler(fast_out, interval=3600)
+    slow = BatchingHandler(slow_out, interval=3600)
+    slow.addFilter(lambda record: True)  # through logging itself, as a record
+    for handler in (fast, slow):
+        handler.setFormatter(JsonFormatter())
+    fields = {"request_id": "r1", "trail": "u1:503 -> u2:ok", "status": 200}
+    try:
+        for handler in (fast, slow):
+            log = AccessLog(_isolated("leapasgi.access", handler), structured=True)
+            log.info("chat %s %d", "m\n1", 200, fields=fields)
+            handler.flush()
+    finally:
+        fast.close()
+        slow.close()
+    for out in (fast_out, slow_out):
+        lines = out.getvalue().splitlines()
+        assert len(lines) == 1  # the model's line break stays inside the JSON string
+        line = json.loads(lines[0])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line.pop("time"))
+        assert line == {
+            "level": "INFO",
+            "logger": "leapasgi.access",
+            "message": "chat m\n1 200",
+            **fields,
+        }
+
+
+def test_json_lines_carry_a_records_exception_and_escape_nothing_out_of_the_line() -> None:
+    out = io.StringIO()
+    handler = BatchingHandler(out, interval=3600)
+    handler.setFormatter(JsonFormatter())
+    logger = _isolated("uvicorn.error", handler)
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed\r\nforged line")
+        logger.warning("plain")
+    finally:
+        handler.close()
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["level"] == "ERROR"
+    assert first["logger"] == "uvicorn.error"
+    assert first["message"] == "failed\r\nforged line"
+    assert "ValueError: boom" in first["exception"]
+    assert second["message"] == "plain"
+    assert "exception" not in second
+
+
+def test_a_structured_access_record_carries_its_fields_for_a_host_formatter() -> None:
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    AccessLog(_isolated("leapasgi.access", Keep()), structured=True).info(
+        "chat %s", "m1", fields={"trail": "u1:ok"}
+    )
+    assert seen[0].getMessage() == "chat m1"
+    assert seen[0].fields == {"trail": "u1:ok"}  # type: ignore[attr-defined]

@@ -4,6 +4,7 @@ sent upstream; no prompt text unless asked for."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -270,6 +271,35 @@ async def test_a_hedged_request_has_both_attempt_spans_and_the_loser_is_marked()
     assert winner["leap.hedge"] is True
     assert "leap.cancelled" not in winner
     assert dict(request.attributes or {})["leap.hedged_to"] == "b"
+
+
+async def test_a_wait_in_a_providers_line_is_on_both_spans() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    config = GatewayConfig(
+        providers=[
+            ProviderConfig(name="a", type="mock", models=["m"], max_in_flight=1, max_waiting=4)
+        ],
+        health=HealthConfig(interval=0),
+    )
+    gateway = Gateway(config=config, tracer_provider=provider)
+    busy = gateway.manager.registry.get("a").provider
+    assert isinstance(busy, MockProvider)
+    busy.inject(Fault.delay(0.05), Fault.delay(0.05))  # one at a time: the other waits
+    async with client(gateway.app) as c:
+        bodies = [{"model": "m", "messages": [{"role": "user", "content": q}]} for q in "xy"]
+        answers = await asyncio.gather(*(c.post("/v1/chat/completions", json=b) for b in bodies))
+    await gateway.aclose()
+    assert [a.status_code for a in answers] == [200, 200]
+    spans = exporter.get_finished_spans()
+    waits = [
+        (span.kind, dict(span.attributes or {})["leap.queue_wait"])
+        for span in spans
+        if "leap.queue_wait" in dict(span.attributes or {})
+    ]
+    assert sorted(kind.name for kind, _ in waits) == ["CLIENT", "SERVER"]  # one request waited
+    assert all(wait > 0 for _, wait in waits)
 
 
 def metered(upstreams: Sequence[FakeUpstream]) -> tuple[Gateway, InMemoryMetricReader]:

@@ -1,7 +1,8 @@
 """The response cache in front of a model endpoint: a stored answer is replayed in one write
 as it was first sent (a stream included: it is the stream's whole bytes), and a miss's answer
 is recorded as it goes out, keep-alive pings left out, and kept, before its last bytes are
-sent, when it ended well: a 200, no in-band error, every byte sent, not too large."""
+sent, when it ended well: a 200, no in-band error, every byte sent, not too large, and not
+a hook's own answer."""
 
 from __future__ import annotations
 
@@ -158,8 +159,11 @@ class _Recording:
         if message.get("more_body", False):
             return
         self._parts = None
-        if self._outcome.error is not None:
+        outcome = self._outcome
+        if outcome.error is not None:
             return  # a stream that ended with an in-band error
+        if outcome.answered_by is not None:
+            return  # a hook's answer: the hook decides again next time
         if self._size > cache.max_entry_bytes:
             cache.too_large()
             return

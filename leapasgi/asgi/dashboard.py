@@ -139,7 +139,9 @@ def dashboard_routes(gateway: GatewayCore) -> list[BaseRoute]:
     """The dashboard's routes; from here on the recorder keeps the last requests for it."""
     recent = gateway.recorder.recent
     if recent is None:
-        recent = gateway.recorder.recent = RecentRequests()
+        recent = gateway.recorder.recent = RecentRequests(
+            clock=gateway.manager.registry.clock.monotonic
+        )
     dashboard = Dashboard(gateway, recent)
     return [
         Route(DASHBOARD_PATH, dashboard.home, methods=["GET"]),

@@ -103,7 +103,7 @@ def _answered(name: str, ctx: HookContext, outcome: Outcome, answer: object) -> 
     elif isinstance(request, ProtocolRequest) and not request.translatable:
         reason = f"hook {name!r} answered a request ({ctx.protocol}) that has no chat form"
     else:
-        ctx.answered_by = name
+        ctx.answered_by = outcome.answered_by = name
         outcome.trail.notes.append(f"hook {name!r} answered")
         return answer
     logger.error("%s (request %s)", reason, outcome.request_id)
