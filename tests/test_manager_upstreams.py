@@ -47,6 +47,14 @@ async def upstreams() -> AsyncIterator[list[FakeUpstream]]:
         yield fakes
 
 
+# Only the first upstream, the one a test makes fail, ever has to time out ("never answers"),
+# so only it has a short clock. The fakes and the manager share one event loop: a stall of the
+# loop (a busy machine, a garbage collection) counts against every provider's clock, and on
+# the upstreams that answer a short one would turn a healthy answer into a failover.
+FAILING_TIMEOUT = 0.3
+SERVING_TIMEOUT = 30.0
+
+
 def manager_over(fakes: list[FakeUpstream], **routing: Any) -> ProviderManager:
     m = ProviderManager(routing=RoutingConfig(**routing), health=HealthConfig(interval=0))
     for index, fake in enumerate(fakes):
@@ -56,7 +64,7 @@ def manager_over(fakes: list[FakeUpstream], **routing: Any) -> ProviderManager:
                 base_url=fake.base_url,
                 api_key=SecretStr(f"sk-u{index + 1}-0123456789"),
                 models=["m1"],
-                timeout=0.3,
+                timeout=FAILING_TIMEOUT if index == 0 else SERVING_TIMEOUT,
                 priority=index,
             )
         )
@@ -188,7 +196,9 @@ async def test_the_request_deadline_reaches_the_provider(
 ) -> None:
     for fake in upstreams:
         fake.default = Behavior(hang_now=True)
-    m = ProviderManager(routing=RoutingConfig(request_timeout=0.3), health=HealthConfig(interval=0))
+    # Long enough for the request to reach the upstream on a busy machine, and far below the
+    # provider's own 30 s: only the request's deadline can end the call.
+    m = ProviderManager(routing=RoutingConfig(request_timeout=1.0), health=HealthConfig(interval=0))
     m.register(
         ProviderConfig(name="slow", base_url=upstreams[0].base_url, models=["m1"], timeout=30)
     )

@@ -39,7 +39,7 @@ async def post(gw: Gateway, body: dict[str, Any], **headers: str) -> httpx.Respo
 
 
 def logged_id(line: str) -> str:
-    return line.rsplit(" id=", 1)[1]
+    return line.rsplit(" id=", 1)[1].split(" ", 1)[0]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
