@@ -57,7 +57,7 @@ async def test_chat_answers_with_provider_model_usage_and_trail(
     (line,) = [r.getMessage() for r in caplog.records if r.name == "leapasgi.access"]
     # Over stdio nobody is identified: the anonymous caller, accounted.
     assert line.startswith("chat model=mock-chat provider=mock status=200 tenant=anonymous ")
-    assert line.endswith(f" id={request_id}")
+    assert f" id={request_id} " in f"{line} "
     assert answer == {
         "reply": "You said: hi",
         "provider": "mock",
