@@ -100,6 +100,7 @@ if TYPE_CHECKING:
         StreamInterruptedError,
         UnprocessableEntityError,
         UnsupportedFeatureError,
+        UnsupportedParameterError,
         UpstreamConnectionError,
         UpstreamStreamError,
         UpstreamTimeoutError,
@@ -137,6 +138,9 @@ if TYPE_CHECKING:
     )
     from .outcome import (
         Outcome,
+    )
+    from .params import (
+        ParamRules,
     )
     from .providers import (
         PRESETS,
@@ -284,6 +288,7 @@ __all__ = [
     "OAuthConfig",
     "OpenAICompatibleProvider",
     "Outcome",
+    "ParamRules",
     "Period",
     "PermissionDeniedError",
     "PiiRedactor",
@@ -331,6 +336,7 @@ __all__ = [
     "Timeouts",
     "UnprocessableEntityError",
     "UnsupportedFeatureError",
+    "UnsupportedParameterError",
     "UpstreamConnectionError",
     "UpstreamStreamError",
     "UpstreamTimeoutError",
@@ -422,6 +428,7 @@ _EXPORTS: dict[str, str] = {
     "OpenAICompatibleProvider": ".providers",
     "Outcome": ".outcome",
     "PRESETS": ".providers",
+    "ParamRules": ".params",
     "Period": ".tenants.policy",
     "PermissionDeniedError": ".exceptions",
     "PiiRedactor": ".hooks",
@@ -469,6 +476,7 @@ _EXPORTS: dict[str, str] = {
     "Timeouts": ".providers",
     "UnprocessableEntityError": ".exceptions",
     "UnsupportedFeatureError": ".exceptions",
+    "UnsupportedParameterError": ".exceptions",
     "UpstreamConnectionError": ".exceptions",
     "UpstreamStreamError": ".exceptions",
     "UpstreamTimeoutError": ".exceptions",
