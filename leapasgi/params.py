@@ -119,9 +119,9 @@ class ParamRules(BaseModel):
     # Set when the outgoing body lacks them: {keep_alive = "5m"}.
     defaults: dict[str, JsonValue] = Field(default_factory=dict)
     # Values above these are refused (the provider is skipped): {n = 1}.
-    max: dict[str, int | float] = Field(default_factory=dict)
+    max: dict[str, float] = Field(default_factory=dict)
     # Values above these are lowered to them: {temperature = 1}.
-    clamp: dict[str, int | float] = Field(default_factory=dict)
+    clamp: dict[str, float] = Field(default_factory=dict)
     # Parameters (or "param:kind", e.g. "response_format:json_schema") the provider cannot
     # serve: a request that asks for them is not sent there.
     unsupported: tuple[str, ...] = ()
@@ -328,7 +328,8 @@ class ModelParams:
         for name, limit in self._clamp:
             value = values.get(name)
             if _number(value) and value > limit:
-                values[name] = limit
+                # A token limit stays an integer (8192, never 8192.0).
+                values[name] = int(limit) if isinstance(value, int) else limit
                 clamped.append(f"clamped {name} {value:g} -> {limit:g}")
         for source, target in self._rename:
             if source not in values:
