@@ -67,12 +67,9 @@ async def test_a_provider_that_cannot_take_the_parameter_is_skipped_and_noted() 
 async def test_a_request_no_provider_can_serve_is_a_400_before_any_call() -> None:
     first, second = mock("groq", ONE_CHOICE), mock("ollama", ParamRules(max={"n": 1}))
     m = manager(first, second)
-    for stream in (False, True):
+    for ask in (m.chat(req(n=2)), anext(aiter(m.stream(req(n=2, stream=True))))):
         with pytest.raises(UnsupportedParameterError) as caught:
-            if stream:
-                await m.stream(req(n=2, stream=True)).__anext__()
-            else:
-                await m.chat(req(n=2))
+            await ask
         error = caught.value
         assert (error.status_code, error.param, error.code) == (400, "n", "unsupported_value")
         assert error.message == (
