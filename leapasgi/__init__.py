@@ -140,6 +140,7 @@ if TYPE_CHECKING:
         Outcome,
     )
     from .params import (
+        ParamPolicy,
         ParamRules,
     )
     from .providers import (
@@ -288,6 +289,7 @@ __all__ = [
     "OAuthConfig",
     "OpenAICompatibleProvider",
     "Outcome",
+    "ParamPolicy",
     "ParamRules",
     "Period",
     "PermissionDeniedError",
@@ -428,6 +430,7 @@ _EXPORTS: dict[str, str] = {
     "OpenAICompatibleProvider": ".providers",
     "Outcome": ".outcome",
     "PRESETS": ".providers",
+    "ParamPolicy": ".params",
     "ParamRules": ".params",
     "Period": ".tenants.policy",
     "PermissionDeniedError": ".exceptions",
