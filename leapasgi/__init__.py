@@ -100,6 +100,7 @@ if TYPE_CHECKING:
         StreamInterruptedError,
         UnprocessableEntityError,
         UnsupportedFeatureError,
+        UnsupportedParameterError,
         UpstreamConnectionError,
         UpstreamStreamError,
         UpstreamTimeoutError,
@@ -137,6 +138,10 @@ if TYPE_CHECKING:
     )
     from .outcome import (
         Outcome,
+    )
+    from .params import (
+        ParamPolicy,
+        ParamRules,
     )
     from .providers import (
         PRESETS,
@@ -284,6 +289,8 @@ __all__ = [
     "OAuthConfig",
     "OpenAICompatibleProvider",
     "Outcome",
+    "ParamPolicy",
+    "ParamRules",
     "Period",
     "PermissionDeniedError",
     "PiiRedactor",
@@ -331,6 +338,7 @@ __all__ = [
     "Timeouts",
     "UnprocessableEntityError",
     "UnsupportedFeatureError",
+    "UnsupportedParameterError",
     "UpstreamConnectionError",
     "UpstreamStreamError",
     "UpstreamTimeoutError",
@@ -422,6 +430,8 @@ _EXPORTS: dict[str, str] = {
     "OpenAICompatibleProvider": ".providers",
     "Outcome": ".outcome",
     "PRESETS": ".providers",
+    "ParamPolicy": ".params",
+    "ParamRules": ".params",
     "Period": ".tenants.policy",
     "PermissionDeniedError": ".exceptions",
     "PiiRedactor": ".hooks",
@@ -469,6 +479,7 @@ _EXPORTS: dict[str, str] = {
     "Timeouts": ".providers",
     "UnprocessableEntityError": ".exceptions",
     "UnsupportedFeatureError": ".exceptions",
+    "UnsupportedParameterError": ".exceptions",
     "UpstreamConnectionError": ".exceptions",
     "UpstreamStreamError": ".exceptions",
     "UpstreamTimeoutError": ".exceptions",
