@@ -291,6 +291,37 @@ async def test_a_resumed_download_passes_over_the_answers_already_kept(
     assert tally.missing() == frozenset()
 
 
+async def test_a_large_input_file_is_uploaded_whole(
+    fake: FakeBatchUpstream, client: BatchAPIClient
+) -> None:
+    ids = [f"big-{i}" for i in range(3000)]
+    big = [
+        InputLine(i, {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": i * 40}]})
+        for i in ids
+    ]
+    uploaded = await client.upload(big)
+    stored = fake.files[uploaded.id].data
+    assert len(stored) > 1024 * 1024
+    assert [json.loads(line)["custom_id"] for line in stored.splitlines()] == ids
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"id": "../files", "object": "file", "bytes": 10, "purpose": "batch"},
+        {"object": "file", "bytes": 10},
+        ["file-1"],
+    ],
+)
+async def test_a_hostile_file_object_is_refused(
+    fake: FakeBatchUpstream, client: BatchAPIClient, answer: Any
+) -> None:
+    fake.fail_next(200, answer)
+    with pytest.raises(MalformedResponseError) as bad:
+        await client.upload(lines(IDS[:1]))
+    clean(bad.value)
+
+
 async def test_lines_split_across_reads_are_put_back_together(fake: FakeBatchUpstream) -> None:
     fake.chunk_size = 7
     async with BatchAPIClient(settings(fake)) as client:
