@@ -41,7 +41,7 @@ from .exceptions import (
 from .hedging import HedgeBudget, hedge_delay
 from .hooks import HookChain, HookContext
 from .limits import Acquired
-from .native import EventBatch, NativeReply, ProtocolRequest
+from .native import EventBatch, NativeCall, NativeReply, ProtocolRequest, WireProtocol
 from .outcome import Outcome
 from .providers.base import NativeProvider
 from .registry import Lease, ProviderEntry, ProviderStatus, Registry
@@ -96,6 +96,25 @@ def for_route(
     if request.model == route.model:
         return request
     return request.model_copy(update={"model": route.model})
+
+
+def native_for_route(
+    route: Route, call: NativeCall, trail: RoutingTrail | None = None
+) -> NativeCall:
+    """``call`` as the route's provider takes it natively: its model name, and for a
+    Responses body the sampling parameters its rules drop (noted like ``for_route``'s)."""
+    call = call.for_model(route.model)
+    params = route.params
+    if params is None or call.protocol is not WireProtocol.RESPONSES:
+        return call
+    body, changed = params.adapt_responses(call.body)
+    if not changed:
+        return call
+    if trail is not None:
+        note = f"{route.provider}: {changed}"
+        if note not in trail.notes:
+            trail.notes.append(note)
+    return NativeCall(call.protocol, body, call.headers, call.stream, call.endpoint)
 
 
 class Admit(Protocol):
@@ -605,7 +624,9 @@ class Dispatcher:
         answer: NativeReply | ChatCompletion
         native = _speaker(entry, request)
         if native is not None:
-            reply = native.send(request.native.for_model(route.model), deadline=deadline)
+            reply = native.send(
+                native_for_route(route, request.native, attempts.trail), deadline=deadline
+            )
             answer = await (
                 reply
                 if entry.capabilities.honors_deadline
@@ -635,7 +656,9 @@ class Dispatcher:
         native = _speaker(entry, request)
         batches: AsyncGenerator[Batch, None]
         if native is not None:
-            batches = native.open(request.native.for_model(route.model), deadline=deadline)
+            batches = native.open(
+                native_for_route(route, request.native, attempts.trail), deadline=deadline
+            )
         else:
             chat = _chat_form(request, attempts.trail, route)
             batches = entry.provider.stream(

@@ -363,6 +363,29 @@ class ModelParams:
             changes.append("set " + ", ".join(added))
         return ChatCompletionRequest.model_construct(**values), ", ".join(changes)
 
+    def adapt_responses(self, body: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+        """A Responses body passed through natively, with the sampling parameters this model
+        does not take dropped (``temperature`` and ``top_p`` are spelled alike in both APIs;
+        a reasoning model refuses them in either), and what was dropped in words."""
+        dropped = [name for name in _RESPONSES_SAMPLING if name in body and name in self._drop]
+        clamped = []
+        for name, limit in self._clamp:
+            value = body.get(name)
+            if name in _RESPONSES_SAMPLING and _number(value) and value > limit:
+                clamped.append((name, value, limit))
+        if not (dropped or clamped):
+            return body, ""
+        adapted = {name: value for name, value in body.items() if name not in dropped}
+        changes = ["dropped " + ", ".join(dropped)] if dropped else []
+        for name, value, limit in clamped:
+            adapted[name] = limit
+            changes.append(f"clamped {name} {value:g} -> {limit:g}")
+        return adapted, ", ".join(changes)
+
+
+# The parameters a Responses body shares, by name and meaning, with chat completions' rules.
+_RESPONSES_SAMPLING = ("temperature", "top_p")
+
 
 class ParamPolicy:
     """A provider's rule sets, merged per model on first use and kept."""

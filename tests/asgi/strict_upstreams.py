@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tests.fake_responses import response_body
 from tests.fake_upstream import Behavior, FakeUpstream, Seen, chunk, completion, sse, text_stream
 
 __all__ = [
@@ -38,7 +39,7 @@ USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
 class StrictUpstream(FakeUpstream):
     """A fake upstream that answers each chat request after ``check`` let it through: a
     completion, or a text stream when the body asked for one (with usage at the end when
-    asked, or always when ``always_usage``)."""
+    asked, or always when ``always_usage``); a Responses request (whole) likewise."""
 
     def __init__(self, check: Check, *, models: tuple[str, ...], always_usage: bool = False):
         super().__init__(models=models)
@@ -46,6 +47,10 @@ class StrictUpstream(FakeUpstream):
         self._always_usage = always_usage
 
     def behavior_for(self, seen: Seen) -> Behavior:
+        if seen.path.endswith("/responses") and not self.script:
+            return self._check(seen.json) or Behavior(
+                json_body=response_body("fine", model=seen.json["model"])
+            )
         if self.script or not seen.path.endswith("/chat/completions"):
             return super().behavior_for(seen)
         body = seen.json

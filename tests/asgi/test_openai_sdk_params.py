@@ -249,3 +249,25 @@ def test_config_overrides_the_preset(serve: Serve) -> None:
         "max_completion_tokens": 9,
         "reasoning_effort": "low",
     }
+
+
+def test_a_responses_request_passed_through_loses_the_sampling_a_reasoning_model_refuses(
+    serve: Serve,
+) -> None:
+    fake = reasoning()
+    live = serve(
+        lambda ups: [
+            upstream_config("u1", ups[0], preset="openai", models=["o3-mini"], max_retries=0)
+        ],
+        upstreams=[fake],
+    )
+    with live.client() as client:
+        answer = client.responses.create(
+            model="o3-mini", input="hi", temperature=0.2, top_p=0.9, max_output_tokens=50
+        )
+    assert answer.output_text == "fine"
+    (sent,) = [s.json for s in fake.seen if s.path.endswith("/responses")]
+    assert "temperature" not in sent
+    assert "top_p" not in sent
+    assert sent["max_output_tokens"] == 50
+    assert fake.chat_requests == []  # passed through natively, not translated
