@@ -1,0 +1,28 @@
+"""OpenAI's Files and Batch APIs, run by the gateway itself: records and their shapes
+(``objects``), input lines (``lines``), the store (``store``, ``sqlite``), how lines are
+answered (``executor``) and each batch's life (``runner``)."""
+
+from __future__ import annotations
+
+from .executor import BatchExecutor, BatchRun, DispatchExecutor, LineHandler
+from .objects import BatchRecord, BatchStatus, FileRecord, LineResult, TenantRecord
+from .runner import BatchRunner, TenantOf
+from .sqlite import SqliteBatchStore
+from .store import BatchStore, NewFile
+
+__all__ = [
+    "BatchExecutor",
+    "BatchRecord",
+    "BatchRun",
+    "BatchRunner",
+    "BatchStatus",
+    "BatchStore",
+    "DispatchExecutor",
+    "FileRecord",
+    "LineHandler",
+    "LineResult",
+    "NewFile",
+    "SqliteBatchStore",
+    "TenantOf",
+    "TenantRecord",
+]

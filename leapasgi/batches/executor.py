@@ -1,0 +1,168 @@
+"""How a batch's lines get answered: ``BatchExecutor``, the seam, and ``DispatchExecutor``,
+which sends each line through the gateway's own dispatcher.
+
+The runner owns a batch's life (statuses, window, cancel, output files); an executor only
+answers lines and hands each answer to ``BatchRun.record``, which keeps it durably before it
+counts. Another executor (handing a batch over to a provider's own batch API at its batch
+price) implements the same protocol: it is asked ``accepts(batch)`` first, and records the
+answers the provider returns the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..exceptions import BudgetExceededError, LeapError
+from ..outcome import Outcome, OutcomeSink
+from ..tenants.policy import PRIORITY_MIN, Tenant
+from .lines import BatchLine
+from .objects import BatchRecord, LineResult, answer_line, error_line
+
+__all__ = [
+    "INITIAL_RETRY_DELAY",
+    "TRANSIENT_STATUSES",
+    "BatchExecutor",
+    "BatchRun",
+    "DispatchExecutor",
+    "LineHandler",
+    "transient",
+]
+
+# A line's body, its outcome and its owner -> the answer's JSON bytes; raises a LeapError.
+LineHandler = Callable[[dict[str, Any], Outcome, str | None], Awaitable[bytes]]
+# Errors a batch waits out and tries again (the providers are busy, limited or failing now);
+# any other error is the line's answer, in the error file.
+TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+INITIAL_RETRY_DELAY = 0.5
+# Each endpoint's GenAI operation and API, for the access log and metrics.
+_OPERATIONS = {
+    "/v1/chat/completions": ("chat", "chat_completions"),
+    "/v1/responses": ("chat", "responses"),
+    "/v1/embeddings": ("embeddings", "embeddings"),
+}
+
+
+def transient(error: LeapError) -> bool:
+    """Whether a line failing with ``error`` should be tried again later: a spent budget
+    stays spent, the rest of these pass."""
+    if isinstance(error, BudgetExceededError) and error.code == "budget_exceeded":
+        return False
+    return error.http_status in TRANSIENT_STATUSES
+
+
+@dataclass(slots=True)
+class BatchRun:
+    """One run of a batch: the lines still to answer, who they are answered for (or the error
+    every line gets, when that tenant may no longer call), and where answers go."""
+
+    batch: BatchRecord
+    tenant: Tenant | LeapError
+    lines: Sequence[BatchLine]
+    record: Callable[[LineResult], Awaitable[None]]
+    # Set when the batch is cancelled: no new line starts; lines in flight finish.
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class BatchExecutor(Protocol):
+    """A way of answering a batch's lines."""
+
+    # Kept on the batch ("gateway"), so a restart resumes it the same way.
+    name: str
+
+    def accepts(self, batch: BatchRecord) -> bool:
+        """Whether this executor runs ``batch``."""
+        ...
+
+    async def execute(self, run: BatchRun) -> None:
+        """Answer ``run.lines``, recording each; return when every line is recorded, or,
+        once ``run.stop`` is set, when the lines in flight are. Cancelled when the batch's
+        window ends (lines not recorded are then reported as expired)."""
+        ...
+
+
+class DispatchExecutor:
+    """Each line as an interactive request of its endpoint, through routing, failover,
+    limits and the tenant's budget, at ``PRIORITY_MIN`` in every provider's line; at most
+    ``concurrency`` lines at once over all batches."""
+
+    name = "gateway"
+
+    def __init__(
+        self,
+        handlers: Mapping[str, LineHandler],
+        *,
+        sink: OutcomeSink | None,
+        concurrency: int,
+        max_delay: float,
+    ) -> None:
+        self._handlers = handlers
+        self._sink = sink
+        self._slots = asyncio.Semaphore(concurrency)
+        self._max_delay = max_delay
+
+    def accepts(self, batch: BatchRecord) -> bool:
+        return batch.endpoint in self._handlers
+
+    async def execute(self, run: BatchRun) -> None:
+        async with asyncio.TaskGroup() as group:
+            for line in run.lines:
+                await self._slots.acquire()
+                if run.stop.is_set():
+                    self._slots.release()
+                    break
+                group.create_task(self._answer(run, line))
+
+    async def _answer(self, run: BatchRun, line: BatchLine) -> None:
+        try:
+            delay = min(INITIAL_RETRY_DELAY, self._max_delay)
+            while True:
+                result, wait = await self._attempt(run, line)
+                if result is not None:
+                    await run.record(result)
+                    return
+                # Tried again later, unless the batch is cancelled meanwhile.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(max(delay, wait), self._max_delay)):
+                        await run.stop.wait()
+                if run.stop.is_set():
+                    return
+                delay = min(delay * 2, self._max_delay)
+        finally:
+            self._slots.release()
+
+    async def _attempt(self, run: BatchRun, line: BatchLine) -> tuple[LineResult | None, float]:
+        """The line's answer, or None and the seconds to wait before trying it again."""
+        operation, api = _OPERATIONS[line.url]
+        with Outcome(operation, api=api, sink=self._sink) as outcome:
+            tenant = run.tenant
+            if isinstance(tenant, LeapError):
+                outcome.failed(tenant)
+                return _failed(line, tenant, outcome), 0.0
+            outcome.tenant = tenant
+            outcome.priority = PRIORITY_MIN
+            try:
+                body = await self._handlers[line.url](line.body, outcome, run.batch.owner)
+            except LeapError as error:
+                outcome.failed(error)
+                if transient(error):
+                    return None, error.retry_after or 0.0
+                return _failed(line, error, outcome), 0.0
+            outcome.sent = True
+            text = answer_line(line.custom_id, 200, outcome.request_id, body)
+            return LineResult(
+                line.number,
+                text,
+                True,
+                outcome.prompt_tokens,
+                outcome.completion_tokens,
+                outcome.cached_tokens,
+            ), 0.0
+
+
+def _failed(line: BatchLine, error: LeapError, outcome: Outcome) -> LineResult:
+    text = error_line(line.custom_id, error.http_status, outcome.request_id, error.to_body())
+    return LineResult(line.number, text, False)
