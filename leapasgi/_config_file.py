@@ -59,8 +59,8 @@ def read_text(path: Path) -> str:
 def prepare(text: str, *, source: str, env: Mapping[str, str], base_dir: Path | None) -> Prepared:
     """Parse TOML and substitute variables; optional providers with an unset variable are dropped.
 
-    A relative ``api_key_file``, ``url_file``, ``database`` or ``directory`` is taken relative to ``base_dir``
-    (the file's directory).
+    A relative ``api_key_file``, ``url_file``, ``database`` or ``directory`` is taken relative
+    to ``base_dir`` (the file's directory).
     """
     try:
         raw = tomllib.loads(text)

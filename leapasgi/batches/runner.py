@@ -135,6 +135,10 @@ class BatchRunner:
                 return executor
         return next((e for e in self._executors if e.accepts(batch)), None)
 
+    def uses(self, file: str) -> bool:
+        """Whether a batch not finished reads the file ``file``."""
+        return any(a.batch.input_file_id == file for a in self._active.values())
+
     async def submit(self, batch: BatchRecord) -> None:
         """Keep a new batch and start it."""
         executor = self.executor_for(batch)

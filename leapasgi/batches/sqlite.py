@@ -62,9 +62,7 @@ CREATE TABLE IF NOT EXISTS batch_lines (
     PRIMARY KEY (batch_id, line)
 ) WITHOUT ROWID;
 """
-_BATCH = (
-    "SELECT data, completed, failed, input_tokens, output_tokens, cached_tokens FROM batches"
-)
+_BATCH = "SELECT data, completed, failed, input_tokens, output_tokens, cached_tokens FROM batches"
 CHUNK = 64 * 1024
 # Recorded lines read at a time when the output files are written.
 _PAGE = 1000
@@ -299,8 +297,7 @@ class SqliteBatchStore:
                 os.replace(source, self._path(record.id))
                 _insert_file(connection, record)
             connection.execute(
-                "UPDATE batches SET data = ?, finished = ?, completed = ?, failed = ? "
-                "WHERE id = ?",
+                "UPDATE batches SET data = ?, finished = ?, completed = ?, failed = ? WHERE id = ?",
                 (
                     batch.dumps(),
                     int(batch.status.finished),
@@ -325,4 +322,3 @@ def _insert_file(connection: sqlite3.Connection, record: FileRecord) -> None:
         "INSERT INTO files (id, owner, purpose, expires_at, data) VALUES (?, ?, ?, ?, ?)",
         (record.id, record.owner, record.purpose, record.expires_at, record.dumps()),
     )
-
