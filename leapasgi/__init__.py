@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     )
     from .config import (
         AliasConfig,
+        BatchesConfig,
         BudgetConfig,
         CacheConfig,
         ConnectionLimits,
@@ -219,6 +220,7 @@ __all__ = [
     "PRESETS",
     "AccessPolicy",
     "AliasConfig",
+    "BatchesConfig",
     "Attempt",
     "Authenticate",
     "AuthenticationError",
@@ -356,6 +358,7 @@ __all__ = [
 _EXPORTS: dict[str, str] = {
     "AccessPolicy": ".access",
     "AliasConfig": ".config",
+    "BatchesConfig": ".config",
     "Attempt": ".trail",
     "Authenticate": ".tenants.identity",
     "AuthenticationError": ".exceptions",
