@@ -129,11 +129,11 @@ class BatchRunner:
             await self.store.aclose()
 
     def executor_for(self, batch: BatchRecord) -> BatchExecutor | None:
-        """The executor that runs ``batch`` (its own, when it resumes), if any."""
-        for executor in self._executors:
-            if executor.accepts(batch) and batch.executor in (executor.name, ""):
-                return executor
-        return next((e for e in self._executors if e.accepts(batch)), None)
+        """The executor that runs ``batch``: the one it was given, when it resumes, else the
+        first that accepts it."""
+        accepting = [e for e in self._executors if e.accepts(batch)]
+        named = [e for e in accepting if e.name == batch.executor]
+        return next(iter(named or accepting), None)
 
     def uses(self, file: str) -> bool:
         """Whether a batch not finished reads the file ``file``."""
