@@ -816,7 +816,8 @@ class BatchesConfig(_Config):
 
     ``directory`` keeps the files and the batches' progress (a SQLite file beside them), so a
     restarted gateway resumes; unset, they live in a temporary directory until the gateway
-    closes."""
+    closes. With ``[state] backend = "redis"`` the records are kept in Redis and
+    ``directory`` (then required) holds the files' bytes: a mount every replica shares."""
 
     enabled: bool = False
     directory: Path | None = None
@@ -835,6 +836,9 @@ class BatchesConfig(_Config):
     poll_interval: float = Field(default=1.0, gt=0, le=60)
     # The longest wait before a line the providers could not take now is tried again.
     retry_max_delay: float = Field(default=30.0, gt=0, le=600)
+    # Batches one gateway process runs at once; more wait for a runner with room (any
+    # replica's).
+    max_running: int = Field(default=64, ge=1, le=10_000)
 
 
 class HookConfig(_Config):
@@ -901,6 +905,12 @@ class GatewayConfig(_Config):
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Self:
         self._skipped = dict((info.context or {}).get(SKIPPED_CONTEXT, {}))
+        if self.batches.enabled and self.state.backend == "redis" and not self.batches.directory:
+            raise ValueError(
+                "batches.directory: with [state] backend = 'redis' the batches' records are "
+                "shared through Redis and their files' bytes through this directory; set it "
+                "to a mount every replica shares"
+            )
         names = set(self._skipped)
         for provider in self.providers:
             if provider.name in names:

@@ -17,6 +17,7 @@ from ..access import owner_of
 from ..batches import (
     BatchRecord,
     BatchRunner,
+    BatchStore,
     DispatchExecutor,
     SqliteBatchStore,
     TenantOf,
@@ -26,6 +27,7 @@ from ..batches.objects import COMPLETION_WINDOW, ENDPOINTS, WINDOW_SECONDS, batc
 from ..config import BatchesConfig, PolicyConfig
 from ..exceptions import (
     AuthenticationError,
+    ConfigurationError,
     InvalidRequestError,
     LeapError,
     NotFoundError,
@@ -41,7 +43,7 @@ from .routes import error_response
 if TYPE_CHECKING:
     from ..gateway import GatewayCore
 
-__all__ = ["BatchesAPI", "batch_routes", "batch_tenants"]
+__all__ = ["BatchesAPI", "batch_routes", "batch_store", "batch_tenants"]
 
 # A batch create body is small: ids, a window, metadata.
 _MAX_CREATE_BODY = 64 * 1024
@@ -65,13 +67,14 @@ def batch_routes(gateway: GatewayCore) -> list[Route]:
         max_delay=config.retry_max_delay,
     )
     runner = BatchRunner(
-        SqliteBatchStore(config.directory),
+        batch_store(gateway),
         [executor],
         tenant_of=batch_tenants(gateway),
         clock=gateway.manager.registry.clock,
         file_ttl=config.file_ttl,
         poll_interval=config.poll_interval,
         max_line_bytes=config.max_line_bytes,
+        max_running=config.max_running,
     )
     gateway.add_service(runner)
     files = FilesAPI(gateway, runner, config)
@@ -84,6 +87,27 @@ def batch_routes(gateway: GatewayCore) -> list[Route]:
         Route("/v1/batches/{batch_id}", batches.retrieve, methods=["GET"]),
         Route("/v1/batches/{batch_id}/cancel", batches.cancel, methods=["POST"]),
     ]
+
+
+def batch_store(gateway: GatewayCore) -> BatchStore:
+    """Where batches are kept: with the Redis state backend, in Redis (records) and the shared
+    ``[batches] directory`` (bytes); else in the directory's SQLite file."""
+    config = gateway.config.batches
+    state = gateway.state
+    if state.kind != "redis":
+        return SqliteBatchStore(config.directory)
+    from ..batches.redis import OP_TIMEOUT, RedisBatchStore
+    from ..state.redis import RedisState
+
+    assert isinstance(state, RedisState)
+    if config.directory is None:
+        raise ConfigurationError(
+            "batches.directory: with the Redis state backend, set it to a mount every "
+            "replica shares (the files' bytes live there)"
+        )
+    timeout = max(state.link.op_timeout, OP_TIMEOUT)
+    client = state.connect(timeout=timeout)
+    return RedisBatchStore(client, state.prefix, config.directory, op_timeout=timeout)
 
 
 def batch_tenants(gateway: GatewayCore) -> TenantOf:

@@ -231,7 +231,7 @@ class FilesAPI:
 
     async def _delete(self, request: Request, owner: str | None) -> Response:
         record = await self._find(request, owner)
-        if self._runner.uses(record.id):
+        if await self._store.file_in_use(record.id):
             raise ConflictError(
                 "The file is the input of a batch that has not finished; cancel it first",
                 param="id",

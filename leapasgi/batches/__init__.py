@@ -1,6 +1,6 @@
 """OpenAI's Files and Batch APIs, run by the gateway itself: records and their shapes
-(``objects``), input lines (``lines``), the store (``store``, ``sqlite``), how lines are
-answered (``executor``) and each batch's life (``runner``)."""
+(``objects``), input lines (``lines``), the store (``store``, ``sqlite``, ``redis``), how
+lines are answered (``executor``) and each batch's life, one runner at a time (``runner``)."""
 
 from __future__ import annotations
 

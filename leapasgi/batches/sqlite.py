@@ -1,23 +1,20 @@
 """``SqliteBatchStore``: files and batches in one host's directory.
 
-    <directory>/batches.sqlite3   file and batch records, each batch's recorded lines
-    <directory>/files/<file id>   a file's bytes
+    <directory>/batches.sqlite3   file and batch records, each batch's recorded lines, leases
+    <directory>/files/<file id>   a file's bytes (``_files.py``)
     <directory>/scratch/          uploads and output files being written
 
-A file's bytes are written in ``scratch/`` and renamed into ``files/`` before its record is
-committed, so a record always has its bytes; bytes left without a record by a crash are
-removed when the store opens. A recorded line and its batch's counts change in one
-transaction: after a crash (even SIGKILL) a line is either recorded and counted or neither.
+A file's bytes are renamed into ``files/`` before its record is committed, so a record always
+has its bytes. A recorded line and its batch's counts change in one transaction: after a
+crash (even SIGKILL) a line is either recorded and counted or neither. Every check-and-change
+(a status moved from the one its writer saw, a lease taken) is one ``BEGIN IMMEDIATE``
+transaction, so the processes of ``leapasgi serve --workers N`` can share one directory.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import shutil
 import sqlite3
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,8 @@ import anyio
 import anyio.to_thread
 
 from ..tenants._sqlite import SqliteFile
-from .objects import BatchRecord, FileRecord, LineResult
+from ._files import FileDirectory
+from .objects import BatchRecord, BatchStatus, FileRecord, LineResult
 from .store import NewFile
 
 __all__ = ["SqliteBatchStore"]
@@ -44,7 +42,9 @@ CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     owner TEXT,
+    status TEXT NOT NULL,
     finished INTEGER NOT NULL DEFAULT 0,
+    input_file_id TEXT NOT NULL,
     data TEXT NOT NULL,
     completed INTEGER NOT NULL DEFAULT 0,
     failed INTEGER NOT NULL DEFAULT 0,
@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS batches (
     cached_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS batches_owner ON batches (owner, seq);
+CREATE INDEX IF NOT EXISTS batches_unfinished ON batches (finished, seq);
+CREATE INDEX IF NOT EXISTS batches_input ON batches (input_file_id, finished);
 CREATE INDEX IF NOT EXISTS files_owner ON files (owner, seq);
 CREATE TABLE IF NOT EXISTS batch_lines (
     batch_id TEXT NOT NULL,
@@ -61,9 +63,13 @@ CREATE TABLE IF NOT EXISTS batch_lines (
     result TEXT NOT NULL,
     PRIMARY KEY (batch_id, line)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batch_leases (
+    batch_id TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 """
 _BATCH = "SELECT data, completed, failed, input_tokens, output_tokens, cached_tokens FROM batches"
-CHUNK = 64 * 1024
 # Recorded lines read at a time when the output files are written.
 _PAGE = 1000
 
@@ -77,14 +83,12 @@ class SqliteBatchStore:
     store closes)."""
 
     def __init__(self, directory: str | Path | None) -> None:
-        self._given = Path(directory) if directory is not None else None
-        self._directory: Path | None = None
+        self._files = FileDirectory(directory)
         self._database: SqliteFile | None = None
 
     @property
     def directory(self) -> Path:
-        assert self._directory is not None, "the store is not started"
-        return self._directory
+        return self._files.path
 
     @property
     def _db(self) -> SqliteFile:
@@ -94,42 +98,36 @@ class SqliteBatchStore:
     async def start(self) -> None:
         if self._database is not None:
             return
-        await anyio.to_thread.run_sync(self._open)
+        database = await anyio.to_thread.run_sync(self._open)
 
-    def _open(self) -> None:
-        directory = self._given or Path(tempfile.mkdtemp(prefix="leapasgi-batches-"))
-        for sub in ("files", "scratch"):
-            (directory / sub).mkdir(parents=True, exist_ok=True)
+        async def known(ids: list[str]) -> set[str]:
+            kept = await database.run(lambda c: {r[0] for r in c.execute("SELECT id FROM files")})
+            return kept.intersection(ids)
+
+        await self._files.tidy(known)
+        self._database = database
+
+    def _open(self) -> SqliteFile:
+        directory = self._files.open()
         database = SqliteFile(directory / "batches.sqlite3", name="batch database")
         database.ensure(_SCHEMA)
-        known = database.run_sync(lambda c: {r[0] for r in c.execute("SELECT id FROM files")})
-        # Bytes without a record (a crash between rename and commit) and stale scratch files.
-        for path in (directory / "files").iterdir():
-            if path.name not in known:
-                path.unlink(missing_ok=True)
-        for path in (directory / "scratch").iterdir():
-            path.unlink(missing_ok=True)
-        self._directory = directory
-        self._database = database
+        database.run_sync(lambda c: None)  # the schema, now
+        return database
 
     async def aclose(self) -> None:
         database, self._database = self._database, None
         if database is not None:
             database.close()
-        if self._given is None and self._directory is not None:
-            shutil.rmtree(self._directory, ignore_errors=True)
+        self._files.remove()
 
     def scratch(self) -> Path:
-        return self.directory / "scratch" / secrets.token_hex(16)
-
-    def _path(self, file_id: str) -> Path:
-        return self.directory / "files" / file_id
+        return self._files.scratch()
 
     # -- files --------------------------------------------------------------------------
 
     async def add_file(self, new: NewFile) -> None:
         record, source = new
-        target = self._path(record.id)
+        target = self._files.file(record.id)
 
         def write(connection: sqlite3.Connection) -> None:
             os.replace(source, target)
@@ -174,16 +172,17 @@ class SqliteBatchStore:
 
         deleted = await self._db.run(delete)
         if deleted:
-            await anyio.to_thread.run_sync(self._unlink, file_id)
+            await self._files.unlink_all([file_id])
         return deleted
 
-    def _unlink(self, file_id: str) -> None:
-        self._path(file_id).unlink(missing_ok=True)
+    def read_file(self, file_id: str) -> AsyncIterator[bytes]:
+        return self._files.read(file_id)
 
-    async def read_file(self, file_id: str) -> AsyncIterator[bytes]:
-        async with await anyio.open_file(self._path(file_id), "rb") as file:
-            while chunk := await file.read(CHUNK):
-                yield chunk
+    async def file_in_use(self, file_id: str) -> bool:
+        rows = await self._db.query(
+            "SELECT 1 FROM batches WHERE input_file_id = ? AND finished = 0 LIMIT 1", (file_id,)
+        )
+        return bool(rows)
 
     async def expire_files(self, now: int) -> int:
         def delete(connection: sqlite3.Connection) -> list[str]:
@@ -197,23 +196,28 @@ class SqliteBatchStore:
             return ids
 
         expired = await self._db.run(delete)
-        for file_id in expired:
-            await anyio.to_thread.run_sync(self._unlink, file_id)
+        await self._files.unlink_all(expired)
         return len(expired)
 
     # -- batches ------------------------------------------------------------------------
 
     async def add_batch(self, batch: BatchRecord) -> None:
         await self._db.query(
-            "INSERT INTO batches (id, owner, finished, data) VALUES (?, ?, ?, ?)",
-            (batch.id, batch.owner, int(batch.status.finished), batch.dumps()),
+            "INSERT INTO batches (id, owner, status, finished, input_file_id, data) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                batch.id,
+                batch.owner,
+                batch.status.value,
+                int(batch.status.finished),
+                batch.input_file_id,
+                batch.dumps(),
+            ),
         )
 
-    async def save_batch(self, batch: BatchRecord) -> None:
-        await self._db.query(
-            "UPDATE batches SET data = ?, finished = ? WHERE id = ?",
-            (batch.dumps(), int(batch.status.finished), batch.id),
-        )
+    async def save_batch(self, batch: BatchRecord, *, was: BatchStatus) -> bool:
+        move = _Move(batch, was, counts=False)
+        return await self._db.run(move.apply)
 
     async def get_batch(self, batch_id: str, *, owner: str | None) -> BatchRecord | None:
         rows = await self._db.query(f"{_BATCH} WHERE id = ? AND owner IS ?", (batch_id, owner))
@@ -245,6 +249,39 @@ class SqliteBatchStore:
         )
         return int(rows[0][0])
 
+    # -- leases -------------------------------------------------------------------------
+
+    async def claim(self, batch_id: str, holder: str, *, now: float, ttl: float) -> bool:
+        def take(connection: sqlite3.Connection) -> bool:
+            open_ = connection.execute(
+                "SELECT 1 FROM batches WHERE id = ? AND finished = 0", (batch_id,)
+            ).fetchone()
+            if open_ is None:
+                return False
+            cursor = connection.execute(
+                "INSERT INTO batch_leases (batch_id, holder, until) VALUES (?, ?, ?) "
+                "ON CONFLICT (batch_id) DO UPDATE SET holder = excluded.holder, "
+                "until = excluded.until WHERE batch_leases.holder = excluded.holder "
+                "OR batch_leases.until <= ?",
+                (batch_id, holder, now + ttl, now),
+            )
+            return cursor.rowcount > 0
+
+        return await self._db.run(take)
+
+    async def release(self, batch_id: str, holder: str) -> None:
+        await self._db.query(
+            "DELETE FROM batch_leases WHERE batch_id = ? AND holder = ?", (batch_id, holder)
+        )
+
+    async def unleased(self, now: float, *, limit: int) -> list[str]:
+        rows = await self._db.query(
+            "SELECT b.id FROM batches b LEFT JOIN batch_leases l ON l.batch_id = b.id "
+            "WHERE b.finished = 0 AND (l.until IS NULL OR l.until <= ?) ORDER BY b.seq LIMIT ?",
+            (now, limit),
+        )
+        return [str(row[0]) for row in rows]
+
     # -- lines --------------------------------------------------------------------------
 
     async def recorded(self, batch_id: str) -> set[int]:
@@ -253,6 +290,11 @@ class SqliteBatchStore:
 
     async def record(self, batch_id: str, result: LineResult) -> bool:
         def write(connection: sqlite3.Connection) -> bool:
+            open_ = connection.execute(
+                "SELECT 1 FROM batches WHERE id = ? AND finished = 0", (batch_id,)
+            ).fetchone()
+            if open_ is None:
+                return False
             cursor = connection.execute(
                 "INSERT OR IGNORE INTO batch_lines (batch_id, line, ok, result) "
                 "VALUES (?, ?, ?, ?)",
@@ -291,30 +333,55 @@ class SqliteBatchStore:
                 return
             last = int(rows[-1][0])
 
-    async def finish(self, batch: BatchRecord, files: list[NewFile]) -> None:
-        def write(connection: sqlite3.Connection) -> None:
+    async def finish(self, batch: BatchRecord, files: list[NewFile], *, was: BatchStatus) -> bool:
+        move = _Move(batch, was, counts=True)
+        moved: list[str] = []
+
+        def write(connection: sqlite3.Connection) -> bool:
+            kept = connection.execute(
+                "SELECT status FROM batches WHERE id = ?", (move.batch_id,)
+            ).fetchone()
+            if kept is None or kept[0] != was.value:
+                return False
             for record, source in files:
-                os.replace(source, self._path(record.id))
+                os.replace(source, self._files.file(record.id))
+                moved.append(record.id)
                 _insert_file(connection, record)
-            connection.execute(
-                "UPDATE batches SET data = ?, finished = ?, completed = ?, failed = ? WHERE id = ?",
-                (
-                    batch.dumps(),
-                    int(batch.status.finished),
-                    batch.completed,
-                    batch.failed,
-                    batch.id,
-                ),
-            )
-            connection.execute("DELETE FROM batch_lines WHERE batch_id = ?", (batch.id,))
+            return move.apply(connection)
 
         try:
-            await self._db.run(write)
+            return await self._db.run(write)
         except BaseException:
-            for record, _ in files:
-                with contextlib.suppress(OSError):
-                    self._unlink(record.id)
+            # Rolled back: the bytes renamed before the failure have no record.
+            await self._files.unlink_all(moved)
             raise
+
+
+class _Move:
+    """A batch saved if its kept status is ``was`` (with its final ``counts``, when asked);
+    a batch that ends loses its recorded lines and its lease. Its values are taken when the
+    move is made, on the event loop, not when a worker thread applies it."""
+
+    def __init__(self, batch: BatchRecord, was: BatchStatus, *, counts: bool) -> None:
+        self.batch_id = batch.id
+        self.sets = "data = ?, status = ?, finished = ?"
+        self.params: list[Any] = [batch.dumps(), batch.status.value, int(batch.status.finished)]
+        if counts:
+            self.sets += ", completed = ?, failed = ?"
+            self.params += [batch.completed, batch.failed]
+        self.params += [batch.id, was.value]
+        self.finished = batch.status.finished
+
+    def apply(self, connection: sqlite3.Connection) -> bool:
+        cursor = connection.execute(
+            f"UPDATE batches SET {self.sets} WHERE id = ? AND status = ?", self.params
+        )
+        if cursor.rowcount == 0:
+            return False
+        if self.finished:
+            connection.execute("DELETE FROM batch_lines WHERE batch_id = ?", (self.batch_id,))
+            connection.execute("DELETE FROM batch_leases WHERE batch_id = ?", (self.batch_id,))
+        return True
 
 
 def _insert_file(connection: sqlite3.Connection, record: FileRecord) -> None:

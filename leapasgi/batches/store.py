@@ -1,9 +1,16 @@
-"""Where files and batches are kept: ``BatchStore``, the interface a shared implementation
-(Redis for the records, shared storage for the bytes) implements; ``SqliteBatchStore``
-(``sqlite.py``) is the one-host default.
+"""Where files and batches are kept: ``BatchStore``, implemented by ``SqliteBatchStore``
+(``sqlite.py``: one host's directory, the default) and ``RedisBatchStore`` (``redis.py``:
+records in Redis, bytes on a mount every replica shares).
 
-The one promise the runner builds on: ``record`` keeps a line's answer durably and counts it
-in the same step, once; a line already recorded is never recorded (or sent) again.
+The promises the runner builds on:
+
+- ``record`` keeps a line's answer durably and counts it in the same step, once; a line
+  already recorded is never recorded (or sent) again.
+- A batch's status changes only from the status its writer saw (``save_batch`` and
+  ``finish`` take ``was``): a cancel on one replica is never overwritten by the replica
+  running the batch, and a batch is finished once.
+- One runner at a time holds a batch's lease (``claim``): it is free, expired, or already
+  the claimant's; only the holder runs the batch, renewing the lease while it does.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
-from .objects import BatchRecord, FileRecord, LineResult
+from .objects import BatchRecord, BatchStatus, FileRecord, LineResult
 
 __all__ = ["BatchStore", "NewFile"]
 
@@ -63,8 +70,9 @@ class BatchStore(Protocol):
 
     async def add_batch(self, batch: BatchRecord) -> None: ...
 
-    async def save_batch(self, batch: BatchRecord) -> None:
-        """Keep the batch's status, times and files (its counts are kept by ``record``)."""
+    async def save_batch(self, batch: BatchRecord, *, was: BatchStatus) -> bool:
+        """Keep the batch's status, times and files (its counts are kept by ``record``) if
+        its kept status is still ``was``; False (nothing changed) when it is not."""
         ...
 
     async def get_batch(self, batch_id: str, *, owner: str | None) -> BatchRecord | None: ...
@@ -93,16 +101,37 @@ class BatchStore(Protocol):
 
     async def record(self, batch_id: str, result: LineResult) -> bool:
         """Keep one line's answer and count it, in one durable step; False (and nothing
-        changed) when that line was recorded already."""
+        changed) when that line was recorded already, or the batch is finished."""
         ...
 
     def results(self, batch_id: str) -> AsyncIterator[LineResult]:
         """The recorded answers, in line order."""
         ...
 
-    async def finish(self, batch: BatchRecord, files: list[NewFile]) -> None:
-        """In one step: keep the output and error files, save the batch (now final), and
-        drop its recorded lines (the files hold them now)."""
+    async def finish(self, batch: BatchRecord, files: list[NewFile], *, was: BatchStatus) -> bool:
+        """In one step, if the batch's kept status is still ``was``: keep the output and
+        error files, save the batch (now final), drop its recorded lines (the files hold
+        them now) and its lease. False (nothing kept; the files stay where they are) when
+        the status is no longer ``was``."""
+        ...
+
+    async def claim(self, batch_id: str, holder: str, *, now: float, ttl: float) -> bool:
+        """Take (or renew) the batch's lease for ``holder`` until ``now + ttl``: True when
+        it was free, expired at ``now`` or already ``holder``'s and the batch is not
+        finished; False (nothing changed) otherwise."""
+        ...
+
+    async def release(self, batch_id: str, holder: str) -> None:
+        """Give up the lease, if ``holder`` holds it."""
+        ...
+
+    async def unleased(self, now: float, *, limit: int) -> list[str]:
+        """Up to ``limit`` unfinished batches, oldest first, whose lease is free or expired
+        at ``now``: those a runner may claim."""
+        ...
+
+    async def file_in_use(self, file_id: str) -> bool:
+        """Whether a batch not finished reads the file."""
         ...
 
     async def expire_files(self, now: int) -> int:
