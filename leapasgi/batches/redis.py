@@ -172,6 +172,7 @@ _UNLEASED = Script(
     """
 local out = {}
 local most = tonumber(ARGV[2])
+if most <= 0 then return out end
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
   local until_ = redis.call('HGET', ARGV[3] .. id, 'until')
   if not until_ or tonumber(until_) <= tonumber(ARGV[1]) then
