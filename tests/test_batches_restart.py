@@ -52,10 +52,10 @@ concurrency = {CONCURRENCY}
 
 
 @asynccontextmanager
-async def serving(config: Path) -> AsyncIterator[tuple[str, Process]]:
-    """``leapasgi serve --config`` on a free port, once it answers."""
+async def serving(config: Path, *extra: str) -> AsyncIterator[tuple[str, Process]]:
+    """``leapasgi serve --config`` (with ``extra`` options) on a free port, once it answers."""
     port = free_port()
-    command = [sys.executable, "-m", "leapasgi", "serve", "--config", str(config)]
+    command = [sys.executable, "-m", "leapasgi", "serve", "--config", str(config), *extra]
     process = await anyio.open_process(
         [*command, "--port", str(port)],
         env=clean_env(),
