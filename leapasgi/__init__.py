@@ -101,6 +101,7 @@ if TYPE_CHECKING:
         StreamInterruptedError,
         UnprocessableEntityError,
         UnsupportedFeatureError,
+        UnsupportedParameterError,
         UpstreamConnectionError,
         UpstreamStreamError,
         UpstreamTimeoutError,
@@ -138,6 +139,10 @@ if TYPE_CHECKING:
     )
     from .outcome import (
         Outcome,
+    )
+    from .params import (
+        ParamPolicy,
+        ParamRules,
     )
     from .providers import (
         PRESETS,
@@ -286,6 +291,8 @@ __all__ = [
     "OAuthConfig",
     "OpenAICompatibleProvider",
     "Outcome",
+    "ParamPolicy",
+    "ParamRules",
     "Period",
     "PermissionDeniedError",
     "PiiRedactor",
@@ -333,6 +340,7 @@ __all__ = [
     "Timeouts",
     "UnprocessableEntityError",
     "UnsupportedFeatureError",
+    "UnsupportedParameterError",
     "UpstreamConnectionError",
     "UpstreamStreamError",
     "UpstreamTimeoutError",
@@ -425,6 +433,8 @@ _EXPORTS: dict[str, str] = {
     "OpenAICompatibleProvider": ".providers",
     "Outcome": ".outcome",
     "PRESETS": ".providers",
+    "ParamPolicy": ".params",
+    "ParamRules": ".params",
     "Period": ".tenants.policy",
     "PermissionDeniedError": ".exceptions",
     "PiiRedactor": ".hooks",
@@ -472,6 +482,7 @@ _EXPORTS: dict[str, str] = {
     "Timeouts": ".providers",
     "UnprocessableEntityError": ".exceptions",
     "UnsupportedFeatureError": ".exceptions",
+    "UnsupportedParameterError": ".exceptions",
     "UpstreamConnectionError": ".exceptions",
     "UpstreamStreamError": ".exceptions",
     "UpstreamTimeoutError": ".exceptions",

@@ -43,6 +43,7 @@ from .features import ALL_FEATURES
 from .health import DEFAULT_BASE_EJECTION, DEFAULT_FAILURE_THRESHOLD, DEFAULT_MAX_EJECTION
 from .hooks import load_hook
 from .native import WireProtocol
+from .params import ParamRules
 from .providers.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Provider, Timeouts
 from .providers.compatible import OpenAICompatibleProvider
 from .providers.mock import MockProvider
@@ -207,6 +208,9 @@ class ProviderConfig(_Config):
     tpm: int | None = Field(default=None, ge=1)
     model_limits: dict[str, RateLimitConfig] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
+    # Parameter rules after the preset's own (``[providers.params]``: one table for every
+    # model, or ``[[providers.params]]`` tables, each for every model or its ``models``).
+    params: list[ParamRules] = Field(default_factory=list)
     optional: bool = False
     reply: str | None = None
     chunks: int | None = Field(default=None, ge=1)
@@ -237,6 +241,11 @@ class ProviderConfig(_Config):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _one_table_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, Mapping) else value
 
     @field_validator("headers")
     @classmethod
@@ -303,6 +312,7 @@ class ProviderConfig(_Config):
                 features=self.features,
                 timeouts=self._timeouts(),
                 clock=clock,
+                params=self.params,
             )
         preset = self._preset()
         try:
@@ -317,7 +327,7 @@ class ProviderConfig(_Config):
                 headers=self.headers,
                 max_connections=self.max_connections,
                 max_response_bytes=self.max_response_bytes,
-                legacy_max_tokens=preset.legacy_max_tokens if preset else False,
+                params=(*(preset.params if preset else ()), *self.params),
                 stream_usage=self.stream_usage,
                 protocols=self._protocols(),
                 key_header=preset.key_header if preset else "authorization",

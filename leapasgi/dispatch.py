@@ -79,8 +79,20 @@ class _Slot(Enum):
     FULL = "full"  # skipped: another provider may serve
 
 
-def for_route(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:
-    """``request`` with the model name the route's provider knows it by."""
+def for_route(
+    route: Route, request: ChatCompletionRequest, trail: RoutingTrail | None = None
+) -> ChatCompletionRequest:
+    """``request`` as the route's provider takes it: the model name it knows it by, and its
+    parameter rules applied (what they changed is noted in ``trail``, once per provider)."""
+    params = route.params
+    if params is not None:
+        adapted, changed = params.adapt(request, model=route.model)
+        if changed:
+            if trail is not None:
+                note = f"{route.provider}: {changed}"
+                if note not in trail.notes:
+                    trail.notes.append(note)
+            return adapted
     if request.model == route.model:
         return request
     return request.model_copy(update={"model": route.model})
@@ -258,7 +270,7 @@ class Dispatcher:
         self,
         hooks: HookChain,
         request: _R,
-        routes_of: Callable[[_R], list[Route]],
+        routes_of: Callable[[_R, RoutingTrail], list[Route]],
         outcome: Outcome,
         prefer: str | None,
         attempt: _Attempt[_R, _T],
@@ -307,20 +319,20 @@ class Dispatcher:
             await hooks.error(context, error)
             raise
 
-    def _protocol_routes(self, request: ProtocolRequest) -> list[Route]:
+    def _protocol_routes(self, request: ProtocolRequest, trail: RoutingTrail) -> list[Route]:
         protocol = request.native.protocol
         if not request.translatable:
             return self._routes.native_routes(request.model, protocol)
         native = self._routes.all_native(request.model, protocol)
         if native is not None:
             return native  # passes through everywhere: no chat form needed to route it
-        return self._routes.routes(request.chat())
+        return self._routes.routes(request.chat(), trail)
 
     async def _run(
         self,
         request: _R,
         model: str,
-        routes_of: Callable[[_R], list[Route]],
+        routes_of: Callable[[_R, RoutingTrail], list[Route]],
         outcome: Outcome,
         prefer: str | None,
         attempt: _Attempt[_R, _T],
@@ -338,7 +350,7 @@ class Dispatcher:
                 await self.admit(
                     tenant, request, model, outcome, within=self._routing.request_timeout
                 )
-            routes = routes_of(request)
+            routes = routes_of(request, outcome.trail)
             if prefer is None and self._routes.sticky_anywhere and self._routes.is_sticky(model):
                 session = outcome.session or request_session(request)
                 if session is not None:
@@ -548,7 +560,7 @@ class Dispatcher:
         started: float,
     ) -> ChatCompletion:
         deadline = attempts.deadline
-        call = entry.provider.chat(for_route(route, request), deadline=deadline)
+        call = entry.provider.chat(for_route(route, request, attempts.trail), deadline=deadline)
         if entry.capabilities.honors_deadline:
             completion = await call  # it stops at the deadline by itself
         else:
@@ -575,7 +587,9 @@ class Dispatcher:
         lease: Lease,
         started: float,
     ) -> UpstreamStream[ChunkBatch]:
-        batches = entry.provider.stream(for_route(route, request), deadline=attempts.deadline)
+        batches = entry.provider.stream(
+            for_route(route, request, attempts.trail), deadline=attempts.deadline
+        )
         return await self._commit(entry, route, batches, attempts, lease, started)
 
     async def _exchange(
@@ -624,7 +638,9 @@ class Dispatcher:
             batches = native.open(request.native.for_model(route.model), deadline=deadline)
         else:
             chat = _chat_form(request, attempts.trail, route)
-            batches = entry.provider.stream(for_route(route, chat), deadline=deadline)
+            batches = entry.provider.stream(
+                for_route(route, chat, attempts.trail), deadline=deadline
+            )
             # Translated, the protocol's preamble goes out with the first chunk: a chunk
             # carrying only the role is held back with it, so what fails before content
             # still fails over.
@@ -884,8 +900,9 @@ def _chat_form(
     """The chat form of a request the provider does not speak; what it dropped goes in the
     trail, once."""
     chat = request.chat()
-    if request.notes and not trail.notes:
-        trail.notes.extend(request.notes)
+    notes = request.notes
+    if notes and notes[0] not in trail.notes:
+        trail.notes.extend(notes)
     trail.translated.add(route.provider)
     return chat
 

@@ -47,15 +47,22 @@ async def upstreams() -> AsyncIterator[list[FakeUpstream]]:
         yield fakes
 
 
-# Only the first upstream, the one a test makes fail, ever has to time out ("never answers"),
-# so only it has a short clock. The fakes and the manager share one event loop: a stall of the
-# loop (a busy machine, a garbage collection) counts against every provider's clock, and on
-# the upstreams that answer a short one would turn a healthy answer into a failover.
-FAILING_TIMEOUT = 0.3
+# The fakes and the manager share one event loop, so a stall of the loop (a busy machine, a
+# garbage collection) counts against every provider's clock. The upstreams that answer, and
+# the first one when it fails by what it sends, get a clock no stall reaches; only an upstream
+# that never answers needs one to run out, and it still has time to see the request first.
 SERVING_TIMEOUT = 30.0
+HANG_TIMEOUT = 1.0
 
 
-def manager_over(fakes: list[FakeUpstream], **routing: Any) -> ProviderManager:
+def timeout_for(failure: Behavior) -> float:
+    """The first upstream's timeout: short only when nothing but a timeout ends ``failure``."""
+    return HANG_TIMEOUT if failure.hang_now else SERVING_TIMEOUT
+
+
+def manager_over(
+    fakes: list[FakeUpstream], *, first_timeout: float = SERVING_TIMEOUT, **routing: Any
+) -> ProviderManager:
     m = ProviderManager(routing=RoutingConfig(**routing), health=HealthConfig(interval=0))
     for index, fake in enumerate(fakes):
         m.register(
@@ -64,7 +71,7 @@ def manager_over(fakes: list[FakeUpstream], **routing: Any) -> ProviderManager:
                 base_url=fake.base_url,
                 api_key=SecretStr(f"sk-u{index + 1}-0123456789"),
                 models=["m1"],
-                timeout=FAILING_TIMEOUT if index == 0 else SERVING_TIMEOUT,
+                timeout=first_timeout if index == 0 else SERVING_TIMEOUT,
                 priority=index,
             )
         )
@@ -81,7 +88,7 @@ async def test_a_stream_survives_each_upstream_failure(
     upstreams: list[FakeUpstream], failure: str
 ) -> None:
     upstreams[0].default = FAILURES[failure]
-    async with manager_over(upstreams) as m:
+    async with manager_over(upstreams, first_timeout=timeout_for(FAILURES[failure])) as m:
         stream = m.stream(req(stream=True))
         chunks = [c async for c in stream]
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "fine"
@@ -98,7 +105,7 @@ async def test_a_completion_survives_each_upstream_failure(
     upstreams[0].default = FAILURES[failure]
     for fake in upstreams[1:]:
         fake.default = Behavior(json_body=_completion("fine"))
-    async with manager_over(upstreams) as m:
+    async with manager_over(upstreams, first_timeout=timeout_for(FAILURES[failure])) as m:
         completion, trail = await m.chat_with_trail(req())
     assert completion.choices[0].message.content == "fine"
     assert trail.served_by is not None

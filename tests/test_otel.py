@@ -44,12 +44,18 @@ TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{TRACE_ID}-b7ad6b7169203331-01"
 
 
-def traced(
-    upstreams: Sequence[FakeUpstream], **telemetry: Any
-) -> tuple[Gateway, InMemorySpanExporter, TracerProvider]:
+def exporting() -> tuple[InMemorySpanExporter, TracerProvider]:
+    """A tracer provider whose finished spans the exporter keeps."""
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter, provider
+
+
+def traced(
+    upstreams: Sequence[FakeUpstream], **telemetry: Any
+) -> tuple[Gateway, InMemorySpanExporter, TracerProvider]:
+    exporter, provider = exporting()
     config = GatewayConfig(
         providers=[
             upstream_config(f"u{i + 1}", fake, priority=i, max_retries=0)
@@ -243,9 +249,7 @@ async def test_traces_from_the_config_use_the_global_provider() -> None:
 
 
 async def test_a_hedged_request_has_both_attempt_spans_and_the_loser_is_marked() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter, provider = exporting()
     config = GatewayConfig(
         providers=[
             ProviderConfig(name="a", type="mock", models=["m"], priority=0),
@@ -274,9 +278,7 @@ async def test_a_hedged_request_has_both_attempt_spans_and_the_loser_is_marked()
 
 
 async def test_a_wait_in_a_providers_line_is_on_both_spans() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter, provider = exporting()
     config = GatewayConfig(
         providers=[
             ProviderConfig(name="a", type="mock", models=["m"], max_in_flight=1, max_waiting=4)
@@ -408,9 +410,7 @@ async def test_without_metrics_no_genai_metrics_are_made() -> None:
 async def test_each_endpoint_names_its_operation_and_api(
     path: str, body: dict[str, Any], operation: str, api: str
 ) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    exporter, provider = exporting()
     config = GatewayConfig(
         providers=[ProviderConfig(name="mock", type="mock", models=["m"])],
         health=HealthConfig(interval=0),

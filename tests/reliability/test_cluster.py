@@ -211,6 +211,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()  # reaped: no process is left running past its test
         redis.stop()
         upstreams.stop()
 

@@ -7,6 +7,8 @@ const RETRY_MS = 2000;
 const $ = (selector) => document.querySelector(selector);
 const rows = new Map();
 let controller = null;
+// Snapshots drawn so far (on the board as data-snapshots: what was drawn from the stream).
+let drawn = 0;
 
 function key() { return sessionStorage.getItem(KEY); }
 function auth() { return { Authorization: "Bearer " + key() }; }
@@ -134,6 +136,7 @@ function showStatus(provider) {
 function fmt(value) { return value == null ? "–" : String(value); }
 
 function render(snap) {
+  $("#board").dataset.snapshots = String(++drawn);
   for (const p of snap.providers) {
     const entry = showStatus(p);
     const c = entry.cells;
