@@ -23,12 +23,15 @@ from .lines import BatchLine
 from .objects import BatchRecord, LineResult, answer_line, error_line
 
 __all__ = [
+    "EXECUTED_BY",
+    "GATEWAY",
     "INITIAL_RETRY_DELAY",
     "TRANSIENT_STATUSES",
     "BatchExecutor",
     "BatchRun",
     "DispatchExecutor",
     "LineHandler",
+    "executed_by",
     "transient",
 ]
 
@@ -38,6 +41,10 @@ LineHandler = Callable[[dict[str, Any], Outcome, str | None], Awaitable[bytes]]
 # any other error is the line's answer, in the error file.
 TRANSIENT_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 INITIAL_RETRY_DELAY = 0.5
+# The batch's metadata key saying who answered its lines: GATEWAY, or a provider's own batch
+# API ("openai (native batch)").
+EXECUTED_BY = "leapasgi_executed_by"
+GATEWAY = "gateway"
 # Each endpoint's GenAI operation and API, for the access log and metrics.
 _OPERATIONS = {
     "/v1/chat/completions": ("chat", "chat_completions"),
@@ -54,6 +61,20 @@ def transient(error: LeapError) -> bool:
     return error.http_status in TRANSIENT_STATUSES
 
 
+def executed_by(batch: BatchRecord, who: str) -> bool:
+    """Note in the batch's metadata who answers its lines; False when it said so already."""
+    metadata = batch.metadata if batch.metadata is not None else {}
+    if metadata.get(EXECUTED_BY) == who:
+        return False
+    metadata[EXECUTED_BY] = who
+    batch.metadata = metadata
+    return True
+
+
+async def _kept_nowhere() -> bool:
+    return True
+
+
 @dataclass(slots=True)
 class BatchRun:
     """One run of a batch: the lines still to answer, who they are answered for (or the error
@@ -65,6 +86,11 @@ class BatchRun:
     record: Callable[[LineResult], Awaitable[None]]
     # Set when the batch is cancelled: no new line starts; lines in flight finish.
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # The lines already recorded (by an earlier run, or before a restart).
+    done: frozenset[int] = frozenset()
+    # Keeps the batch's record as it is now (the executor's progress: its metadata,
+    # ``handover`` and ``progress``); False once the batch ended elsewhere.
+    keep: Callable[[], Awaitable[bool]] = _kept_nowhere
 
 
 class BatchExecutor(Protocol):
@@ -108,6 +134,8 @@ class DispatchExecutor:
         return batch.endpoint in self._handlers
 
     async def execute(self, run: BatchRun) -> None:
+        if not run.stop.is_set() and executed_by(run.batch, GATEWAY):
+            await run.keep()
         async with asyncio.TaskGroup() as group:
             for line in run.lines:
                 await self._slots.acquire()

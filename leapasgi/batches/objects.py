@@ -171,6 +171,12 @@ class BatchRecord:
     output_file_id: str | None = None
     error_file_id: str | None = None
     times: dict[str, int] = field(default_factory=dict)
+    # What the executor keeps to resume the batch on any runner (a handed-over batch's
+    # upstream ids and stage); kept with the record, never shown.
+    handover: dict[str, Any] | None = None
+    # Lines completed and failed as the upstream running the batch reports them, shown until
+    # their answers are recorded.
+    progress: tuple[int, int] | None = None
 
     def moved(self, status: BatchStatus, at: int) -> None:
         """Now in ``status``, since ``at`` (its ``<status>_at`` timestamp)."""
@@ -180,6 +186,9 @@ class BatchRecord:
     def to_json(self) -> dict[str, Any]:
         """The OpenAI ``batch`` object."""
         times = self.times
+        completed, failed = self.completed, self.failed
+        if self.progress is not None:
+            completed, failed = max(completed, self.progress[0]), max(failed, self.progress[1])
         body: dict[str, Any] = {
             "id": self.id,
             "object": "batch",
@@ -203,8 +212,8 @@ class BatchRecord:
             "cancelled_at": times.get("cancelled_at"),
             "request_counts": {
                 "total": self.total,
-                "completed": self.completed,
-                "failed": self.failed,
+                "completed": completed,
+                "failed": failed,
             },
             "usage": {
                 "input_tokens": self.input_tokens,
@@ -236,6 +245,8 @@ class BatchRecord:
             "output_file_id": self.output_file_id,
             "error_file_id": self.error_file_id,
             "times": self.times,
+            "handover": self.handover,
+            "progress": self.progress,
         }
         return json.dumps(data, separators=(",", ":"))
 
@@ -265,6 +276,8 @@ class BatchRecord:
             output_file_id=data["output_file_id"],
             error_file_id=data["error_file_id"],
             times=data["times"],
+            handover=data.get("handover"),
+            progress=(progress[0], progress[1]) if (progress := data.get("progress")) else None,
         )
 
 

@@ -184,7 +184,9 @@ class BatchRunner:
     async def submit(self, batch: BatchRecord) -> None:
         """Keep a new batch, and start it here when this runner has room (else a runner with
         room claims it)."""
-        executor = self.executor_for(batch)
+        # A new batch goes to the first executor that takes it (its default name is not a
+        # choice yet).
+        executor = next((e for e in self._executors if e.accepts(batch)), None)
         if executor is not None:
             batch.executor = executor.name
         await self.store.add_batch(batch)
@@ -314,7 +316,9 @@ class BatchRunner:
                 elif batch.status is BatchStatus.FINALIZING:
                     await self._finalize(active, BatchStatus.COMPLETED)
                 else:
-                    await self._finalize(active, BatchStatus.CANCELLED)
+                    # Cancelling: its executor ends what it started elsewhere (a batch handed
+                    # over is cancelled upstream, and what was answered there kept) first.
+                    await self._execute(active)
         except asyncio.CancelledError:
             self._active.pop(batch.id, None)
             raise
@@ -394,11 +398,15 @@ class BatchRunner:
 
     async def _execute(self, active: _Active) -> None:
         batch = active.batch
-        if self.now() >= batch.expires_at:
+        cancelling = batch.status is BatchStatus.CANCELLING
+        if not cancelling and self.now() >= batch.expires_at:
             await self._finalize(active, BatchStatus.EXPIRED)
             return
         executor = self.executor_for(batch)
-        assert executor is not None  # validation checked it
+        if executor is None:
+            assert cancelling  # validation checked it
+            await self._finalize(active, BatchStatus.CANCELLED)
+            return
         done = await self.store.recorded(batch.id)
         pending = [line async for line in self._lines(batch) if line.number not in done]
         tenant: Tenant | LeapError
@@ -419,7 +427,25 @@ class BatchRunner:
                     logger.warning("batch %s: answer not recorded yet: %s", batch.id, error.message)
                 await asyncio.sleep(self._poll)
 
-        run = BatchRun(batch, tenant, pending, record, active.stop)
+        async def keep() -> bool:
+            while not active.halt.is_set():
+                try:
+                    if await self.store.save_batch(batch, was=batch.status):
+                        return True
+                    kept = await self.store.load_batch(batch.id)
+                except StoreUnavailableError as error:
+                    logger.warning("batch %s: progress not kept yet: %s", batch.id, error.message)
+                    await asyncio.sleep(self._poll)
+                    continue
+                if kept is None or kept.status.finished:
+                    active.halt.set()
+                elif kept.status is BatchStatus.CANCELLING:
+                    self._cancelled(active, kept)  # and kept again, cancelling
+                else:
+                    batch.status = kept.status
+            return False
+
+        run = BatchRun(batch, tenant, pending, record, active.stop, frozenset(done), keep)
         task = asyncio.create_task(executor.execute(run))
         ends = [asyncio.create_task(active.expire.wait()), asyncio.create_task(active.halt.wait())]
         try:
@@ -433,7 +459,9 @@ class BatchRunner:
                 await task
         if active.halt.is_set():
             return
-        if active.expire.is_set() and batch.status is not BatchStatus.CANCELLING:
+        if batch.status is BatchStatus.CANCELLING:
+            await self._finalize(active, BatchStatus.CANCELLED)
+        elif active.expire.is_set():
             await self._finalize(active, BatchStatus.EXPIRED)
         elif batch.status is BatchStatus.IN_PROGRESS:
             await self._move(active, BatchStatus.FINALIZING)
