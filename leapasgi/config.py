@@ -849,6 +849,11 @@ class BatchesConfig(_Config):
     # Batches one gateway process runs at once; more wait for a runner with room (any
     # replica's).
     max_running: int = Field(default=64, ge=1, le=10_000)
+    # Hand a batch over to its provider's own batch API (OpenAI's), at that provider's batch
+    # price, when every line names one model whose first route is such a provider. Off by
+    # default: a batch handed over gets no failover, no per-line limits, and may take the
+    # provider's whole 24 h window.
+    native: bool = False
 
 
 class HookConfig(_Config):

@@ -23,6 +23,7 @@ from ..batches import (
     TenantOf,
     TenantRecord,
 )
+from ..batches.native import NativeExecutor, SettingsOf
 from ..batches.objects import COMPLETION_WINDOW, ENDPOINTS, WINDOW_SECONDS, batch_id
 from ..config import BatchesConfig, PolicyConfig
 from ..exceptions import (
@@ -33,6 +34,8 @@ from ..exceptions import (
     NotFoundError,
     RateLimitError,
 )
+from ..providers.compatible import OpenAICompatibleProvider
+from ..providers.settings import ProviderSettings
 from ..tenants.identity import tenant_of_scope
 from ..tenants.policy import ANONYMOUS, Tenant
 from ._http import read_body
@@ -54,6 +57,8 @@ MAX_METADATA = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
 MAX_BATCH_LIST = 100
+# The gateway notes how it ran a batch in its metadata under keys with this prefix.
+RESERVED_METADATA = "leapasgi_"
 
 
 def batch_routes(gateway: GatewayCore) -> list[Route]:
@@ -66,9 +71,22 @@ def batch_routes(gateway: GatewayCore) -> list[Route]:
         concurrency=config.concurrency,
         max_delay=config.retry_max_delay,
     )
+    manager = gateway.manager
+    native = NativeExecutor(
+        executor,
+        enabled=config.native,
+        routes=manager.routes,
+        registry=manager.registry,
+        prices=gateway.tenancy.prices,
+        settings_of=_settings_of(gateway),
+        account=gateway.tenancy.answered_elsewhere,
+        sink=gateway.recorder,
+        clock=manager.registry.clock,
+    )
+    gateway.add_service(native)  # closed after the runner, which stops first
     runner = BatchRunner(
         batch_store(gateway),
-        [executor],
+        [native, executor],
         tenant_of=batch_tenants(gateway),
         clock=gateway.manager.registry.clock,
         file_ttl=config.file_ttl,
@@ -87,6 +105,16 @@ def batch_routes(gateway: GatewayCore) -> list[Route]:
         Route("/v1/batches/{batch_id}", batches.retrieve, methods=["GET"]),
         Route("/v1/batches/{batch_id}/cancel", batches.cancel, methods=["POST"]),
     ]
+
+
+def _settings_of(gateway: GatewayCore) -> SettingsOf:
+    registry = gateway.manager.registry
+
+    def settings_of(name: str) -> ProviderSettings | None:
+        provider = registry.get(name).provider
+        return provider.settings if isinstance(provider, OpenAICompatibleProvider) else None
+
+    return settings_of
 
 
 def batch_store(gateway: GatewayCore) -> BatchStore:
@@ -152,6 +180,11 @@ def _metadata(value: object) -> dict[str, str] | None:
         if not isinstance(key, str) or len(key) > MAX_METADATA_KEY:
             raise InvalidRequestError(
                 f"metadata keys are strings of at most {MAX_METADATA_KEY} characters",
+                param="metadata",
+            )
+        if key.startswith(RESERVED_METADATA):
+            raise InvalidRequestError(
+                f"metadata keys starting with {RESERVED_METADATA!r} are the gateway's own",
                 param="metadata",
             )
         if not isinstance(item, str) or len(item) > MAX_METADATA_VALUE:

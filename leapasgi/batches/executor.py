@@ -26,6 +26,7 @@ __all__ = [
     "EXECUTED_BY",
     "GATEWAY",
     "INITIAL_RETRY_DELAY",
+    "OPERATIONS",
     "TRANSIENT_STATUSES",
     "BatchExecutor",
     "BatchRun",
@@ -46,7 +47,7 @@ INITIAL_RETRY_DELAY = 0.5
 EXECUTED_BY = "leapasgi_executed_by"
 GATEWAY = "gateway"
 # Each endpoint's GenAI operation and API, for the access log and metrics.
-_OPERATIONS = {
+OPERATIONS = {
     "/v1/chat/completions": ("chat", "chat_completions"),
     "/v1/responses": ("chat", "responses"),
     "/v1/embeddings": ("embeddings", "embeddings"),
@@ -61,10 +62,11 @@ def transient(error: LeapError) -> bool:
     return error.http_status in TRANSIENT_STATUSES
 
 
-def executed_by(batch: BatchRecord, who: str) -> bool:
-    """Note in the batch's metadata who answers its lines; False when it said so already."""
+def executed_by(batch: BatchRecord, who: str, *, replacing: bool = False) -> bool:
+    """Note in the batch's metadata who answers its lines (unless it names someone already
+    and not ``replacing``); False when nothing changed."""
     metadata = batch.metadata if batch.metadata is not None else {}
-    if metadata.get(EXECUTED_BY) == who:
+    if metadata.get(EXECUTED_BY) == who or (EXECUTED_BY in metadata and not replacing):
         return False
     metadata[EXECUTED_BY] = who
     batch.metadata = metadata
@@ -164,7 +166,7 @@ class DispatchExecutor:
 
     async def _attempt(self, run: BatchRun, line: BatchLine) -> tuple[LineResult | None, float]:
         """The line's answer, or None and the seconds to wait before trying it again."""
-        operation, api = _OPERATIONS[line.url]
+        operation, api = OPERATIONS[line.url]
         with Outcome(operation, api=api, sink=self._sink) as outcome:
             tenant = run.tenant
             if isinstance(tenant, LeapError):
