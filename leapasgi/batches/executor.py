@@ -3,9 +3,9 @@ which sends each line through the gateway's own dispatcher.
 
 The runner owns a batch's life (statuses, window, cancel, output files); an executor only
 answers lines and hands each answer to ``BatchRun.record``, which keeps it durably before it
-counts. Another executor (handing a batch over to a provider's own batch API at its batch
-price) implements the same protocol: it is asked ``accepts(batch)`` first, and records the
-answers the provider returns the same way.
+counts, and keeps its own progress on the batch with ``BatchRun.keep``. ``NativeExecutor``
+(``native.py``: a batch handed over to a provider's own batch API at its batch price)
+implements the same protocol.
 """
 
 from __future__ import annotations
@@ -107,8 +107,10 @@ class BatchExecutor(Protocol):
 
     async def execute(self, run: BatchRun) -> None:
         """Answer ``run.lines``, recording each; return when every line is recorded, or,
-        once ``run.stop`` is set, when the lines in flight are. Cancelled when the batch's
-        window ends (lines not recorded are then reported as expired)."""
+        once ``run.stop`` is set, when the lines in flight are (a cancelling batch is
+        executed with ``stop`` set, to end what was started elsewhere). Cancelled when the
+        batch's window ends (lines not recorded are then reported as expired), its lease is
+        lost, or the runner closes."""
         ...
 
 
