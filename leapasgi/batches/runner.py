@@ -219,6 +219,10 @@ class BatchRunner:
         return await self.store.get_batch(batch_id, owner=owner)
 
     def _launch(self, batch: BatchRecord, *, until: float) -> None:
+        if batch.id in self._active:
+            # Claimed twice here: a submit and the poll met on a new batch (the lease is
+            # this runner's either way). One task drives it.
+            return
         active = _Active(batch, until)
         if batch.status is BatchStatus.CANCELLING:
             active.stop.set()

@@ -27,6 +27,7 @@ from leapasgi.config import (
     RoutingConfig,
 )
 from leapasgi.manager import ProviderManager
+from leapasgi.tenants.base import UsageRow
 from tests.fake_batch_upstream import Answer, FakeBatchUpstream, completion_answer
 
 pytestmark = pytest.mark.anyio
@@ -207,6 +208,15 @@ async def ended(client: openai.AsyncOpenAI, batch_id: str) -> Any:
     return found[0]
 
 
+async def usage(gateway: Gateway) -> list[UsageRow]:
+    """The usage the gateway accounted to its ``openai`` provider."""
+    tenancy = gateway.tenancy
+    await tenancy.flush_usage()
+    day = UsageRow.day_of(tenancy.clock.time())
+    rows = await tenancy.usage.report(since=day, until=day, group_by=("provider",))
+    return [row for row in rows if row.provider == "openai"]
+
+
 async def lines_of(client: openai.AsyncOpenAI, file_id: str | None) -> list[dict[str, Any]]:
     if file_id is None:
         return []
@@ -260,7 +270,7 @@ async def test_a_batch_handed_over_is_answered_once_at_the_batch_price(
         assert fake.chats == []
         assert fake.creates() == 1
         assert fake.files == {}, "the upstream files are deleted once the answers are kept"
-        rows = [row for row in gateway.tenancy.buffer.take() if row.provider == "openai"]
+        rows = await usage(gateway)
         assert sum(row.requests for row in rows) == 3
         assert sum(row.cost_usd for row in rows) == pytest.approx(3 * LINE_COST)
 
@@ -363,7 +373,7 @@ async def test_lines_the_upstream_did_not_answer_run_through_the_gateway(
         output = await lines_of(client, done.output_file_id)
         assert sorted(line["custom_id"] for line in output) == ["m0", "m1", "m2", "m3"]
         assert len(fake.chats) == 2
-        rows = [row for row in gateway.tenancy.buffer.take() if row.provider == "openai"]
+        rows = await usage(gateway)
         # Two at the batch price, two at the standard price (10 in, 2 out each).
         standard = (10 * 0.15 + 2 * 0.6) / 1_000_000
         assert sum(row.cost_usd for row in rows) == pytest.approx(2 * LINE_COST + 2 * standard)
@@ -393,3 +403,19 @@ async def test_the_gateway_runs_the_batch_itself_otherwise(
         assert sorted(line["custom_id"] for line in output) == ["g0", "g1"]
     assert fake.creates() == 0
     assert len(fake.chats) == (0 if mock_first else 2)
+
+
+async def test_the_gateways_metadata_keys_are_its_own(
+    fake: FakeBatchUpstream, clock: SteppedClock, tmp_path: Path
+) -> None:
+    async with serving(settings(fake, tmp_path), clock) as (_, client):
+        content = (json.dumps(chat_line("x")) + "\n").encode()
+        uploaded = await client.files.create(file=("in.jsonl", content), purpose="batch")
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint=CHAT,
+                completion_window="24h",
+                metadata={"leapasgi_executed_by": "someone else"},
+            )
+        assert caught.value.body["param"] == "metadata"  # type: ignore[index]
