@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     )
     from .config import (
         AliasConfig,
+        BatchesConfig,
         BudgetConfig,
         CacheConfig,
         ConnectionLimits,
@@ -227,6 +228,7 @@ __all__ = [
     "Attempt",
     "Authenticate",
     "AuthenticationError",
+    "BatchesConfig",
     "BreakerPolicy",
     "Budget",
     "BudgetConfig",
@@ -364,6 +366,7 @@ __all__ = [
 _EXPORTS: dict[str, str] = {
     "AccessPolicy": ".access",
     "AliasConfig": ".config",
+    "BatchesConfig": ".config",
     "Attempt": ".trail",
     "Authenticate": ".tenants.identity",
     "AuthenticationError": ".exceptions",

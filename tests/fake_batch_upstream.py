@@ -4,7 +4,9 @@ It keeps uploaded files, creates batches and moves them along only when the test
 ``start`` (validating -> in_progress), ``run`` (answers some or all requests), ``finalize``,
 ``complete`` (writes the output and error files), ``expire``, ``fail``, and ``settle_cancel``
 after a client's cancel. Its state is plain data the test may tamper with (``files[id].data``,
-``batches[id]``), and ``fail_next`` / ``hang_next`` / ``stall`` script hostile answers.
+``batches[id]``), and ``fail_next`` / ``hang_next`` / ``stall`` script hostile answers. It
+also answers ``/v1/chat/completions`` one request at a time (``chats``: the bodies), as the
+same service does interactively.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class FakeBatchUpstream:
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.seen: list[tuple[str, str, dict[str, str]]] = []
+        self.chats: list[dict[str, Any]] = []
         self.script: deque[Scripted] = deque()
         self.hang: int = 0
         self.stalls: dict[str, int] = {}
@@ -107,6 +110,7 @@ class FakeBatchUpstream:
         app.router.add_get("/v1/batches", self._list)
         app.router.add_get("/v1/batches/{id}", self._retrieve)
         app.router.add_post("/v1/batches/{id}/cancel", self._cancel)
+        app.router.add_post("/v1/chat/completions", self._chat)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -171,6 +175,10 @@ class FakeBatchUpstream:
         assert self.batches[batch_id]["status"] == "cancelling"
         self._write(batch_id, unanswered=("batch_cancelled", "The batch was cancelled."))
         self._move(batch_id, "cancelled")
+
+    def creates(self) -> int:
+        """Batches created through the API (POST /v1/batches answered or not)."""
+        return sum(1 for method, path, _ in self.seen if (method, path) == ("POST", "/v1/batches"))
 
     def fail(self, batch_id: str, *issues: dict[str, Any]) -> None:
         self.batches[batch_id]["errors"] = {"object": "list", "data": list(issues)}
@@ -246,6 +254,12 @@ class FakeBatchUpstream:
             return _error(401, "Incorrect API key provided.", "invalid_api_key")
         response: web.StreamResponse = await handler(request)
         return response
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.chats.append(body)
+        _, answer = self.answer(f"chat-{len(self.chats)}", body)
+        return web.json_response(answer)
 
     async def _upload(self, request: web.Request) -> web.StreamResponse:
         form = await request.post()

@@ -413,6 +413,24 @@ def test_a_key_in_the_url_user_info_stays_out_of_reprs() -> None:
     assert "h/v1" in repr(config)
 
 
+def test_batches_with_the_redis_backend_need_a_shared_directory() -> None:
+    text = """
+[state]
+backend = "redis"
+url = "redis://127.0.0.1:6379/0"
+
+[batches]
+enabled = true
+"""
+    with pytest.raises(ConfigurationError, match=r"batches\.directory: .*every replica shares"):
+        parse_config(text)
+    shared = parse_config(text + 'directory = "/mnt/shared/batches"\n')
+    assert shared.batches.directory is not None
+    # Without batches, or on the memory backend, nothing is asked for.
+    assert parse_config(text.replace("enabled = true", "enabled = false")).batches.directory is None
+    assert parse_config("[batches]\nenabled = true\n").batches.directory is None
+
+
 PARAMS_TOML = """
 [[providers]]
 name = "local"
