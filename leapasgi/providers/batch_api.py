@@ -11,10 +11,11 @@ the upstream sends back. Nothing is retried here: the batch runner polls and ret
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import urllib.parse
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..exceptions import (
     ResponseTooLargeError,
 )
 from ..redact import Redactor, public_url
+from ._session import UpstreamSession
 from ._upstream import MAX_ERROR_BODY, error_from_response, translate_client_error
 from ._watch import Expired, ReadWatch
 from .batch_results import BatchResult, ResultFileReader, ResultTally
@@ -48,9 +50,7 @@ from .batch_wire import (
     parse_batch,
     parse_file,
 )
-from .compatible import OpenAICompatibleProvider
-from .settings import ProviderSettings
-from .urls import GuardedResolver
+from .settings import ProviderSettings, settings_secrets
 
 __all__ = [
     "FIRST_POLL_DELAY",
@@ -78,7 +78,6 @@ MAX_OBJECT_BYTES = 4 * 1024 * 1024
 # Pages of 100 batches ``find`` looks through, newest first.
 MAX_FIND_PAGES = 10
 _PAGE_SIZE = 100
-_KEEPALIVE_SECONDS = 30.0
 
 
 def native_batch_support(preset: str | None) -> bool:
@@ -107,11 +106,10 @@ class BatchAPIClient:
         self.settings = settings
         self.name = settings.name
         self._clock = clock or SystemClock()
-        self._resolver = resolver
-        self._session: aiohttp.ClientSession | None = None
+        # The provider's session, opened as OpenAICompatibleProvider opens it.
+        self._session = UpstreamSession(settings, resolver)
         self._base = urllib.parse.urlsplit(settings.base_url)
-        # What counts as a secret of these settings has one owner: the provider's secrets().
-        self._redact = Redactor(OpenAICompatibleProvider(settings).secrets())
+        self._redact = Redactor(settings_secrets(settings))
         headers = {"User-Agent": f"leapasgi/{__version__}", **settings.headers}
         if settings.api_key is not None:
             headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
@@ -135,9 +133,7 @@ class BatchAPIClient:
 
     async def aclose(self) -> None:
         """Close the pooled connections; the next call opens a new pool."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        await self._session.aclose()
 
     async def upload(
         self, lines: Iterable[InputLine], *, endpoint: str = CHAT_COMPLETIONS_ENDPOINT
@@ -262,9 +258,8 @@ class BatchAPIClient:
         until = self._until()
         url = self._url("files", check_id(file_id, what="file", provider=self.name), "content")
         async with await self._send("GET", url, until) as response:
-            watch = self._watch(until)
             read = response.content.readany
-            try:
+            with self._reading(until) as watch:
                 while data := await watch.read(read):
                     budget[0] -= len(data)
                     if budget[0] < 0:
@@ -274,12 +269,6 @@ class BatchAPIClient:
                         )
                     for result in reader.feed(data):
                         yield result
-            except aiohttp.ClientError as exc:
-                raise translate_client_error(exc, provider=self.name, in_body=True) from exc
-            except Expired as expired:
-                raise self._timeout(expired.kind, headers=False) from None
-            finally:
-                watch.close()
         for result in reader.close():
             yield result
 
@@ -342,7 +331,7 @@ class BatchAPIClient:
         limit, clock = self._budget(stage, until)
         try:
             async with asyncio.timeout(limit):
-                response = await self._client().request(
+                response = await self._session.get().request(
                     method, url, data=data, headers=headers, allow_redirects=False
                 )
         except aiohttp.ClientError as exc:
@@ -369,9 +358,8 @@ class BatchAPIClient:
         else the first ``limit`` bytes (error bodies)."""
         parts: list[bytes] = []
         size = 0
-        watch = self._watch(until)
         read = response.content.readany
-        try:
+        with self._reading(until) as watch:
             while data := await watch.read(read):
                 parts.append(data)
                 size += len(data)
@@ -382,35 +370,7 @@ class BatchAPIClient:
                             provider=self.name,
                         )
                     break
-        except aiohttp.ClientError as exc:
-            raise translate_client_error(exc, provider=self.name, in_body=True) from exc
-        except Expired as expired:
-            raise self._timeout(expired.kind, headers=False) from None
-        finally:
-            watch.close()
         return b"".join(parts)[:limit]
-
-    def _client(self) -> aiohttp.ClientSession:
-        # The provider's session, as OpenAICompatibleProvider opens it: the address connected
-        # to is checked, no cookies, no proxy from the environment.
-        session = self._session
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.settings.max_connections,
-                keepalive_timeout=_KEEPALIVE_SECONDS,
-                resolver=GuardedResolver(self._resolver),
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=None, sock_connect=self.settings.timeouts.connect
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-                auto_decompress=True,
-            )
-            self._session = session
-        return session
 
     def _object_cap(self) -> int:
         return min(MAX_OBJECT_BYTES, self.settings.max_response_bytes)
@@ -418,9 +378,19 @@ class BatchAPIClient:
     def _until(self) -> float:
         return self._clock.monotonic() + self.settings.timeouts.total
 
-    def _watch(self, until: float) -> ReadWatch:
+    @contextlib.contextmanager
+    def _reading(self, until: float) -> Iterator[ReadWatch]:
+        """While a body is read: a watch on its clocks, and its failures as LeapErrors."""
         remaining = max(until - self._clock.monotonic(), 0.0)
-        return ReadWatch(idle=self.settings.timeouts.idle, remaining=remaining)
+        watch = ReadWatch(idle=self.settings.timeouts.idle, remaining=remaining)
+        try:
+            yield watch
+        except aiohttp.ClientError as exc:
+            raise translate_client_error(exc, provider=self.name, in_body=True) from exc
+        except Expired as expired:
+            raise self._timeout(expired.kind, headers=False) from None
+        finally:
+            watch.close()
 
     def _budget(self, stage: float, until: float) -> tuple[float, str]:
         remaining = until - self._clock.monotonic()

@@ -31,7 +31,7 @@ from ..exceptions import (
 )
 from ..native import EventBatch, NativeCall, NativeReply, WireProtocol
 from ..params import ParamPolicy
-from ..redact import Redactor, credential_name, public_url
+from ..redact import Redactor, public_url
 from ..sse import EventTooLarge, SSEDecoder
 from ..streaming import (
     ChunkBatch,
@@ -42,6 +42,7 @@ from ..tracing import TRACE_HEADERS
 from ..types import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList
 from ..types.request import StreamOptions
 from ._native import NativeStreamReader, reply_usage
+from ._session import UpstreamSession
 from ._upstream import (
     MAX_ERROR_BODY,
     error_from_payload,
@@ -52,8 +53,7 @@ from ._upstream import (
 )
 from ._watch import Expired, ReadWatch
 from .base import Capabilities
-from .settings import ProviderSettings
-from .urls import GuardedResolver
+from .settings import ProviderSettings, settings_secrets
 
 __all__ = ["UPSTREAM_HEADERS", "OpenAICompatibleProvider"]
 
@@ -75,7 +75,6 @@ UPSTREAM_HEADERS = frozenset(
 
 # What native Messages calls say when the client named no version.
 ANTHROPIC_VERSION = "2023-06-01"
-_KEEPALIVE_SECONDS = 30.0
 # What a stream asks for when the client did not ask for usage (the gateway's accounting).
 _WITH_USAGE = StreamOptions(include_usage=True)
 _DRAIN_SECONDS = 1.0
@@ -101,8 +100,7 @@ class OpenAICompatibleProvider:
         self.settings = settings
         self.name = settings.name
         self._clock = clock or SystemClock()
-        self._resolver = resolver
-        self._session: aiohttp.ClientSession | None = None
+        self._session = UpstreamSession(settings, resolver)
         base = urllib.parse.urlsplit(settings.base_url)
         self._chat_url = self._url(base, "/chat/completions")
         self._models_url = self._url(base, "/models")
@@ -148,22 +146,8 @@ class OpenAICompatibleProvider:
         return self._capabilities
 
     def secrets(self) -> Iterator[str]:
-        """The key, the base URL's user info, and the query values and configured headers
-        whose names say they hold a credential (``?key=``, ``x-api-key``...). Other values
-        (``api-version=2024-06-01``) are not secrets: scrubbing them would garble answers."""
-        settings = self.settings
-        if settings.api_key is not None:
-            yield settings.api_key.get_secret_value()
-        url = urllib.parse.urlsplit(settings.base_url)
-        if url.password:
-            yield url.password
-            yield f"{url.username}:{url.password}"  # as Basic auth sends it
-        for name, value in urllib.parse.parse_qsl(url.query):
-            if credential_name(name):
-                yield value
-        for name, value in settings.headers.items():
-            if credential_name(name):
-                yield value
+        """The secrets of its settings (``settings_secrets``)."""
+        return settings_secrets(self.settings)
 
     async def __aenter__(self) -> OpenAICompatibleProvider:
         return self
@@ -178,31 +162,7 @@ class OpenAICompatibleProvider:
 
     async def aclose(self) -> None:
         """Close the pooled connections; the next call opens a new pool."""
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
-
-    def _client(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.settings.max_connections,
-                keepalive_timeout=_KEEPALIVE_SECONDS,
-                # The address connected to is checked, not only the URL's spelling.
-                resolver=GuardedResolver(self._resolver),
-            )
-            timeout = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=self.settings.timeouts.connect
-            )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=timeout,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                trust_env=False,
-                auto_decompress=True,
-            )
-            self._session = session
-        return session
+        await self._session.aclose()
 
     async def chat(
         self, request: ChatCompletionRequest, *, deadline: Deadline | None = None
@@ -443,7 +403,7 @@ class OpenAICompatibleProvider:
         traced = TRACE_HEADERS.get()
         if traced is not None:
             headers = {**headers, **traced}
-        session = self._client()
+        session = self._session.get()
         limit, stage = self._budget(self.settings.timeouts.first_byte, deadline)
         data = io.BytesIO(body) if body is not None and len(body) > LARGE_BODY else body
         try:

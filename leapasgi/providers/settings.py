@@ -13,7 +13,7 @@ from ..exceptions import ConfigurationError
 from ..features import Feature
 from ..native import WireProtocol
 from ..params import ParamRules
-from ..redact import public_url
+from ..redact import credential_name, public_url
 from .base import Timeouts
 from .presets import CHAT_ONLY, get_preset
 from .urls import check_base_url
@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "ProviderSettings",
     "check_headers",
+    "settings_secrets",
 ]
 
 DEFAULT_MAX_CONNECTIONS = 100
@@ -133,6 +134,25 @@ class ProviderSettings(BaseModel):
             "key_header": known.key_header,
         }
         return cls(**fields)
+
+
+def settings_secrets(settings: ProviderSettings) -> Iterator[str]:
+    """The secrets of ``settings``, to scrub from whatever its upstream sends back: the key,
+    the base URL's user info, and the query values and configured headers whose names say
+    they hold a credential (``?key=``, ``x-api-key``...). Other values
+    (``api-version=2024-06-01``) are not secrets: scrubbing them would garble answers."""
+    if settings.api_key is not None:
+        yield settings.api_key.get_secret_value()
+    url = urllib.parse.urlsplit(settings.base_url)
+    if url.password:
+        yield url.password
+        yield f"{url.username}:{url.password}"  # as Basic auth sends it
+    for name, value in urllib.parse.parse_qsl(url.query):
+        if credential_name(name):
+            yield value
+    for name, value in settings.headers.items():
+        if credential_name(name):
+            yield value
 
 
 def _protocols(names: Iterable[str]) -> frozenset[WireProtocol]:
