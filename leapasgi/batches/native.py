@@ -36,8 +36,7 @@ from ..native import WireProtocol
 from ..outcome import Outcome, OutcomeSink
 from ..providers.batch_api import BatchAPIClient, native_batch_support, poll_delay
 from ..providers.batch_results import BatchResult, ResultTally
-from ..providers.batch_wire import BatchStatus as UpstreamStatus
-from ..providers.batch_wire import InputLine, UpstreamBatch
+from ..providers.batch_wire import BatchStatus, InputLine, UpstreamBatch
 from ..providers.settings import ProviderSettings
 from ..registry import ProviderStatus, Registry
 from ..routing import Route, RouteTable
@@ -327,7 +326,7 @@ class _Handover:
             upstream = await self._follow()
             if upstream is None:
                 return
-            if upstream.status is UpstreamStatus.FAILED:
+            if upstream.status is BatchStatus.FAILED:
                 await self._failed(upstream)
                 return
             await self._collect(upstream)
@@ -433,7 +432,7 @@ class _Handover:
             except LeapError as error:
                 logger.warning("batch %s: upstream batch not read: %s", batch.id, error.message)
             else:
-                if upstream.status.terminal:
+                if upstream.status.finished:
                     return upstream
                 counts = upstream.request_counts
                 if counts is not None and (counts.completed, counts.failed) != batch.progress:

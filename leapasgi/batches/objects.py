@@ -15,8 +15,11 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from typing import Any
+
+# The statuses, endpoints and window are OpenAI's, one definition for the gateway's batches
+# and the upstream batches it hands them to.
+from ..providers.batch_wire import COMPLETION_WINDOW, ENDPOINTS, BatchStatus
 
 __all__ = [
     "COMPLETION_WINDOW",
@@ -35,35 +38,9 @@ __all__ = [
     "unanswered_line",
 ]
 
-# The endpoints a batch's lines may call, and the one completion window OpenAI offers.
-ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/embeddings")
-COMPLETION_WINDOW = "24h"
 WINDOW_SECONDS = 24 * 3600
 # Validation errors shown on a failed batch, at most (its input file may have thousands).
 MAX_ERRORS_SHOWN = 100
-
-
-class BatchStatus(StrEnum):
-    """OpenAI's batch statuses."""
-
-    VALIDATING = "validating"
-    FAILED = "failed"
-    IN_PROGRESS = "in_progress"
-    FINALIZING = "finalizing"
-    COMPLETED = "completed"
-    EXPIRED = "expired"
-    CANCELLING = "cancelling"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        """Whether nothing more happens to a batch in this status."""
-        return self in _FINISHED
-
-
-_FINISHED = frozenset(
-    {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
-)
 
 
 def file_id() -> str:

@@ -37,8 +37,9 @@ __all__ = [
 ]
 
 CHAT_COMPLETIONS_ENDPOINT = "/v1/chat/completions"
-# The endpoints the gateway serves that an OpenAI batch can also run.
-ENDPOINTS = frozenset({CHAT_COMPLETIONS_ENDPOINT, "/v1/embeddings", "/v1/responses"})
+# The endpoints a batch's lines may call: those the gateway serves that an OpenAI batch can
+# also run. And the one completion window OpenAI offers.
+ENDPOINTS = (CHAT_COMPLETIONS_ENDPOINT, "/v1/responses", "/v1/embeddings")
 COMPLETION_WINDOW = "24h"
 # OpenAI's limits on one input file: checked here, so a batch too big fails before it is sent.
 MAX_REQUESTS = 50_000
@@ -54,7 +55,8 @@ MAX_MESSAGE = 1000
 
 
 class BatchStatus(StrEnum):
-    """Where an upstream batch is (OpenAI's eight statuses)."""
+    """OpenAI's eight batch statuses: where an upstream batch is, and where the gateway
+    shows its own batches to be."""
 
     VALIDATING = "validating"
     FAILED = "failed"
@@ -66,9 +68,9 @@ class BatchStatus(StrEnum):
     CANCELLED = "cancelled"
 
     @property
-    def terminal(self) -> bool:
-        """True when the batch will not change any more."""
-        return self in _TERMINAL
+    def finished(self) -> bool:
+        """True when nothing more happens to a batch in this status."""
+        return self in _FINISHED
 
     @property
     def has_results(self) -> bool:
@@ -77,10 +79,10 @@ class BatchStatus(StrEnum):
         return self in _WITH_RESULTS
 
 
-_TERMINAL = frozenset(
+_FINISHED = frozenset(
     {BatchStatus.FAILED, BatchStatus.COMPLETED, BatchStatus.EXPIRED, BatchStatus.CANCELLED}
 )
-_WITH_RESULTS = _TERMINAL - {BatchStatus.FAILED}
+_WITH_RESULTS = _FINISHED - {BatchStatus.FAILED}
 
 
 @dataclass(frozen=True, slots=True)

@@ -142,14 +142,14 @@ async def test_a_batch_of_100_goes_round_trip(
     assert midway.request_counts is not None
     counts = midway.request_counts
     assert (counts.total, counts.completed, counts.failed) == (100, 39, 1)  # r-7
-    assert not midway.status.terminal
+    assert not midway.status.finished
     fake.finalize(batch.id)
     assert (await client.retrieve(batch.id)).status is BatchStatus.FINALIZING
     fake.complete(batch.id)
 
     done = await client.retrieve(batch.id)
     assert done.status is BatchStatus.COMPLETED
-    assert done.status.terminal
+    assert done.status.finished
     assert done.status.has_results
     assert done.request_counts is not None
     assert (done.request_counts.completed, done.request_counts.failed) == (97, 3)
@@ -189,7 +189,7 @@ async def test_a_cancelled_batch_answers_what_ran_and_names_the_rest(
     fake.run(batch.id, 30)
     cancelling = await client.cancel(batch.id)
     assert cancelling.status is BatchStatus.CANCELLING
-    assert not cancelling.status.terminal
+    assert not cancelling.status.finished
     fake.settle_cancel(batch.id)
     cancelled = await client.retrieve(batch.id)
     assert cancelled.status is BatchStatus.CANCELLED
@@ -239,7 +239,7 @@ async def test_a_failed_batch_has_issues_and_no_results(
     )
     failed = await client.retrieve(batch.id)
     assert failed.status is BatchStatus.FAILED
-    assert failed.status.terminal
+    assert failed.status.finished
     assert not failed.status.has_results
     first, second = failed.issues
     assert first.code == "invalid_json_line"
