@@ -5,13 +5,11 @@ answer instead of sending it."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from ..batches import LineHandler
 from ..native import NativeCall, NativeReply, ProtocolRequest, WireProtocol
 from ..outcome import Outcome
-from ..protocols.responses import response_from_chat
 from ..types import parse_chat_request
 from ..types.embeddings import parse_embedding_request
 from .responses import prepare_turn
@@ -43,13 +41,7 @@ def line_handlers(gateway: GatewayCore) -> dict[str, LineHandler]:
     async def responses(body: dict[str, Any], outcome: Outcome, owner: str | None) -> bytes:
         turn = await prepare_turn(body, owner=owner, stores=[store], stream=False)
         answer = await manager.exchange(turn.exchange, outcome=outcome)
-        if isinstance(answer, NativeReply):
-            response, raw = answer.data, answer.raw
-        else:
-            response = response_from_chat(
-                answer, turn.request, response_id=turn.response_id, created_at=turn.created_at
-            )
-            raw = json.dumps(response, separators=(",", ":")).encode()
+        response, raw = turn.answered(answer)
         if turn.request.store is not False:
             await store.put(turn.stored(response, answer_bytes=len(raw)))
         return raw

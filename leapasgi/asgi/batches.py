@@ -34,6 +34,7 @@ from ..exceptions import (
     NotFoundError,
     RateLimitError,
 )
+from ..providers.batch_wire import MAX_METADATA_KEY, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
 from ..providers.compatible import OpenAICompatibleProvider
 from ..providers.settings import ProviderSettings
 from ..tenants.identity import tenant_of_scope
@@ -53,9 +54,6 @@ _MAX_CREATE_BODY = 64 * 1024
 _CREATE_FIELDS = frozenset(
     {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
 )
-MAX_METADATA = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 MAX_BATCH_LIST = 100
 # The gateway notes how it ran a batch in its metadata under keys with this prefix.
 RESERVED_METADATA = "leapasgi_"
@@ -155,14 +153,7 @@ def batch_tenants(gateway: GatewayCore) -> TenantOf:
                 raise AuthenticationError(
                     "The API key this batch was created with has expired", code="key_expired"
                 )
-            return Tenant(
-                key.tenant,
-                key.policy,
-                source="virtual_key",
-                key_id=key.id,
-                tags=key.tags,
-                metadata=key.metadata,
-            )
+            return key.as_tenant()
         policy = PolicyConfig.model_validate(record.policy).build()
         return Tenant(record.id, policy, source=record.source, tags=record.tags)
 
@@ -172,9 +163,9 @@ def batch_tenants(gateway: GatewayCore) -> TenantOf:
 def _metadata(value: object) -> dict[str, str] | None:
     if value is None:
         return None
-    if not isinstance(value, Mapping) or len(value) > MAX_METADATA:
+    if not isinstance(value, Mapping) or len(value) > MAX_METADATA_PAIRS:
         raise InvalidRequestError(
-            f"metadata must be an object of at most {MAX_METADATA} pairs", param="metadata"
+            f"metadata must be an object of at most {MAX_METADATA_PAIRS} pairs", param="metadata"
         )
     for key, item in value.items():
         if not isinstance(key, str) or len(key) > MAX_METADATA_KEY:

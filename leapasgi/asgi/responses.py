@@ -38,6 +38,7 @@ from ..protocols.responses import (
 from ..protocols.responses_output import response_object
 from ..sse import PING, encode_event
 from ..streaming import ChunkBatch
+from ..types import ChatCompletion
 from ._endpoint import ProtocolEndpoint, json_object
 from ._http import outcome_headers, send_error, send_response
 from .relay import SSERelay, guarded
@@ -78,6 +79,16 @@ class Turn:
             self.owner,
             known + answer_bytes if known is not None and answer_bytes is not None else None,
         )
+
+    def answered(self, answer: NativeReply | ChatCompletion) -> tuple[dict[str, Any], bytes]:
+        """The Response object the dispatcher's ``answer`` to this turn makes, and its bytes:
+        the upstream's own when it answered natively, else built from its chat completion."""
+        if isinstance(answer, NativeReply):
+            return answer.data, answer.raw
+        response = response_from_chat(
+            answer, self.request, response_id=self.response_id, created_at=self.created_at
+        )
+        return response, json.dumps(response, separators=(",", ":")).encode()
 
     def empty_response(self) -> dict[str, Any]:
         """The answer to ``generate: false``: nothing generated, the input kept."""
@@ -157,13 +168,7 @@ class ResponsesEndpoint(ProtocolEndpoint):
         )
         if answer is None:
             return
-        if isinstance(answer, NativeReply):
-            response, raw = answer.data, answer.raw
-        else:
-            response = response_from_chat(
-                answer, turn.request, response_id=turn.response_id, created_at=turn.created_at
-            )
-            raw = json.dumps(response, separators=(",", ":")).encode()
+        response, raw = turn.answered(answer)
         if keep:
             await store.put(turn.stored(response, answer_bytes=len(raw)))
         await send_response(send, 200, raw, headers=outcome_headers(outcome))

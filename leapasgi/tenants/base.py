@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from ..access import key_digest
-from .policy import OPEN, TenantPolicy
+from .policy import OPEN, Tenant, TenantPolicy
 
 __all__ = [
     "KEY_PREFIX",
@@ -58,6 +58,17 @@ class VirtualKey:
         if self.revoked_at is not None:
             return False
         return self.expires_at is None or now < self.expires_at
+
+    def as_tenant(self) -> Tenant:
+        """The caller a request with this key is: its tenant, under the key's own policy."""
+        return Tenant(
+            self.tenant,
+            self.policy,
+            source="virtual_key",
+            key_id=self.id,
+            tags=self.tags,
+            metadata=self.metadata,
+        )
 
     def revoked(self, now: float) -> VirtualKey:
         return self if self.revoked_at is not None else replace(self, revoked_at=now)

@@ -203,14 +203,7 @@ class Identifier:
             raise self._unauthenticated("This API key was revoked", code="key_revoked")
         if not key.active(now):
             raise self._unauthenticated("This API key has expired", code="key_expired")
-        return Tenant(
-            key.tenant,
-            key.policy,
-            source="virtual_key",
-            key_id=key.id,
-            tags=key.tags,
-            metadata=key.metadata,
-        )
+        return key.as_tenant()
 
     async def _lookup(self, digest: str) -> VirtualKey | None:
         cache = self._cache
