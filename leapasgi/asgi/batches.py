@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..access import owner_of
 from ..batches import (
     BatchRecord,
     BatchRunner,
@@ -25,12 +24,11 @@ from ..batches import (
 )
 from ..batches.native import NativeExecutor, SettingsOf
 from ..batches.objects import COMPLETION_WINDOW, ENDPOINTS, WINDOW_SECONDS, batch_id
-from ..config import BatchesConfig, PolicyConfig
+from ..config import PolicyConfig
 from ..exceptions import (
     AuthenticationError,
     ConfigurationError,
     InvalidRequestError,
-    LeapError,
     NotFoundError,
     RateLimitError,
 )
@@ -39,10 +37,10 @@ from ..providers.compatible import OpenAICompatibleProvider
 from ..providers.settings import ProviderSettings
 from ..tenants.identity import tenant_of_scope
 from ..tenants.policy import ANONYMOUS, Tenant
+from ._batch_api import BatchEndpoint, expiry_seconds, list_page, page_limit, shown_id
 from ._http import read_body
 from .batch_lines import line_handlers
-from .files import FilesAPI, expiry_seconds, list_page, page_limit
-from .routes import error_response
+from .files import FilesAPI
 
 if TYPE_CHECKING:
     from ..gateway import GatewayCore
@@ -198,58 +196,38 @@ def _output_ttl(value: object) -> int | None:
 
 
 def _missing(wanted: str) -> NotFoundError:
-    shown = wanted if len(wanted) <= 64 and wanted.isprintable() else "..."
-    return NotFoundError(f"No batch found with id '{shown}'.", param="batch_id")
+    return NotFoundError(f"No batch found with id '{shown_id(wanted)}'.", param="batch_id")
 
 
-class BatchesAPI:
+class BatchesAPI(BatchEndpoint):
     """The Batch API of one gateway."""
-
-    def __init__(self, gateway: GatewayCore, runner: BatchRunner, config: BatchesConfig) -> None:
-        self._gateway = gateway
-        self._runner = runner
-        self._store = runner.store
-        self._config = config
-
-    async def _owner(self, request: Request) -> str | None:
-        refused = await self._gateway.refusal(request.scope)
-        if refused is not None:
-            raise refused
-        await self._runner.start()
-        return owner_of(request.scope)
 
     async def batches(self, request: Request) -> Response:
         """``POST`` (create) or ``GET`` (list) ``/v1/batches``."""
-        try:
-            owner = await self._owner(request)
-            if request.method == "POST":
-                return await self._create(request, owner)
-            return await self._list(request, owner)
-        except LeapError as error:
-            return error_response(error)
+        if request.method == "POST":
+            return await self._answer(request, self._create)
+        return await self._answer(request, self._list)
 
     async def retrieve(self, request: Request) -> Response:
         """``GET /v1/batches/{batch_id}``."""
-        try:
-            owner = await self._owner(request)
-            wanted = request.path_params["batch_id"]
-            batch = await self._store.get_batch(wanted, owner=owner)
-            if batch is None:
-                raise _missing(wanted)
-        except LeapError as error:
-            return error_response(error)
-        return JSONResponse(batch.to_json())
+        return await self._answer(request, self._retrieve)
 
     async def cancel(self, request: Request) -> Response:
         """``POST /v1/batches/{batch_id}/cancel``."""
-        try:
-            owner = await self._owner(request)
-            wanted = request.path_params["batch_id"]
-            batch = await self._runner.cancel(wanted, owner=owner)
-            if batch is None:
-                raise _missing(wanted)
-        except LeapError as error:
-            return error_response(error)
+        return await self._answer(request, self._cancel)
+
+    async def _retrieve(self, request: Request, owner: str | None) -> Response:
+        wanted = request.path_params["batch_id"]
+        batch = await self._store.get_batch(wanted, owner=owner)
+        if batch is None:
+            raise _missing(wanted)
+        return JSONResponse(batch.to_json())
+
+    async def _cancel(self, request: Request, owner: str | None) -> Response:
+        wanted = request.path_params["batch_id"]
+        batch = await self._runner.cancel(wanted, owner=owner)
+        if batch is None:
+            raise _missing(wanted)
         return JSONResponse(batch.to_json())
 
     async def _create(self, request: Request, owner: str | None) -> Response:
@@ -284,9 +262,10 @@ class BatchesAPI:
         now = self._runner.now()
         file = await self._store.get_file(wanted, owner=owner)
         if file is None or (file.expires_at is not None and file.expires_at <= now):
-            shown = wanted if len(wanted) <= 64 and wanted.isprintable() else "..."
             raise NotFoundError(
-                f"No such File object: {shown}", param="input_file_id", code="file_not_found"
+                f"No such File object: {shown_id(wanted)}",
+                param="input_file_id",
+                code="file_not_found",
             )
         if file.purpose != "batch":
             raise InvalidRequestError(

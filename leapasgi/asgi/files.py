@@ -5,7 +5,6 @@ anyone else gets a 404."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.datastructures import UploadFile
@@ -15,60 +14,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Message, Receive
 
-from ..access import owner_of
 from ..batches import FileRecord
 from ..batches.lines import LineChecker, split_lines
 from ..batches.objects import file_id
-from ..exceptions import (
-    ConflictError,
-    InvalidRequestError,
-    LeapError,
-    NotFoundError,
-    RequestTooLargeError,
-)
-from .routes import error_response
+from ..exceptions import ConflictError, InvalidRequestError, NotFoundError, RequestTooLargeError
+from ._batch_api import BatchEndpoint, expiry_seconds, list_page, page_limit, shown_id
 
-if TYPE_CHECKING:
-    from ..batches import BatchRunner
-    from ..config import BatchesConfig
-    from ..gateway import GatewayCore
-
-__all__ = ["FilesAPI", "expiry_seconds", "list_page", "page_limit"]
+__all__ = ["FilesAPI"]
 
 # Room for the multipart framing and the other fields around the file's bytes.
 _FORM_OVERHEAD = 64 * 1024
 _CHUNK = 64 * 1024
 MAX_FILE_LIST = 10_000
-# OpenAI's bounds on expires_after.seconds: an hour to 30 days.
-MIN_EXPIRY = 3600
-MAX_EXPIRY = 2_592_000
-
-
-def expiry_seconds(value: object, param: str) -> int:
-    """``expires_after.seconds``: an integer from an hour to 30 days."""
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidRequestError(f"{param} must be an integer", param=param)
-    if not MIN_EXPIRY <= value <= MAX_EXPIRY:
-        raise InvalidRequestError(
-            f"{param} must be between {MIN_EXPIRY} and {MAX_EXPIRY}", param=param
-        )
-    return value
-
-
-def page_limit(text: str | None, *, default: int, most: int) -> int:
-    """A list's ``limit`` query parameter, from 1 to ``most``."""
-    if text is None:
-        return default
-    if not text.isdigit() or not 1 <= int(text) <= most:
-        raise InvalidRequestError(f"limit must be an integer from 1 to {most}", param="limit")
-    return int(text)
 
 
 def _missing(file: str) -> NotFoundError:
-    shown = file if len(file) <= 64 and file.isprintable() else "..."
-    return NotFoundError(f"No such File object: {shown}", param="id", code="file_not_found")
+    return NotFoundError(
+        f"No such File object: {shown_id(file)}", param="id", code="file_not_found"
+    )
 
 
 class _Capped:
@@ -87,30 +50,8 @@ class _Capped:
         return message
 
 
-class FilesAPI:
+class FilesAPI(BatchEndpoint):
     """The Files API of one gateway's batches."""
-
-    def __init__(self, gateway: GatewayCore, runner: BatchRunner, config: BatchesConfig) -> None:
-        self._gateway = gateway
-        self._runner = runner
-        self._store = runner.store
-        self._config = config
-
-    async def _owner(self, request: Request) -> str | None:
-        """Whose the request is; raises the refusal when the caller may not call."""
-        refused = await self._gateway.refusal(request.scope)
-        if refused is not None:
-            raise refused
-        await self._runner.start()
-        return owner_of(request.scope)
-
-    async def _answer(self, request: Request, serve: Any) -> Response:
-        try:
-            owner = await self._owner(request)
-            response: Response = await serve(request, owner)
-        except LeapError as error:
-            return error_response(error)
-        return response
 
     async def files(self, request: Request) -> Response:
         """``POST`` (upload) or ``GET`` (list) ``/v1/files``."""
@@ -240,15 +181,3 @@ class FilesAPI:
         if not await self._store.delete_file(record.id, owner=owner):
             raise _missing(record.id)
         return JSONResponse({"id": record.id, "object": "file", "deleted": True})
-
-
-def list_page(data: list[dict[str, Any]], limit: int) -> dict[str, Any]:
-    """A cursor page of ``data`` (fetched one past ``limit``, to know whether more follow)."""
-    shown = data[:limit]
-    return {
-        "object": "list",
-        "data": shown,
-        "first_id": shown[0]["id"] if shown else None,
-        "last_id": shown[-1]["id"] if shown else None,
-        "has_more": len(data) > limit,
-    }
