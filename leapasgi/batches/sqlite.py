@@ -253,10 +253,7 @@ class SqliteBatchStore:
 
     async def claim(self, batch_id: str, holder: str, *, now: float, ttl: float) -> bool:
         def take(connection: sqlite3.Connection) -> bool:
-            open_ = connection.execute(
-                "SELECT 1 FROM batches WHERE id = ? AND finished = 0", (batch_id,)
-            ).fetchone()
-            if open_ is None:
+            if not _unfinished(connection, batch_id):
                 return False
             cursor = connection.execute(
                 "INSERT INTO batch_leases (batch_id, holder, until) VALUES (?, ?, ?) "
@@ -290,10 +287,7 @@ class SqliteBatchStore:
 
     async def record(self, batch_id: str, result: LineResult) -> bool:
         def write(connection: sqlite3.Connection) -> bool:
-            open_ = connection.execute(
-                "SELECT 1 FROM batches WHERE id = ? AND finished = 0", (batch_id,)
-            ).fetchone()
-            if open_ is None:
+            if not _unfinished(connection, batch_id):
                 return False
             cursor = connection.execute(
                 "INSERT OR IGNORE INTO batch_lines (batch_id, line, ok, result) "
@@ -389,3 +383,11 @@ def _insert_file(connection: sqlite3.Connection, record: FileRecord) -> None:
         "INSERT INTO files (id, owner, purpose, expires_at, data) VALUES (?, ?, ?, ?, ?)",
         (record.id, record.owner, record.purpose, record.expires_at, record.dumps()),
     )
+
+
+def _unfinished(connection: sqlite3.Connection, batch_id: str) -> bool:
+    """Whether the batch exists and has not finished (leases and lines are for those only)."""
+    found = connection.execute(
+        "SELECT 1 FROM batches WHERE id = ? AND finished = 0", (batch_id,)
+    ).fetchone()
+    return found is not None
