@@ -22,7 +22,7 @@ from types import TracebackType
 
 import pytest
 
-__all__ = ["RedisServer", "free_port", "redis_server"]
+__all__ = ["RedisServer", "free_port", "redis_server", "running_server"]
 
 # Seconds a server may take to answer its first PING, or to exit when asked.
 START_TIMEOUT = 10.0
@@ -191,12 +191,18 @@ class RedisServer:
             process.wait(STOP_TIMEOUT)
 
 
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh, running server for one test; stopped afterwards, whatever happened."""
+def running_server() -> Iterator[RedisServer]:
+    """A fresh, running server, stopped afterwards whatever happened (a failed start too):
+    the body of a fixture of any scope."""
     server = RedisServer()
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh, running server for one test; stopped afterwards, whatever happened."""
+    yield from running_server()

@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from leapasgi.batches import BatchStore, SqliteBatchStore
 from leapasgi.batches.redis import RedisBatchStore
 from leapasgi.state._resp import RedisClient
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisServer, running_server
 
 __all__ = ["MakeStore", "make_store", "shared_redis"]
 
@@ -24,12 +24,7 @@ MakeStore = Callable[[], BatchStore]
 
 @pytest.fixture(scope="module")
 def shared_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from running_server()
 
 
 def redis_store(server: RedisServer, prefix: str, directory: Path) -> RedisBatchStore:

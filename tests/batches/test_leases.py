@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
@@ -28,6 +28,7 @@ from leapasgi.batches.objects import batch_id as new_batch_id
 from leapasgi.batches.objects import file_id as new_file_id
 from leapasgi.clock import FakeClock
 from leapasgi.tenants.policy import ANONYMOUS, Tenant
+from tests.batches.helpers import until
 
 from .conftest import MakeStore
 
@@ -120,15 +121,6 @@ async def started(*runners: BatchRunner) -> AsyncIterator[None]:
     finally:
         for runner in runners:
             await runner.aclose()
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Once ``check`` holds, polled (the deadline only bounds a failing test)."""
-    async with asyncio.timeout(20):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.005)
 
 
 async def status_of(store: BatchStore, batch_id: str) -> BatchRecord:

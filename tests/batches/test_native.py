@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from leapasgi.config import (
 )
 from leapasgi.manager import ProviderManager
 from leapasgi.tenants.base import UsageRow
+from tests.batches.helpers import until
 from tests.fake_batch_upstream import Answer, FakeBatchUpstream, completion_answer
 
 pytestmark = pytest.mark.anyio
@@ -72,15 +73,6 @@ class SteppedClock(FakeClock):
             self._sleepers.remove(entry)
             if not entry[1].done():
                 entry[1].set_result(None)
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Once ``check`` holds (looked at on the loop; the test's timeout bounds it)."""
-    async with asyncio.timeout(20):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.005)
 
 
 class Bodies:

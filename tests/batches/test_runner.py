@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,6 +17,7 @@ from leapasgi.config import BatchesConfig, GatewayConfig, HealthConfig, Provider
 from leapasgi.manager import ProviderManager
 from leapasgi.providers.mock import MockProvider
 from leapasgi.types import ChatCompletion, ChatCompletionRequest
+from tests.batches.helpers import until
 
 pytestmark = pytest.mark.anyio
 
@@ -50,15 +51,6 @@ async def start_batch(client: httpx.AsyncClient, ids: list[str]) -> str:
     assert answer.status_code == 200, answer.text
     batch_id: str = answer.json()["id"]
     return batch_id
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Once ``check`` holds (polled on the loop; the test's timeout bounds it)."""
-    async with asyncio.timeout(20):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.005)
 
 
 class Gate:
