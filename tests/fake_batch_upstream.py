@@ -21,6 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fake_upstream import serve_app
+
 __all__ = ["Answer", "FakeBatchUpstream", "Scripted", "StoredFile", "completion_answer"]
 
 # How one request of a batch is answered: (status_code, body).
@@ -111,11 +113,7 @@ class FakeBatchUpstream:
         app.router.add_get("/v1/batches/{id}", self._retrieve)
         app.router.add_post("/v1/batches/{id}/cancel", self._cancel)
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self._runner, self.port = await serve_app(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

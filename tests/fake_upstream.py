@@ -33,9 +33,20 @@ __all__ = [
     "completion",
     "embedding_answer",
     "error_body",
+    "serve_app",
     "sse",
     "text_stream",
 ]
+
+
+async def serve_app(app: web.Application) -> tuple[web.AppRunner, int]:
+    """``app`` served on a free port of 127.0.0.1: its runner (``cleanup()`` stops it) and
+    the port."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, runner.addresses[0][1]
 
 
 @dataclass
@@ -118,14 +129,13 @@ class FakeUpstream:
         return [s for s in self.seen if s.path.endswith("/embeddings")]
 
     async def __aenter__(self) -> FakeUpstream:
+        self._runner, self.port = await serve_app(self._app())
+        return self
+
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
+        return app
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None

@@ -41,15 +41,10 @@ class _RoomyUpstream(FakeUpstream):
     """A fake upstream that takes bodies as large as the gateway does (aiohttp stops at 1 MiB),
     so a huge request is judged by the gateway, not refused by the upstream mid-upload."""
 
-    async def __aenter__(self) -> FakeUpstream:
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=2 * LIMIT)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-        return self
+        return app
 
 
 @pytest.fixture(scope="module")
