@@ -5,7 +5,6 @@ service of the gateway) and the routes, Files API included. Each batch is its cr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ from ..providers.settings import ProviderSettings
 from ..tenants.identity import tenant_of_scope
 from ..tenants.policy import ANONYMOUS, Tenant
 from ._batch_api import BatchEndpoint, expiry_seconds, list_page, page_limit, shown_id
+from ._endpoint import json_object
 from ._http import read_body
 from .batch_lines import line_handlers
 from .files import FilesAPI
@@ -231,15 +231,7 @@ class BatchesAPI(BatchEndpoint):
         return JSONResponse(batch.to_json())
 
     async def _create(self, request: Request, owner: str | None) -> Response:
-        raw = await read_body(request.receive, request.scope, _MAX_CREATE_BODY)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise InvalidRequestError(
-                "The request body is not valid JSON", code="invalid_json"
-            ) from None
-        if not isinstance(body, dict):
-            raise InvalidRequestError("The request body must be a JSON object")
+        body = json_object(await read_body(request.receive, request.scope, _MAX_CREATE_BODY))
         unknown = sorted(set(body) - _CREATE_FIELDS)
         if unknown:
             raise InvalidRequestError(
