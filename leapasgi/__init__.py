@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     )
     from .config import (
         AliasConfig,
+        BatchesConfig,
         BudgetConfig,
         CacheConfig,
         ConnectionLimits,
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
         StreamInterruptedError,
         UnprocessableEntityError,
         UnsupportedFeatureError,
+        UnsupportedParameterError,
         UpstreamConnectionError,
         UpstreamStreamError,
         UpstreamTimeoutError,
@@ -137,6 +139,10 @@ if TYPE_CHECKING:
     )
     from .outcome import (
         Outcome,
+    )
+    from .params import (
+        ParamPolicy,
+        ParamRules,
     )
     from .providers import (
         PRESETS,
@@ -222,6 +228,7 @@ __all__ = [
     "Attempt",
     "Authenticate",
     "AuthenticationError",
+    "BatchesConfig",
     "BreakerPolicy",
     "Budget",
     "BudgetConfig",
@@ -284,6 +291,8 @@ __all__ = [
     "OAuthConfig",
     "OpenAICompatibleProvider",
     "Outcome",
+    "ParamPolicy",
+    "ParamRules",
     "Period",
     "PermissionDeniedError",
     "PiiRedactor",
@@ -331,6 +340,7 @@ __all__ = [
     "Timeouts",
     "UnprocessableEntityError",
     "UnsupportedFeatureError",
+    "UnsupportedParameterError",
     "UpstreamConnectionError",
     "UpstreamStreamError",
     "UpstreamTimeoutError",
@@ -356,6 +366,7 @@ __all__ = [
 _EXPORTS: dict[str, str] = {
     "AccessPolicy": ".access",
     "AliasConfig": ".config",
+    "BatchesConfig": ".config",
     "Attempt": ".trail",
     "Authenticate": ".tenants.identity",
     "AuthenticationError": ".exceptions",
@@ -422,6 +433,8 @@ _EXPORTS: dict[str, str] = {
     "OpenAICompatibleProvider": ".providers",
     "Outcome": ".outcome",
     "PRESETS": ".providers",
+    "ParamPolicy": ".params",
+    "ParamRules": ".params",
     "Period": ".tenants.policy",
     "PermissionDeniedError": ".exceptions",
     "PiiRedactor": ".hooks",
@@ -469,6 +482,7 @@ _EXPORTS: dict[str, str] = {
     "Timeouts": ".providers",
     "UnprocessableEntityError": ".exceptions",
     "UnsupportedFeatureError": ".exceptions",
+    "UnsupportedParameterError": ".exceptions",
     "UpstreamConnectionError": ".exceptions",
     "UpstreamStreamError": ".exceptions",
     "UpstreamTimeoutError": ".exceptions",

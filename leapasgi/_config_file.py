@@ -59,8 +59,8 @@ def read_text(path: Path) -> str:
 def prepare(text: str, *, source: str, env: Mapping[str, str], base_dir: Path | None) -> Prepared:
     """Parse TOML and substitute variables; optional providers with an unset variable are dropped.
 
-    A relative ``api_key_file``, ``url_file`` or ``database`` is taken relative to ``base_dir``
-    (the file's directory).
+    A relative ``api_key_file``, ``url_file``, ``database`` or ``directory`` is taken relative
+    to ``base_dir`` (the file's directory).
     """
     try:
         raw = tomllib.loads(text)
@@ -73,6 +73,8 @@ def prepare(text: str, *, source: str, env: Mapping[str, str], base_dir: Path | 
             data["state"] = _key_file_from(data["state"], base_dir, "url_file")
         if "tenants" in data:
             data["tenants"] = _key_file_from(data["tenants"], base_dir, "database")
+        if "batches" in data:
+            data["batches"] = _key_file_from(data["batches"], base_dir, "directory")
         if not isinstance(providers, list):
             if providers is not None:
                 data["providers"] = _substitute(providers, ("providers",), env)

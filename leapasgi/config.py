@@ -43,6 +43,7 @@ from .features import ALL_FEATURES
 from .health import DEFAULT_BASE_EJECTION, DEFAULT_FAILURE_THRESHOLD, DEFAULT_MAX_EJECTION
 from .hooks import load_hook
 from .native import WireProtocol
+from .params import ParamRules
 from .providers.base import DEFAULT_CONNECT_TIMEOUT, DEFAULT_TOTAL_TIMEOUT, Provider, Timeouts
 from .providers.compatible import OpenAICompatibleProvider
 from .providers.mock import MockProvider
@@ -79,6 +80,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "STRATEGIES",
     "AliasConfig",
+    "BatchesConfig",
     "CacheConfig",
     "ConnectionLimits",
     "GatewayConfig",
@@ -206,6 +208,9 @@ class ProviderConfig(_Config):
     tpm: int | None = Field(default=None, ge=1)
     model_limits: dict[str, RateLimitConfig] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
+    # Parameter rules after the preset's own (``[providers.params]``: one table for every
+    # model, or ``[[providers.params]]`` tables, each for every model or its ``models``).
+    params: list[ParamRules] = Field(default_factory=list)
     optional: bool = False
     reply: str | None = None
     chunks: int | None = Field(default=None, ge=1)
@@ -236,6 +241,11 @@ class ProviderConfig(_Config):
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _one_table_is_a_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, Mapping) else value
 
     @field_validator("headers")
     @classmethod
@@ -302,6 +312,7 @@ class ProviderConfig(_Config):
                 features=self.features,
                 timeouts=self._timeouts(),
                 clock=clock,
+                params=self.params,
             )
         preset = self._preset()
         try:
@@ -316,7 +327,7 @@ class ProviderConfig(_Config):
                 headers=self.headers,
                 max_connections=self.max_connections,
                 max_response_bytes=self.max_response_bytes,
-                legacy_max_tokens=preset.legacy_max_tokens if preset else False,
+                params=(*(preset.params if preset else ()), *self.params),
                 stream_usage=self.stream_usage,
                 protocols=self._protocols(),
                 key_header=preset.key_header if preset else "authorization",
@@ -808,6 +819,43 @@ class TenantsConfig(_Config):
     retention_days: int = Field(default=400, ge=1)
 
 
+class BatchesConfig(_Config):
+    """[batches]: OpenAI's Files and Batch APIs (``/v1/files``, ``/v1/batches``), each batch run
+    by the gateway itself through its routing, limits and budgets at the lowest priority in
+    every provider's line. Off by default: then no route exists and nothing is spent.
+
+    ``directory`` keeps the files and the batches' progress (a SQLite file beside them), so a
+    restarted gateway resumes; unset, they live in a temporary directory until the gateway
+    closes. With ``[state] backend = "redis"`` the records are kept in Redis and
+    ``directory`` (then required) holds the files' bytes: a mount every replica shares."""
+
+    enabled: bool = False
+    directory: Path | None = None
+    # Batch lines in flight at once, over every batch (each still waits its turn in a
+    # provider's line, behind interactive requests).
+    concurrency: int = Field(default=8, ge=1, le=10_000)
+    # Caps on an uploaded file: bytes, lines, and bytes of one line.
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    max_lines: int = Field(default=50_000, ge=1)
+    max_line_bytes: int = Field(default=1024 * 1024, ge=256)
+    # Batches of one tenant not yet finished, at most (more: 429).
+    max_active_per_tenant: int = Field(default=100, ge=1)
+    # Seconds a file lives unless its upload says otherwise (OpenAI's batch files: 30 days).
+    file_ttl: float = Field(default=30 * 86_400.0, ge=3600)
+    # Seconds between looks at completion windows and file expiry.
+    poll_interval: float = Field(default=1.0, gt=0, le=60)
+    # The longest wait before a line the providers could not take now is tried again.
+    retry_max_delay: float = Field(default=30.0, gt=0, le=600)
+    # Batches one gateway process runs at once; more wait for a runner with room (any
+    # replica's).
+    max_running: int = Field(default=64, ge=1, le=10_000)
+    # Hand a batch over to its provider's own batch API (OpenAI's), at that provider's batch
+    # price, when every line names one model whose first route is such a provider. Off by
+    # default: a batch handed over gets no failover, no per-line limits, and may take the
+    # provider's whole 24 h window.
+    native: bool = False
+
+
 class HookConfig(_Config):
     """[[hooks]]: a request hook by import path (``"package.module:factory"``), made at load
     by calling the factory with ``options``."""
@@ -852,6 +900,7 @@ class GatewayConfig(_Config):
     state: StateConfig = Field(default_factory=StateConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     tenants: TenantsConfig = Field(default_factory=TenantsConfig)
+    batches: BatchesConfig = Field(default_factory=BatchesConfig)
     oauth: OAuthConfig | None = None
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
     # Prices (USD per million tokens) by model, over the shipped table.
@@ -871,6 +920,12 @@ class GatewayConfig(_Config):
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> Self:
         self._skipped = dict((info.context or {}).get(SKIPPED_CONTEXT, {}))
+        if self.batches.enabled and self.state.backend == "redis" and not self.batches.directory:
+            raise ValueError(
+                "batches.directory: with [state] backend = 'redis' the batches' records are "
+                "shared through Redis and their files' bytes through this directory; set it "
+                "to a mount every replica shares"
+            )
         names = set(self._skipped)
         for provider in self.providers:
             if provider.name in names:

@@ -41,7 +41,7 @@ from .exceptions import (
 from .hedging import HedgeBudget, hedge_delay
 from .hooks import HookChain, HookContext
 from .limits import Acquired
-from .native import EventBatch, NativeReply, ProtocolRequest
+from .native import EventBatch, NativeCall, NativeReply, ProtocolRequest, WireProtocol
 from .outcome import Outcome
 from .providers.base import NativeProvider
 from .registry import Lease, ProviderEntry, ProviderStatus, Registry
@@ -79,11 +79,42 @@ class _Slot(Enum):
     FULL = "full"  # skipped: another provider may serve
 
 
-def for_route(route: Route, request: ChatCompletionRequest) -> ChatCompletionRequest:
-    """``request`` with the model name the route's provider knows it by."""
+def for_route(
+    route: Route, request: ChatCompletionRequest, trail: RoutingTrail | None = None
+) -> ChatCompletionRequest:
+    """``request`` as the route's provider takes it: the model name it knows it by, and its
+    parameter rules applied (what they changed is noted in ``trail``, once per provider)."""
+    params = route.params
+    if params is not None:
+        adapted, changed = params.adapt(request, model=route.model)
+        if changed:
+            if trail is not None:
+                note = f"{route.provider}: {changed}"
+                if note not in trail.notes:
+                    trail.notes.append(note)
+            return adapted
     if request.model == route.model:
         return request
     return request.model_copy(update={"model": route.model})
+
+
+def native_for_route(
+    route: Route, call: NativeCall, trail: RoutingTrail | None = None
+) -> NativeCall:
+    """``call`` as the route's provider takes it natively: its model name, and for a
+    Responses body the sampling parameters its rules drop (noted like ``for_route``'s)."""
+    call = call.for_model(route.model)
+    params = route.params
+    if params is None or call.protocol is not WireProtocol.RESPONSES:
+        return call
+    body, changed = params.adapt_responses(call.body)
+    if not changed:
+        return call
+    if trail is not None:
+        note = f"{route.provider}: {changed}"
+        if note not in trail.notes:
+            trail.notes.append(note)
+    return NativeCall(call.protocol, body, call.headers, call.stream, call.endpoint)
 
 
 class Admit(Protocol):
@@ -258,7 +289,7 @@ class Dispatcher:
         self,
         hooks: HookChain,
         request: _R,
-        routes_of: Callable[[_R], list[Route]],
+        routes_of: Callable[[_R, RoutingTrail], list[Route]],
         outcome: Outcome,
         prefer: str | None,
         attempt: _Attempt[_R, _T],
@@ -307,20 +338,20 @@ class Dispatcher:
             await hooks.error(context, error)
             raise
 
-    def _protocol_routes(self, request: ProtocolRequest) -> list[Route]:
+    def _protocol_routes(self, request: ProtocolRequest, trail: RoutingTrail) -> list[Route]:
         protocol = request.native.protocol
         if not request.translatable:
             return self._routes.native_routes(request.model, protocol)
         native = self._routes.all_native(request.model, protocol)
         if native is not None:
             return native  # passes through everywhere: no chat form needed to route it
-        return self._routes.routes(request.chat())
+        return self._routes.routes(request.chat(), trail)
 
     async def _run(
         self,
         request: _R,
         model: str,
-        routes_of: Callable[[_R], list[Route]],
+        routes_of: Callable[[_R, RoutingTrail], list[Route]],
         outcome: Outcome,
         prefer: str | None,
         attempt: _Attempt[_R, _T],
@@ -338,7 +369,7 @@ class Dispatcher:
                 await self.admit(
                     tenant, request, model, outcome, within=self._routing.request_timeout
                 )
-            routes = routes_of(request)
+            routes = routes_of(request, outcome.trail)
             if prefer is None and self._routes.sticky_anywhere and self._routes.is_sticky(model):
                 session = outcome.session or request_session(request)
                 if session is not None:
@@ -548,7 +579,7 @@ class Dispatcher:
         started: float,
     ) -> ChatCompletion:
         deadline = attempts.deadline
-        call = entry.provider.chat(for_route(route, request), deadline=deadline)
+        call = entry.provider.chat(for_route(route, request, attempts.trail), deadline=deadline)
         if entry.capabilities.honors_deadline:
             completion = await call  # it stops at the deadline by itself
         else:
@@ -575,7 +606,9 @@ class Dispatcher:
         lease: Lease,
         started: float,
     ) -> UpstreamStream[ChunkBatch]:
-        batches = entry.provider.stream(for_route(route, request), deadline=attempts.deadline)
+        batches = entry.provider.stream(
+            for_route(route, request, attempts.trail), deadline=attempts.deadline
+        )
         return await self._commit(entry, route, batches, attempts, lease, started)
 
     async def _exchange(
@@ -591,7 +624,9 @@ class Dispatcher:
         answer: NativeReply | ChatCompletion
         native = _speaker(entry, request)
         if native is not None:
-            reply = native.send(request.native.for_model(route.model), deadline=deadline)
+            reply = native.send(
+                native_for_route(route, request.native, attempts.trail), deadline=deadline
+            )
             answer = await (
                 reply
                 if entry.capabilities.honors_deadline
@@ -621,10 +656,14 @@ class Dispatcher:
         native = _speaker(entry, request)
         batches: AsyncGenerator[Batch, None]
         if native is not None:
-            batches = native.open(request.native.for_model(route.model), deadline=deadline)
+            batches = native.open(
+                native_for_route(route, request.native, attempts.trail), deadline=deadline
+            )
         else:
             chat = _chat_form(request, attempts.trail, route)
-            batches = entry.provider.stream(for_route(route, chat), deadline=deadline)
+            batches = entry.provider.stream(
+                for_route(route, chat, attempts.trail), deadline=deadline
+            )
             # Translated, the protocol's preamble goes out with the first chunk: a chunk
             # carrying only the role is held back with it, so what fails before content
             # still fails over.
@@ -884,8 +923,9 @@ def _chat_form(
     """The chat form of a request the provider does not speak; what it dropped goes in the
     trail, once."""
     chat = request.chat()
-    if request.notes and not trail.notes:
-        trail.notes.extend(request.notes)
+    notes = request.notes
+    if notes and notes[0] not in trail.notes:
+        trail.notes.extend(notes)
     trail.translated.add(route.provider)
     return chat
 

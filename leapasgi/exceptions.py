@@ -13,7 +13,9 @@ request ends with is a copy made by ``for_request``, carrying its routing trail.
     │   ├── RequestTooLargeError         413
     │   ├── UnprocessableEntityError     422
     │   ├── MisdirectedRequestError      421 the Host is not one the gateway answers to
-    │   └── UnsupportedFeatureError      400 no provider of the model has a feature it needs
+    │   ├── UnsupportedFeatureError      400 no provider of the model has a feature it needs
+    │   └── UnsupportedParameterError    400 no provider of the model can take a parameter as
+    │                                        sent (n, logprobs, a response format); names it
     ├── AuthenticationError              401 the API key was refused
     ├── PermissionDeniedError            403
     ├── NotFoundError                    404
@@ -82,6 +84,7 @@ __all__ = [
     "StreamInterruptedError",
     "UnprocessableEntityError",
     "UnsupportedFeatureError",
+    "UnsupportedParameterError",
     "UpstreamConnectionError",
     "UpstreamStreamError",
     "UpstreamTimeoutError",
@@ -231,6 +234,14 @@ class UnsupportedFeatureError(InvalidRequestError):
     vision, streaming...); ``param`` is "model"."""
 
     default_code = "unsupported_feature"
+
+
+class UnsupportedParameterError(InvalidRequestError):
+    """Raised when no provider serving the model can take one of the request's parameters as
+    sent (``n`` above what it makes, ``logprobs``, a ``response_format`` it ignores), before
+    any upstream call; ``param`` names it, the message says which providers and why."""
+
+    default_code = "unsupported_parameter"
 
 
 class AuthenticationError(LeapError):

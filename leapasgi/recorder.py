@@ -22,6 +22,8 @@ __all__ = ["MAX_LABEL", "OutcomeRecorder"]
 _NO_PROVIDER = "none"
 # The longest model name used as a metric label.
 MAX_LABEL = 128
+# The most characters of notes an access line carries (a translation's can run long).
+MAX_NOTES = 600
 
 
 class OutcomeRecorder:
@@ -116,7 +118,7 @@ class OutcomeRecorder:
             self._log_fields(outcome, provider, latency)
             return
         # chat model=m provider=u2 status=200 [error=] [tenant=] [cost=] [cache=] [hook=] attempts=2
-        # ms=12.3 [queued_ms=] id=... [trail="u1:503 -> u2:ok"]
+        # ms=12.3 [queued_ms=] id=... [trail="u1:503 -> u2:ok"] [notes="u1: dropped seed"]
         kind = f" error={type(error).__name__}" if error is not None else ""
         if accountant is not None and outcome.tenant is not None:
             kind += f" tenant={printable(outcome.tenant.id)}"
@@ -130,6 +132,8 @@ class OutcomeRecorder:
         tail += f" id={outcome.request_id}"
         if trail.attempts:
             tail += f' trail="{trail.short()}"'
+        if trail.notes:
+            tail += f' notes="{_notes(trail.notes)}"'
         self._log.info(
             "%s model=%s provider=%s status=%d%s attempts=%d ms=%.1f%s",
             outcome.operation,
@@ -169,6 +173,8 @@ class OutcomeRecorder:
             fields["cache"] = outcome.cache
         if trail.hedged is not None:
             fields["hedged_to"] = trail.hedged
+        if trail.notes:
+            fields["notes"] = [printable(note) for note in trail.notes]
         if outcome.answered_by is not None:
             fields["answered_by"] = printable(outcome.answered_by)
         if outcome.tenant is not None and self.accountant is not None:
@@ -183,3 +189,8 @@ class OutcomeRecorder:
     def flush(self) -> None:
         """Write the access lines still waiting (at shutdown)."""
         self._log.flush()
+
+
+def _notes(notes: list[str]) -> str:
+    """What the gateway changed or skipped (parameter rules, translation), one quoted field."""
+    return printable("; ".join(notes), MAX_NOTES).replace('"', "'")

@@ -1,4 +1,5 @@
-"""Which providers can serve a request: aliases, ``provider/model`` names, model lists, features.
+"""Which providers can serve a request: aliases, ``provider/model`` names, model lists,
+features, and the parameter rules of each provider's model (``leapasgi.params``).
 
 Pure lookups over the registry; the manager orders the result and tries it.
 """
@@ -6,12 +7,14 @@ Pure lookups over the registry; the manager orders the result and tries it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .exceptions import ModelNotFoundError, UnsupportedFeatureError
+from .exceptions import ModelNotFoundError, UnsupportedFeatureError, UnsupportedParameterError
 from .features import required_features
 from .native import WireProtocol
-from .registry import Registry
+from .params import ModelParams, Refusal
+from .registry import ProviderEntry, Registry
+from .trail import RoutingTrail
 from .types import ChatCompletionRequest
 
 __all__ = ["Route", "RouteTable"]
@@ -22,10 +25,12 @@ _MAX_CACHED_MODELS = 4096
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One provider and the model name to send it."""
+    """One provider and the model name to send it, with that model's parameter rules (None:
+    none), merged when the route was resolved."""
 
     provider: str
     model: str
+    params: ModelParams | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +85,12 @@ class RouteTable:
             return False
         return model in self._hedged or "*" in self._hedged
 
-    def routes(self, request: ChatCompletionRequest) -> list[Route]:
+    def routes(
+        self, request: ChatCompletionRequest, trail: RoutingTrail | None = None
+    ) -> list[Route]:
         """Routes for ``request``, in preference order; 404 for an unknown model, 400 when no
-        provider serving it has the features the request needs."""
+        provider serving it has the features the request needs, or can take its parameters
+        as sent. Providers skipped for a parameter are noted in ``trail``."""
         model = request.model
         routes = self._resolved(model)
         if not routes:
@@ -90,16 +98,18 @@ class RouteTable:
                 f"The model `{model}` does not exist or no configured provider serves it"
             )
         needed = required_features(request)
-        if not needed:
-            return routes
-        capable = [r for r in routes if self._supports(r.provider, needed)]
-        if not capable:
-            missing = ", ".join(sorted(needed))
-            raise UnsupportedFeatureError(
-                f"No provider serving `{model}` supports what this request needs ({missing})",
-                param="model",
-            )
-        return capable
+        if needed:
+            routes = [r for r in routes if self._supports(r.provider, needed)]
+            if not routes:
+                missing = ", ".join(sorted(needed))
+                raise UnsupportedFeatureError(
+                    f"No provider serving `{model}` supports what this request needs ({missing})",
+                    param="model",
+                )
+        for route in routes:
+            if route.params is not None:
+                return _servable(routes, request, trail)
+        return routes
 
     def native_routes(self, model: str, protocol: WireProtocol) -> list[Route]:
         """Routes for ``model`` to the providers that speak ``protocol`` natively (embeddings:
@@ -172,8 +182,8 @@ class RouteTable:
         registry = self._registry
         prefix, slash, rest = target.partition("/")
         if slash and rest and prefix in registry:
-            return [Route(prefix, rest)]
-        return [Route(entry.name, target) for entry in registry if target in entry.models]
+            return [_route(registry.get(prefix), rest)]
+        return [_route(entry, target) for entry in registry if target in entry.models]
 
     def _supports(self, name: str, needed: frozenset[str]) -> bool:
         capabilities = self._registry.get(name).capabilities
@@ -193,3 +203,38 @@ class RouteTable:
                 ]
             served[name] = providers
         return served
+
+
+def _route(entry: ProviderEntry, model: str) -> Route:
+    policy = entry.capabilities.params
+    return Route(entry.name, model, None if policy is None else policy.for_model(model))
+
+
+def _servable(
+    routes: list[Route], request: ChatCompletionRequest, trail: RoutingTrail | None
+) -> list[Route]:
+    """The routes whose model can take ``request``'s parameters as sent; the others are
+    noted in the trail; a 400 naming the parameter when none can."""
+    kept: list[Route] = []
+    refused: list[tuple[Route, Refusal]] = []
+    for route in routes:
+        params = route.params
+        refusal = None if params is None else params.refusal(request)
+        if refusal is None:
+            kept.append(route)
+        else:
+            refused.append((route, refusal))
+    if not kept:
+        first = refused[0][1]
+        why = "; ".join(f"{route.provider} {refusal.reason}" for route, refusal in refused)
+        same = all(refusal.param == first.param for _, refusal in refused)
+        what = f"this request's `{first.param}`" if same else "this request"
+        raise UnsupportedParameterError(
+            f"No provider serving `{request.model}` can take {what} as sent: {why}",
+            param=first.param,
+            code=first.code,
+        )
+    if trail is not None:
+        for route, refusal in refused:
+            trail.notes.append(f"{route.provider}: skipped, it {refusal.reason}")
+    return kept

@@ -411,3 +411,101 @@ def test_a_key_in_the_url_user_info_stays_out_of_reprs() -> None:
     config = ProviderConfig(name="p", base_url=f"http://user:{SECRET}@h/v1")
     assert SECRET not in repr(config)
     assert "h/v1" in repr(config)
+
+
+def test_batches_with_the_redis_backend_need_a_shared_directory() -> None:
+    text = """
+[state]
+backend = "redis"
+url = "redis://127.0.0.1:6379/0"
+
+[batches]
+enabled = true
+"""
+    with pytest.raises(ConfigurationError, match=r"batches\.directory: .*every replica shares"):
+        parse_config(text)
+    shared = parse_config(text + 'directory = "/mnt/shared/batches"\n')
+    assert shared.batches.directory is not None
+    # Without batches, or on the memory backend, nothing is asked for.
+    assert parse_config(text.replace("enabled = true", "enabled = false")).batches.directory is None
+    assert parse_config("[batches]\nenabled = true\n").batches.directory is None
+
+
+PARAMS_TOML = """
+[[providers]]
+name = "local"
+preset = "ollama"
+
+[providers.params]
+drop = ["seed"]
+rename = { max_tokens = "max_completion_tokens" }
+defaults = { keep_alive = "5m" }
+max = { n = 1 }
+unsupported = ["logprobs", "response_format:json_schema"]
+"""
+
+
+def test_provider_params_as_one_table_come_after_the_presets() -> None:
+    config = parse_config(PARAMS_TOML, env={})
+    [rules] = config.providers[0].params
+    assert rules.drop == ("seed",)
+    assert rules.defaults == {"keep_alive": "5m"}
+    provider = config.providers[0].build(env={})
+    assert isinstance(provider, OpenAICompatibleProvider)
+    policy = provider.capabilities.params
+    assert policy is not None
+    assert policy.rules[-1] == rules
+    params = policy.for_model("llama3.2")
+    assert params is not None
+    described = params.describe()
+    # Ollama's own rename, then the provider's rules.
+    assert "rename max_completion_tokens -> max_tokens" in described
+    assert "rename max_tokens -> max_completion_tokens" in described
+    assert {"drop seed", "n at most 1", "default keep_alive", "refuse logprobs"} <= set(described)
+    assert "refuse response_format:json_schema" in described
+
+
+def test_provider_params_as_tables_per_model_pattern() -> None:
+    text = """
+[[providers]]
+name = "openai"
+preset = "openai"
+api_key = "sk-x"
+
+[[providers.params]]
+models = ["o9*"]
+allow = ["temperature"]
+
+[[providers.params]]
+drop = ["user"]
+"""
+    provider = parse_config(text, env={}).providers[0].build(env={})
+    policy = provider.capabilities.params
+    assert policy is not None
+    o9 = policy.for_model("o9-mini")
+    assert o9 is not None
+    assert "drop user" in o9.describe()
+    o3 = policy.for_model("o3")
+    assert o3 is not None
+    assert "drop temperature" in o3.describe()
+
+
+def test_a_mock_provider_takes_params_too() -> None:
+    text = '[[providers]]\nname = "m"\ntype = "mock"\n[providers.params]\nmax = { n = 1 }\n'
+    provider = parse_config(text, env={}).providers[0].build()
+    assert provider.capabilities.params is not None
+
+
+@pytest.mark.parametrize(
+    ("table", "expected"),
+    [
+        ('dorp = ["seed"]', "providers[0].params[0].dorp: Extra inputs are not permitted"),
+        ('drop = ["n"]', "providers[0].params[0]: drop: dropping 'n' would change what the client"),
+        ("clamp = { n = 1 }", "providers[0].params[0]: clamp: 'n' cannot be lowered"),
+        ('unsupported = ["response_format:xml"]', "the kinds of response_format are"),
+        ('max = { n = "one" }', "providers[0].params[0].max.n: Input should be a valid number"),
+    ],
+)
+def test_params_mistakes_name_their_key_path(tmp_path: Path, table: str, expected: str) -> None:
+    text = f'[[providers]]\nname = "m"\ntype = "mock"\n[providers.params]\n{table}\n'
+    assert expected in config_error(write(tmp_path, text))

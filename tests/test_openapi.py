@@ -19,6 +19,7 @@ from leapasgi import Gateway
 from leapasgi.asgi import openapi
 from leapasgi.asgi.admin_tenants import create_key, update_key, usage_query
 from leapasgi.config import (
+    BatchesConfig,
     GatewayConfig,
     HealthConfig,
     OAuthConfig,
@@ -764,3 +765,52 @@ def _objects(value: Any) -> Iterator[dict[str, Any]]:
     elif isinstance(value, list):
         for item in value:
             yield from _objects(item)
+
+
+BATCH_OPERATIONS = {
+    ("/v1/files", "post"),
+    ("/v1/files", "get"),
+    ("/v1/files/{file_id}", "get"),
+    ("/v1/files/{file_id}", "delete"),
+    ("/v1/files/{file_id}/content", "get"),
+    ("/v1/batches", "post"),
+    ("/v1/batches", "get"),
+    ("/v1/batches/{batch_id}", "get"),
+    ("/v1/batches/{batch_id}/cancel", "post"),
+}
+
+
+async def test_with_batches_on_the_files_and_batch_operations_are_listed() -> None:
+    config = GatewayConfig(
+        providers=[ProviderConfig(name="mock", type="mock")],
+        health=HealthConfig(interval=0),
+        batches=BatchesConfig(enabled=True),
+    )
+    async with Gateway(config=config) as gw:
+        transport = httpx.ASGITransport(app=gw.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            document = await document_of(c)
+            created = await c.post(
+                "/v1/files",
+                files={
+                    "file": (
+                        "a.jsonl",
+                        b'{"custom_id":"a","method":"POST",'
+                        b'"url":"/v1/embeddings","body":{"model":"mock-embed","input":"x"}}',
+                    )
+                },
+                data={"purpose": "batch"},
+            )
+            listed = await c.get("/v1/files")
+    jsonschema.Draft202012Validator(OPENAPI_31).validate(document)
+    found = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert found == OPERATIONS | BATCH_OPERATIONS
+    paths = document["paths"]
+    answer = paths["/v1/files"]["post"]["responses"]["200"]["content"]["application/json"]
+    jsonschema.Draft202012Validator(answer["schema"]).validate(created.json())
+    page = paths["/v1/files"]["get"]["responses"]["200"]["content"]["application/json"]
+    jsonschema.Draft202012Validator(page["schema"]).validate(listed.json())
+    create = paths["/v1/batches"]["post"]["requestBody"]["content"]["application/json"]
+    jsonschema.Draft202012Validator(create["schema"]).validate(
+        {"input_file_id": "file-1", "endpoint": "/v1/embeddings", "completion_window": "24h"}
+    )

@@ -18,6 +18,7 @@ from .._logging import printable
 from ..exceptions import InvalidRequestError, LeapError, NotFoundError
 from ..tenants.identity import WELL_KNOWN
 from .admin_tenants import tenant_routes
+from .batches import batch_routes
 from .chat import ChatEndpoint
 from .dashboard import dashboard_routes
 from .embeddings import EmbeddingsEndpoint
@@ -112,6 +113,8 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
     if gateway.config.server.mcp:
         mcp.append(Route(MCP_PATH, _mcp_endpoint(gateway)))
     dashboard = dashboard_routes(gateway) if gateway.config.server.dashboard else []
+    # The Files and Batch APIs exist only with [batches] enabled: off, they cost nothing.
+    batches = batch_routes(gateway) if gateway.config.batches.enabled else []
     starlette = Starlette(
         routes=[
             *(Route(path, endpoint, methods=["POST"]) for path, endpoint in posts.items()),
@@ -123,6 +126,7 @@ def build_app(gateway: GatewayCore) -> GatewayApp:
             Route("/v1/providers/health", routes.run_health_checks, methods=["POST"]),
             Route("/v1/providers/{name}/status", routes.set_status, methods=["PUT"]),
             *tenant_routes(gateway),
+            *batches,
             Route("/v1/cache", routes.clear_cache, methods=["DELETE"]),
             Route("/v1/cache/{key}", routes.forget_cached, methods=["DELETE"]),
             Route(WELL_KNOWN, routes.resource_metadata, methods=["GET"]),

@@ -17,6 +17,7 @@ from .. import __version__
 from ..prometheus import CONTENT_TYPE
 from ..tenants.identity import WELL_KNOWN
 from ..tenants.usage import GROUP_FIELDS
+from ._openapi_batches import batch_paths
 from ._openapi_operations import (
     ANSWER_HEADERS,
     ANTHROPIC_ERROR,
@@ -88,11 +89,13 @@ def openapi_document(
     admin: bool,
     cache: bool = False,
     oauth: bool = False,
+    batches: bool = False,
     server_url: str = "/",
 ) -> dict[str, Any]:
     """The OpenAPI 3.1 document; ``api_auth``/``admin`` say whether keys are asked for,
     ``cache`` whether the response cache (and its admin routes) is on, ``oauth`` whether
-    ``[oauth]`` is (and the protected resource's metadata served)."""
+    ``[oauth]`` is (and the protected resource's metadata served), ``batches`` whether the
+    Files and Batch APIs are."""
     # Without configured keys a route lets everyone in: the empty requirement says so.
     anyone: list[dict[str, list[str]]] = [] if api_auth else [{}]
     api: list[dict[str, list[str]]] = [{"apiKey": []}, *anyone]
@@ -330,6 +333,8 @@ def openapi_document(
         paths.update(_cache_paths(admin_only, not_served))
     if oauth:
         paths.update(_oauth_paths())
+    if batches:
+        paths.update(batch_paths(api))
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -538,6 +543,7 @@ class OpenAPIEndpoint:
                 admin=gateway.access.has_admin,
                 cache=gateway.cache is not None,
                 oauth=gateway.config.oauth is not None,
+                batches=gateway.config.batches.enabled,
                 server_url=root or "/",
             )
             body = self._rendered[root] = json.dumps(document, separators=(",", ":")).encode()

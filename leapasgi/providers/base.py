@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 from ..deadline import Deadline
 from ..features import ALL_FEATURES, Feature
 from ..native import EventBatch, NativeCall, NativeReply, WireProtocol
+from ..params import ParamPolicy
 from ..streaming import ChunkBatch
 from ..types import ChatCompletion, ChatCompletionRequest, Model
 
@@ -60,6 +61,8 @@ class Capabilities:
     ``protocols``: the APIs it speaks natively; a provider naming any but chat completions is
     a ``NativeProvider`` too. ``honors_deadline``: its calls stop at the
     deadline they are given by themselves, so the dispatcher sets no timer of its own.
+    ``params``: the parameter rules of its models (``leapasgi.params``): routing skips it for
+    requests it cannot serve as asked, and the dispatcher adapts what it sends; None: none.
     """
 
     features: frozenset[str] = ALL_FEATURES
@@ -67,6 +70,7 @@ class Capabilities:
         default_factory=lambda: frozenset({WireProtocol.CHAT_COMPLETIONS})
     )
     honors_deadline: bool = False
+    params: ParamPolicy | None = None
 
     def supports(self, feature: Feature | str) -> bool:
         """True when requests that need ``feature`` can be sent here."""

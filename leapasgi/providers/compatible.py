@@ -30,6 +30,7 @@ from ..exceptions import (
     StreamInterruptedError,
 )
 from ..native import EventBatch, NativeCall, NativeReply, WireProtocol
+from ..params import ParamPolicy
 from ..redact import Redactor, credential_name, public_url
 from ..sse import EventTooLarge, SSEDecoder
 from ..streaming import (
@@ -106,8 +107,12 @@ class OpenAICompatibleProvider:
         self._chat_url = self._url(base, "/chat/completions")
         self._models_url = self._url(base, "/models")
         key = settings.api_key.get_secret_value() if settings.api_key else None
+        self._params = ParamPolicy(settings.params) if settings.params else None
         self._capabilities = Capabilities(
-            features=settings.features, protocols=settings.protocols, honors_deadline=True
+            features=settings.features,
+            protocols=settings.protocols,
+            honors_deadline=True,
+            params=self._params,
         )
         self._native_urls = {
             WireProtocol.RESPONSES: self._url(base, "/responses"),
@@ -546,7 +551,11 @@ class OpenAICompatibleProvider:
         exclude: set[str] = set()
         if stream:
             updates["stream"] = True
-            if not request.include_usage and self.settings.stream_usage:
+            params = self._params.for_model(request.model) if self._params else None
+            if params is not None and params.omits("stream_options"):
+                # Refused upstream: neither the client's nor the gateway's is sent.
+                exclude.add("stream_options")
+            elif not request.include_usage and self.settings.stream_usage:
                 # Asked for the gateway's accounting; the client's stream goes without it.
                 options = request.stream_options
                 updates["stream_options"] = (
@@ -558,9 +567,6 @@ class OpenAICompatibleProvider:
             exclude.add("stream_options")
             if request.stream:
                 updates["stream"] = False
-        if self.settings.legacy_max_tokens and request.max_completion_tokens is not None:
-            updates["max_tokens"] = request.max_completion_tokens
-            exclude.add("max_completion_tokens")
         if updates:
             request = request.model_copy(update=updates)
         return request.model_dump_json(

@@ -28,6 +28,7 @@ from ..exceptions import (
 )
 from ..features import ALL_FEATURES, Feature, required_features
 from ..native import EventBatch, NativeCall, NativeReply, WireProtocol
+from ..params import ParamPolicy, ParamRules
 from ..streaming import ChunkBatch
 from ..types import (
     ChatCompletion,
@@ -122,6 +123,7 @@ class MockProvider:
         faults: Iterable[Fault | None] | None = None,
         timeouts: Timeouts | None = None,
         clock: Clock | None = None,
+        params: Iterable[ParamRules] | None = None,
     ) -> None:
         if chunks is not None and chunks < 1:
             raise ValueError("chunks must be at least 1")
@@ -131,7 +133,10 @@ class MockProvider:
         self.chunks = chunks
         self.chunk_delay = chunk_delay
         self.features: frozenset[str] = ALL_FEATURES if features is None else frozenset(features)
-        self._capabilities = Capabilities(features=self.features, protocols=_PROTOCOLS)
+        # Parameter rules, as an upstream's preset declares them (the dispatcher applies them).
+        rules = tuple(params or ())
+        self._params = ParamPolicy(rules) if rules else None
+        self._capabilities = self._declared()
         self.timeouts = timeouts or Timeouts()
         self.clock: Clock = clock or SystemClock()
         self.requests: list[ChatCompletionRequest] = []
@@ -153,8 +158,11 @@ class MockProvider:
     def capabilities(self) -> Capabilities:
         """The configured features. Its own timeouts, not the deadline, stop its calls."""
         if self._capabilities.features != self.features:
-            self._capabilities = Capabilities(features=self.features, protocols=_PROTOCOLS)
+            self._capabilities = self._declared()
         return self._capabilities
+
+    def _declared(self) -> Capabilities:
+        return Capabilities(features=self.features, protocols=_PROTOCOLS, params=self._params)
 
     def secrets(self) -> Iterator[str]:
         """None: the mock holds no key."""

@@ -1,4 +1,6 @@
-"""Known services: base URL, key variable, timeout, features and the APIs each serves natively."""
+"""Known services: base URL, key variable, timeout, features, the APIs each serves natively,
+and the parameter rules of its chat completions (``leapasgi.params``), from each service's
+documentation and the errors it is known to return."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from dataclasses import dataclass
 from ..exceptions import ConfigurationError
 from ..features import ALL_FEATURES, Feature
 from ..native import WireProtocol
+from ..params import ParamRules
 
 __all__ = ["PRESETS", "Preset", "get_preset"]
 
@@ -28,12 +31,81 @@ class Preset:
     timeout: float
     features: frozenset[str]
     key_required: bool = True
-    # The service reads only the deprecated ``max_tokens``; ``max_completion_tokens`` is mapped.
-    legacy_max_tokens: bool = False
     # The APIs it serves natively; a client speaking one of these passes straight through.
     protocols: frozenset[WireProtocol] = CHAT_ONLY
     # Its native Messages API takes the key as ``x-api-key`` only (Anthropic's own).
     key_header: str = "authorization"
+    # What its chat completions cannot take, and what is done about it.
+    params: tuple[ParamRules, ...] = ()
+
+
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...): 400 ``unsupported_parameter`` for
+# max_tokens ("Use 'max_completion_tokens' instead") and logprobs, 400 ``unsupported_value``
+# for a temperature other than 1 ("Only the default (1) value is supported"), the same for
+# top_p and the penalties; o3, o4-mini and gpt-5 reject stop too.
+_OPENAI = (
+    ParamRules(
+        models=("o1*", "o3*", "o4*", "gpt-5*"),
+        rename={"max_tokens": "max_completion_tokens"},
+        drop=("temperature", "top_p", "presence_penalty", "frequency_penalty"),
+        unsupported=("logprobs", "top_logprobs", "logit_bias"),
+    ),
+    ParamRules(models=("o3*", "o4*", "gpt-5*"), unsupported=("stop",)),
+)
+# Anthropic's OpenAI SDK compatibility layer: n must be 1; logprobs, response_format and
+# logit_bias are ignored (so a request that needs them must go elsewhere); seed and the
+# penalties are ignored; temperature above 1 is capped at 1.
+_ANTHROPIC = (
+    ParamRules(
+        max={"n": 1},
+        clamp={"temperature": 1},
+        drop=("seed", "presence_penalty", "frequency_penalty"),
+        unsupported=(
+            "logprobs",
+            "top_logprobs",
+            "logit_bias",
+            "response_format:json_object",
+            "response_format:json_schema",
+        ),
+    ),
+)
+# Groq: a 400 for logprobs, logit_bias and top_logprobs, and for n other than 1.
+_GROQ = (ParamRules(max={"n": 1}, unsupported=("logprobs", "top_logprobs", "logit_bias")),)
+# Ollama's /v1: reads max_tokens only (max_completion_tokens is ignored); ignores n,
+# tool_choice, logit_bias and parallel_tool_calls, so a request that needs them goes elsewhere.
+_OLLAMA = (
+    ParamRules(
+        rename={"max_completion_tokens": "max_tokens"},
+        max={"n": 1},
+        unsupported=(
+            "logit_bias",
+            "parallel_tool_calls",
+            "tool_choice:required",
+            "tool_choice:function",
+            "tool_choice:allowed_tools",
+            "tool_choice:custom",
+        ),
+    ),
+)
+# Mistral refuses fields it does not know (422 extra_forbidden): seed is random_seed there,
+# stream_options is refused (usage comes at a stream's end anyway), max_tokens is its limit.
+_MISTRAL = (
+    ParamRules(
+        rename={"seed": "random_seed", "max_completion_tokens": "max_tokens"},
+        drop=("stream_options", "user", "metadata"),
+        unsupported=("logprobs", "top_logprobs", "logit_bias"),
+    ),
+)
+# DeepSeek: max_tokens is its limit; deepseek-reasoner ignores the sampling parameters and
+# answers logprobs and top_logprobs with an error.
+_DEEPSEEK = (
+    ParamRules(rename={"max_completion_tokens": "max_tokens"}),
+    ParamRules(
+        models=("deepseek-reasoner*",),
+        drop=("temperature", "top_p", "presence_penalty", "frequency_penalty"),
+        unsupported=("logprobs", "top_logprobs"),
+    ),
+)
 
 
 PRESETS: dict[str, Preset] = {
@@ -46,6 +118,7 @@ PRESETS: dict[str, Preset] = {
             30.0,
             ALL_FEATURES,
             protocols=frozenset({_CHAT, _RESPONSES, _EMBEDDINGS}),
+            params=_OPENAI,
         ),
         # Anthropic's own Messages API, and its OpenAI-compatible chat completions beside it.
         Preset(
@@ -56,6 +129,7 @@ PRESETS: dict[str, Preset] = {
             ALL_FEATURES,
             protocols=frozenset({_CHAT, _MESSAGES}),
             key_header="x-api-key",
+            params=_ANTHROPIC,
         ),
         # Google's OpenAI-compatible endpoint for Gemini (chat and embeddings).
         Preset(
@@ -66,7 +140,14 @@ PRESETS: dict[str, Preset] = {
             ALL_FEATURES,
             protocols=frozenset({_CHAT, _EMBEDDINGS}),
         ),
-        Preset("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY", 30.0, _NO_VISION),
+        Preset(
+            "groq",
+            "https://api.groq.com/openai/v1",
+            "GROQ_API_KEY",
+            30.0,
+            _NO_VISION,
+            params=_GROQ,
+        ),
         Preset(
             "together",
             "https://api.together.ai/v1",
@@ -82,8 +163,8 @@ PRESETS: dict[str, Preset] = {
             120.0,
             ALL_FEATURES,
             key_required=False,
-            legacy_max_tokens=True,
             protocols=frozenset({_CHAT, _MESSAGES, _EMBEDDINGS}),
+            params=_OLLAMA,
         ),
         Preset(
             "mistral",
@@ -92,8 +173,16 @@ PRESETS: dict[str, Preset] = {
             60.0,
             ALL_FEATURES,
             protocols=frozenset({_CHAT, _EMBEDDINGS}),
+            params=_MISTRAL,
         ),
-        Preset("deepseek", "https://api.deepseek.com/v1", "DEEPSEEK_API_KEY", 60.0, _NO_VISION),
+        Preset(
+            "deepseek",
+            "https://api.deepseek.com/v1",
+            "DEEPSEEK_API_KEY",
+            60.0,
+            _NO_VISION,
+            params=_DEEPSEEK,
+        ),
         Preset(
             "openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY", 60.0, ALL_FEATURES
         ),

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from ..exceptions import ConfigurationError
 from ..features import Feature
 from ..native import WireProtocol
+from ..params import ParamRules
 from ..redact import public_url
 from .base import Timeouts
 from .presets import CHAT_ONLY, get_preset
@@ -56,7 +57,8 @@ class ProviderSettings(BaseModel):
     headers: Mapping[str, str] = Field(default_factory=dict)
     max_connections: int = Field(default=DEFAULT_MAX_CONNECTIONS, ge=1)
     max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
-    legacy_max_tokens: bool = False
+    # Parameter rules, in order (a preset's first, then the provider's own; later ones win).
+    params: tuple[ParamRules, ...] = ()
     # Ask for usage on every stream (stream_options.include_usage), for accounting; off for
     # an upstream that refuses stream_options.
     stream_usage: bool = True
@@ -104,9 +106,11 @@ class ProviderSettings(BaseModel):
         timeouts: Timeouts | None = None,
         features: Iterable[str] | None = None,
         protocols: Iterable[str] | None = None,
+        params: Iterable[ParamRules] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> ProviderSettings:
-        """Settings for a known service; a missing key is read from its environment variable."""
+        """Settings for a known service; a missing key is read from its environment variable;
+        ``params`` are rules applied after the preset's own."""
         known = get_preset(preset)
         environ = os.environ if env is None else env
         if api_key is None and known.api_key_env:
@@ -124,7 +128,7 @@ class ProviderSettings(BaseModel):
             "timeouts": timeouts or Timeouts.uniform(known.timeout),
             "features": frozenset(features) if features is not None else known.features,
             "models": tuple(models or ()),
-            "legacy_max_tokens": known.legacy_max_tokens,
+            "params": (*known.params, *(params or ())),
             "protocols": _protocols(protocols) if protocols is not None else known.protocols,
             "key_header": known.key_header,
         }

@@ -77,6 +77,7 @@ class RedisState:
         self._sync_interval = sync_interval
         self._recover_interval = recover_interval
         self.origin = os.urandom(8).hex()
+        self._url = url
         try:
             client = RedisClient(url, connect_timeout=op_timeout)
         except ValueError:
@@ -119,6 +120,12 @@ class RedisState:
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    def connect(self, *, timeout: float) -> RedisClient:
+        """A connection of its own to the same server (connecting within ``timeout``), for a
+        store whose traffic should neither wait behind the hot path's commands nor delay
+        them; its user closes it."""
+        return RedisClient(self._url, connect_timeout=timeout)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``coro`` in the background until it ends or the backend closes."""

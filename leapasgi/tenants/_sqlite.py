@@ -32,8 +32,10 @@ class SqliteFile:
     worker thread, inside a transaction (committed when it returns, rolled back when it
     raises)."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, *, name: str = "tenant database") -> None:
         self.path = Path(path) if path is not None else None
+        # What the database is, in the error a failure is answered with.
+        self.name = name
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self.schemas: list[str] = []
@@ -82,7 +84,7 @@ class SqliteFile:
             except sqlite3.Error as exc:
                 where = str(self.path) if self.path is not None else "memory"
                 raise StoreUnavailableError(
-                    f"The tenant database ({where}) failed: {type(exc).__name__}"
+                    f"The {self.name} ({where}) failed: {type(exc).__name__}"
                 ) from None
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -1,5 +1,6 @@
 """What a request cost: model prices (the shipped ``prices.toml`` under the config's
-``[prices]``) and the arithmetic.
+``[prices]``), the batch rates of the services the gateway hands whole batches to, and the
+arithmetic.
 
 Cost is USD as a float rounded to nine decimals (a nano-dollar): below any provider's
 per-token price (the cheapest, $0.0028 per million, is 2.8e-9 a token), and a fixed grain
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ..config import PriceConfig
 
-__all__ = ["COST_DIGITS", "Price", "PriceTable", "cost"]
+__all__ = ["COST_DIGITS", "Price", "PriceTable", "batch_price", "cost"]
 
 # Decimal places of a cost in USD.
 COST_DIGITS = 9
@@ -56,14 +57,29 @@ def cost(price: Price, prompt_tokens: int, completion_tokens: int, cached_tokens
     return round(usd, COST_DIGITS)
 
 
+def batch_price(price: Price, rate: float) -> Price:
+    """``price`` at a batch ``rate`` (0.5: half of every rate, cached input included)."""
+    return Price(price.input * rate, price.output * rate, price.cached_input * rate)
+
+
 class PriceTable:
     """Prices by model id. ``price_of`` also finds a model asked for as "provider/model" and
-    a dated snapshot under its base name; lookups are remembered."""
+    a dated snapshot under its base name; lookups are remembered. ``batch`` holds the batch
+    rate of each service (by preset name) that takes whole batches through its own API."""
 
-    __slots__ = ("_prices", "_remembered", "date", "source")
+    __slots__ = ("_batch", "_prices", "_remembered", "date", "source")
 
-    def __init__(self, prices: Mapping[str, Price], *, date: str = "", source: str = "") -> None:
+    def __init__(
+        self,
+        prices: Mapping[str, Price],
+        *,
+        date: str = "",
+        source: str = "",
+        batch: Mapping[str, float] | None = None,
+    ) -> None:
         self._prices: Mapping[str, Price] = MappingProxyType(dict(prices))
+        rates = {service.lower(): rate for service, rate in (batch or {}).items()}
+        self._batch: Mapping[str, float] = MappingProxyType(rates)
         self._remembered: dict[tuple[str, str | None], Price | None] = {}
         self.date = date
         self.source = source
@@ -83,8 +99,8 @@ class PriceTable:
     @classmethod
     def shipped(cls) -> PriceTable:
         """The table that ships with leapasgi (``prices.toml``), read once per process."""
-        prices, date, source = _shipped()
-        return cls(prices, date=date, source=source)
+        prices, batch, date, source = _shipped()
+        return cls(prices, date=date, source=source, batch=batch)
 
     def with_overrides(self, prices: Mapping[str, PriceConfig]) -> PriceTable:
         """A new table: this one with ``prices`` (the config's ``[prices]``) added or
@@ -93,7 +109,25 @@ class PriceTable:
         for model, config in prices.items():
             cached = config.input if config.cached_input is None else config.cached_input
             merged[model] = Price(config.input, config.output, cached)
-        return PriceTable(merged, date=self.date, source=self.source)
+        return PriceTable(merged, date=self.date, source=self.source, batch=self._batch)
+
+    def batch_rate(self, service: str) -> float | None:
+        """The fraction of the standard rates ``service`` (a preset name) charges for a batch
+        handed over to its own batch API; None when the table has none for it."""
+        return self._batch.get(service.lower())
+
+    def batch_price_of(
+        self, model: str, *, service: str, provider: str | None = None
+    ) -> Price | None:
+        """The price of ``model`` in a batch handed over to ``service`` (the provider's
+        preset; ``provider``, its name, finds per-provider overrides as ``price_of`` does):
+        its standard price at the service's batch rate. None when either is unknown: a batch
+        that cannot be priced is not handed over."""
+        rate = self.batch_rate(service)
+        if rate is None:
+            return None
+        price = self.price_of(model, provider)
+        return None if price is None else batch_price(price, rate)
 
     def price_of(self, model: str, provider: str | None = None) -> Price | None:
         """The price of ``model`` (as served by ``provider``), or None when unknown.
@@ -127,14 +161,15 @@ class PriceTable:
 
 
 @functools.cache
-def _shipped() -> tuple[Mapping[str, Price], str, str]:
+def _shipped() -> tuple[Mapping[str, Price], Mapping[str, float], str, str]:
     # Cached: the file ships with the package and the result is immutable.
     text = resources.files("leapasgi.tenants").joinpath(_PRICES_FILE).read_text(encoding="utf-8")
     return _parse(tomllib.loads(text))
 
 
-def _parse(data: Mapping[str, Any]) -> tuple[Mapping[str, Price], str, str]:
-    """The prices, date and source of a price file's TOML; ValueError when malformed."""
+def _parse(data: Mapping[str, Any]) -> tuple[Mapping[str, Price], Mapping[str, float], str, str]:
+    """The prices, batch rates, date and source of a price file's TOML; ValueError when
+    malformed."""
     date, source, models = data.get("date"), data.get("source"), data.get("models")
     if not isinstance(date, str) or not isinstance(source, str):
         raise ValueError("a price file names its date and source (strings)")
@@ -149,7 +184,18 @@ def _parse(data: Mapping[str, Any]) -> tuple[Mapping[str, Price], str, str]:
         input_, output = _usd(model, entry["input"]), _usd(model, entry["output"])
         cached = _usd(model, entry.get("cached_input", input_))
         prices[model] = Price(input_, output, cached)
-    return MappingProxyType(prices), date, source
+    return MappingProxyType(prices), _batch_rates(data.get("batch", {})), date, source
+
+
+def _batch_rates(table: object) -> Mapping[str, float]:
+    if not isinstance(table, dict):
+        raise ValueError("[batch] is a table of service = rate")
+    rates = {}
+    for service, rate in table.items():
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= 1:
+            raise ValueError(f"batch.{service!r}: a rate is a fraction of the standard price")
+        rates[service.lower()] = float(rate)
+    return MappingProxyType(rates)
 
 
 def _usd(model: str, value: object) -> float:

@@ -236,6 +236,19 @@ class Tenancy:
 
     # -- accounting -----------------------------------------------------------------------
 
+    async def answered_elsewhere(self, outcome: Outcome) -> None:
+        """Ready ``outcome``, a request a provider answered outside the dispatcher (a line of
+        a batch handed over to its batch API), to be accounted: its cost is added to its
+        tenant's spend even past a budget, as the provider has charged it already."""
+        tenant = outcome.tenant
+        if tenant is None or tenant.policy.budget is None:
+            return
+        if not self._loaded:
+            await self._ready()
+        got = await self.ledger.reserve(tenant.subject, usd=0.0, budget=None, max_in_flight=None)
+        if isinstance(got, Ticket):
+            outcome.tenancy = (got, None)
+
     def price(self, outcome: Outcome) -> float | None:
         """The request's cost from its usage (None: no price for its model)."""
         served = outcome.trail.served_by

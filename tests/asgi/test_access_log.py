@@ -185,3 +185,37 @@ async def test_a_hooks_answer_is_marked_and_never_cached(
     assert "cache=miss" in lines[2]
     assert "cache=hit" in lines[3]
     assert all(a.status_code == 200 for a in served)
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_what_the_parameter_rules_changed_or_skipped_is_in_the_line(
+    access: Callable[[], list[logging.LogRecord]], log_format: str
+) -> None:
+    providers = [
+        ProviderConfig(name="u1", type="mock", models=["m"], params={"max": {"n": 1}}),
+        ProviderConfig(
+            name="u2",
+            type="mock",
+            models=["m"],
+            params={"rename": {"max_tokens": "max_completion_tokens"}, "drop": ["seed"]},
+        ),
+    ]
+    config = GatewayConfig(
+        providers=providers,
+        routing=RoutingConfig(strategy="priority"),
+        health=HealthConfig(interval=0),
+        server=ServerConfig(log_format=log_format),  # type: ignore[arg-type]
+    )
+    async with Gateway(config=config) as gw:
+        response = await post(gw, {**BODY, "n": 2, "seed": 1, "max_tokens": 9})
+    assert response.status_code == 200
+    assert response.headers["x-leap-provider"] == "u2"
+    notes = [
+        "u1: skipped, it takes n up to 1",
+        "u2: renamed max_tokens -> max_completion_tokens, dropped seed",
+    ]
+    (record,) = access()
+    if log_format == "json":
+        assert record.fields["notes"] == notes  # type: ignore[attr-defined]
+    else:
+        assert record.getMessage().endswith(f' trail="u2:ok" notes="{"; ".join(notes)}"')

@@ -287,3 +287,52 @@ async def test_cut_after_content_raises(serve: Serve, path: str, then: str) -> N
     assert snapshot.content[0].text == "Hello"
     # Past the first content event there is no failover: the second would repeat the text.
     assert [len(f.seen) for f in fakes] == [2, 0]
+
+
+CACHED_BODY: Any = {
+    "model": "m1",
+    "max_tokens": 512,
+    "system": [
+        {"type": "text", "text": "a long, stable preamble", "cache_control": {"type": "ephemeral"}}
+    ],
+    "tools": [
+        {
+            "name": "lookup",
+            "input_schema": {"type": "object"},
+            "cache_control": {"type": "ephemeral", "ttl": "1h"},
+        }
+    ],
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "earlier turn", "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "new question"},
+            ],
+        }
+    ],
+}
+
+
+async def test_prompt_caching_survives_native_pass_through_under_the_anthropic_preset(
+    serve: Serve,
+) -> None:
+    # The anthropic preset has parameter rules for its chat completions (seed dropped,
+    # temperature capped, n=1); a Messages request passing through natively is the client's
+    # own body, cache_control breakpoints included, whole or streamed.
+    whole = anthropic_message(input_tokens=2, output_tokens=1)
+    fake = FakeUpstream(default=Behavior(json_body=whole))
+    fake.push(Behavior(json_body=whole), Behavior(events=anthropic_stream(["cached"])))
+    live = serve(lambda ups: [native("claude", ups[0], preset="anthropic")], upstreams=[fake])
+    # Fields the chat form's rules or translation would touch go as sent too.
+    hot = {"temperature": 0.3, "top_k": 5}
+    async with live.anthropic_client() as client:
+        message = await client.messages.create(**CACHED_BODY, extra_body=hot)
+        async with client.messages.stream(**CACHED_BODY, extra_body=hot) as stream:
+            text = await stream.get_final_text()
+    assert [block.type for block in message.content] == ["text"]
+    assert text == "cached"
+    once, streamed = fake.messages_requests
+    assert once.json == {**CACHED_BODY, **hot}
+    assert streamed.json == {**CACHED_BODY, **hot, "stream": True}
+    assert fake.chat_requests == []

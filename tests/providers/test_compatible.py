@@ -34,6 +34,7 @@ from leapasgi.exceptions import (
     UpstreamStreamError,
     UpstreamUnavailableError,
 )
+from leapasgi.params import ParamRules
 from leapasgi.providers.base import Timeouts
 from leapasgi.providers.compatible import OpenAICompatibleProvider
 from leapasgi.providers.retrying import Retrying
@@ -249,12 +250,18 @@ async def test_a_stream_without_done_is_interrupted_even_after_its_finish(
     assert received[-1].choices[0].finish_reason == "stop"
 
 
-async def test_legacy_max_tokens_services_get_max_tokens(upstream: FakeUpstream) -> None:
-    async with make(upstream, legacy_max_tokens=True) as provider:
-        await provider.chat(req(max_completion_tokens=7))
-    sent = upstream.chat_requests[0].json
-    assert sent["max_tokens"] == 7
-    assert "max_completion_tokens" not in sent
+async def test_a_rule_that_drops_stream_options_leaves_it_out_of_every_stream(
+    upstream: FakeUpstream,
+) -> None:
+    # Mistral answers stream_options with a 422 (extra_forbidden) and sends usage anyway.
+    rules = (ParamRules(drop=("stream_options",)),)
+    upstream.push(Behavior(events=text_stream(["a"])), Behavior(events=text_stream(["b"])))
+    async with make(upstream, params=rules) as provider:
+        await drain(provider.stream(req(stream=True)), [])
+        asked = req(stream=True, stream_options={"include_usage": True})
+        await drain(provider.stream(asked), [])
+    assert [seen.json.get("stream_options") for seen in upstream.chat_requests] == [None, None]
+    assert all(seen.json["stream"] is True for seen in upstream.chat_requests)
 
 
 async def test_list_models_and_a_free_health_check(upstream: FakeUpstream) -> None:

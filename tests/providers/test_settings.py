@@ -5,6 +5,7 @@ from pydantic import ValidationError
 
 from leapasgi.exceptions import ConfigurationError
 from leapasgi.features import Feature
+from leapasgi.params import ParamPolicy
 from leapasgi.providers.base import Timeouts
 from leapasgi.providers.presets import PRESETS, get_preset
 from leapasgi.providers.settings import ProviderSettings
@@ -43,7 +44,10 @@ def test_the_issue_defaults_of_the_main_presets() -> None:
         None,
         120.0,
     )
-    assert ollama.legacy_max_tokens
+    # Ollama reads max_tokens only: the other spelling is renamed on the way out.
+    rules = ParamPolicy(ollama.params).for_model("llama3.2")
+    assert rules is not None
+    assert "rename max_completion_tokens -> max_tokens" in rules.describe()
 
 
 def test_the_key_comes_from_the_environment_variable() -> None:

@@ -231,6 +231,13 @@ ROWS: dict[str, tuple[str, str]] = {
         "valid tokens accepted; every bad one refused with 401 and WWW-Authenticate naming "
         "the resource metadata; 0 upstream calls for refused tokens",
     ),
+    "46": (
+        "interactive requests beside a running batch: U1 answers in 50 +- 10 ms, 8 in flight "
+        "at most; 200 interactive requests at 50 req/s from 4 clients, alone, then beside a "
+        "1,200-line batch with 64 lines in flight",
+        "interactive p95 beside the batch <= 1.5x its p95 alone + 25 ms; 0 interactive "
+        "errors; the batch completes, every line answered once",
+    ),
 }
 
 

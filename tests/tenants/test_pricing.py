@@ -9,7 +9,8 @@ from importlib import resources
 import pytest
 
 from leapasgi.config import PriceConfig
-from leapasgi.tenants.pricing import Price, PriceTable, cost
+from leapasgi.tenants.pricing import Price, PriceTable, batch_price, cost
+from leapasgi.tenants.pricing import _parse as pricing_file
 
 # The presets' common models the table prices (the brief's list, less what could not be
 # confirmed or is retired: see prices.toml).
@@ -63,7 +64,7 @@ def test_the_shipped_table_has_sane_prices() -> None:
 def test_the_table_ships_inside_the_package() -> None:
     text = resources.files("leapasgi.tenants").joinpath("prices.toml").read_text("utf-8")
     data = tomllib.loads(text)
-    assert set(data) == {"date", "source", "models"}
+    assert set(data) == {"date", "source", "batch", "models"}
     assert len(data["models"]) == len(PriceTable.shipped())
 
 
@@ -163,3 +164,71 @@ def test_cost_is_rounded_to_a_nano_dollar() -> None:
     assert cost(Price(0.1, 0.2, 0.0), 3, 3, 0) == 9e-7
     big = cost(Price(15.0, 75.0, 1.5), 10**9, 10**8, 10**8)
     assert big == 15.0 * 900 + 1.5 * 100 + 75.0 * 100
+
+
+def test_openai_batches_cost_half_of_every_rate() -> None:
+    table = PriceTable.shipped()
+    assert table.batch_rate("openai") == 0.5
+    assert table.batch_rate("OpenAI") == 0.5
+    assert table.batch_price_of("gpt-4o", service="openai") == Price(1.25, 5.0, 0.625)
+    assert table.batch_price_of("gpt-5-mini", service="openai") == Price(0.125, 1.0, 0.0125)
+    standard = table.price_of("gpt-4.1")
+    batch = table.batch_price_of("gpt-4.1-2025-04-14", service="openai")
+    assert standard is not None
+    assert batch is not None
+    # 1000 prompt tokens (200 from the cache), 500 completion tokens: exactly half.
+    assert cost(batch, 1000, 500, 200) == cost(standard, 1000, 500, 200) / 2
+
+
+def test_a_service_without_a_batch_rate_or_a_model_without_a_price_has_no_batch_price() -> None:
+    table = PriceTable.shipped()
+    for service in ("groq", "together", "anthropic", "mock"):
+        assert table.batch_rate(service) is None
+        assert table.batch_price_of("llama-3.1-8b-instant", service=service) is None
+    assert table.batch_price_of("house-model", service="openai") is None
+
+
+def test_batch_prices_follow_overrides_and_per_provider_prices() -> None:
+    table = PriceTable.shipped().with_overrides(
+        {
+            "house-model": PriceConfig(input=1.0, output=4.0),
+            "eu/gpt-4o": PriceConfig(input=3.0, output=12.0, cached_input=1.5),
+        }
+    )
+    assert table.batch_rate("openai") == 0.5
+    assert table.batch_price_of("house-model", service="openai") == Price(0.5, 2.0, 0.5)
+    assert table.batch_price_of("gpt-4o", service="openai", provider="eu") == Price(1.5, 6.0, 0.75)
+    assert table.batch_price_of("gpt-4o", service="openai", provider="us") == Price(
+        1.25, 5.0, 0.625
+    )
+
+
+def test_batch_price_scales_every_rate() -> None:
+    assert batch_price(Price(2.0, 8.0, 0.5), 0.5) == Price(1.0, 4.0, 0.25)
+    assert batch_price(Price(2.0, 8.0, 0.5), 1.0) == Price(2.0, 8.0, 0.5)
+
+
+def test_a_table_made_by_hand_may_carry_batch_rates() -> None:
+    table = PriceTable({"m": Price(1.0, 2.0, 1.0)}, batch={"Groq": 0.75})
+    assert table.batch_price_of("m", service="groq") == Price(0.75, 1.5, 0.75)
+    assert PriceTable({"m": Price(1.0, 2.0, 1.0)}).batch_price_of("m", service="openai") is None
+
+
+@pytest.mark.parametrize("rate", [0, -0.5, 1.5, "half", True])
+def test_a_price_file_with_a_bad_batch_rate_is_refused(rate: object) -> None:
+    data = {
+        "date": "2026-01-01",
+        "source": "https://example.com",
+        "models": {"m": {"input": 1.0, "output": 1.0}},
+        "batch": {"openai": rate},
+    }
+    with pytest.raises(ValueError, match=r"batch\.'openai'"):
+        pricing_file(data)
+
+
+def test_a_price_file_without_batch_rates_has_none() -> None:
+    data = {"date": "2026-01-01", "source": "https://example.com", "models": {}}
+    _, batch, _, _ = pricing_file(data)
+    assert dict(batch) == {}
+    with pytest.raises(ValueError, match="service = rate"):
+        pricing_file({**data, "batch": ["openai"]})
