@@ -29,6 +29,7 @@ from typing import Any, Self, TypeGuard
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError, model_validator
 
 from .types import ChatCompletionRequest
+from .types.request import FunctionTool, NamedToolChoice
 
 __all__ = [
     "CLAMPABLE",
@@ -127,6 +128,9 @@ class ParamRules(BaseModel):
     unsupported: tuple[str, ...] = ()
     # Passed as sent, whatever earlier rule sets (the preset's) said.
     allow: tuple[str, ...] = ()
+    # The provider takes tool_choice only as a string ("none", "auto", "required"): a call
+    # forced to the one tool given is sent as "required"; any other object is refused.
+    string_tool_choice: bool | None = None
 
     @model_validator(mode="after")
     def _sound(self) -> Self:
@@ -242,7 +246,16 @@ class ModelParams:
     """The merged rules for one model of one provider: ``refusal`` says whether a request can
     go there, ``adapt`` makes the body it is sent."""
 
-    __slots__ = ("_clamp", "_defaults", "_drop", "_max", "_rename", "_touched", "_unsupported")
+    __slots__ = (
+        "_clamp",
+        "_defaults",
+        "_drop",
+        "_max",
+        "_rename",
+        "_string_choice",
+        "_touched",
+        "_unsupported",
+    )
 
     def __init__(
         self,
@@ -253,6 +266,7 @@ class ModelParams:
         max: Mapping[str, float],
         clamp: Mapping[str, float],
         unsupported: Mapping[str, frozenset[str] | None],
+        string_tool_choice: bool = False,
     ) -> None:
         self._rename = tuple(rename.items())
         self._drop = frozenset(drop)
@@ -261,8 +275,10 @@ class ModelParams:
         self._clamp = tuple(clamp.items())
         self._unsupported = tuple(unsupported.items())
         # The parameters whose presence means there may be something to adapt.
+        self._string_choice = string_tool_choice
         self._touched = frozenset(
             {*rename, *self._drop, *clamp, *(n for n, kinds in unsupported.items() if not kinds)}
+            | ({"tool_choice"} if string_tool_choice else set())
         )
 
     def __repr__(self) -> str:
@@ -284,6 +300,8 @@ class ModelParams:
                 said += [f"refuse {name}:{kind}" for kind in sorted(kinds)]
             else:
                 said.append(f"refuse {name}")
+        if self._string_choice:
+            said.append("tool_choice as a string")
         return said
 
     def refusal(self, request: ChatCompletionRequest) -> Refusal | None:
@@ -301,6 +319,11 @@ class ModelParams:
             value = _get(request, name)
             if _number(value) and value > limit:
                 return Refusal(name, f"takes {name} up to {limit:g}", "unsupported_value")
+        if self._string_choice:
+            choice = request.tool_choice
+            if not (choice is None or isinstance(choice, str) or _sole_tool(request)):
+                reason = "takes tool_choice only as a string (none, auto, required)"
+                return Refusal("tool_choice", reason, "unsupported_value")
         return None
 
     def adapt(
@@ -351,6 +374,9 @@ class ModelParams:
         added = [name for name, _ in self._defaults if name not in values]
         for name, value in self._defaults:
             values.setdefault(name, value)
+        if self._string_choice and isinstance(values.get("tool_choice"), NamedToolChoice):
+            values["tool_choice"] = "required"  # the only tool given: refusal checked that
+            renamed.append("sent tool_choice as required (the only tool)")
         if not (renamed or dropped or clamped or added):
             return request, ""
         if model is not None:
@@ -420,9 +446,14 @@ def merge(rules: Iterable[ParamRules], model: str) -> ModelParams | None:
     limits: dict[str, float] = {}
     clamps: dict[str, float] = {}
     defaults: dict[str, Any] = {}
+    string_choice = False
     for ruleset in rules:
         if not ruleset.applies_to(model):
             continue
+        if "tool_choice" in ruleset.allow:
+            string_choice = False
+        if ruleset.string_tool_choice is not None:
+            string_choice = ruleset.string_tool_choice
         for entry in ruleset.allow:
             name, _, kind = entry.partition(":")
             if kind:
@@ -451,7 +482,7 @@ def merge(rules: Iterable[ParamRules], model: str) -> ModelParams | None:
         clamps.update(ruleset.clamp)
         defaults.update(_typed(ruleset.defaults))
     refused = {n: None if k is None else frozenset(k) for n, k in unsupported.items() if k != set()}
-    if not (actions or refused or limits or clamps or defaults):
+    if not (actions or refused or limits or clamps or defaults or string_choice):
         return None
     return ModelParams(
         rename={s: t for s, t in actions.items() if t is not None},
@@ -460,6 +491,7 @@ def merge(rules: Iterable[ParamRules], model: str) -> ModelParams | None:
         max=limits,
         clamp=clamps,
         unsupported=refused,
+        string_tool_choice=string_choice,
     )
 
 
@@ -473,6 +505,16 @@ def _typed(defaults: Mapping[str, JsonValue]) -> dict[str, Any]:
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True, **modelled}
     )
     return {name: getattr(probe, name) if name in modelled else v for name, v in defaults.items()}
+
+
+def _sole_tool(request: ChatCompletionRequest) -> bool:
+    """Whether the request forces a call to the one function tool it gives: the same as
+    tool_choice "required"."""
+    choice, tools = request.tool_choice, request.tools
+    if not isinstance(choice, NamedToolChoice) or tools is None or len(tools) != 1:
+        return False
+    (tool,) = tools
+    return isinstance(tool, FunctionTool) and tool.function.name == choice.function.name
 
 
 def _get(request: ChatCompletionRequest, name: str) -> Any:

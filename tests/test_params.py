@@ -201,3 +201,45 @@ def test_every_preset_compiles_for_a_model_it_serves() -> None:
 def test_rule_sets_that_cannot_work_are_refused(rules: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         ParamRules.model_validate(rules)
+
+
+def tool(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+def forced(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name}}
+
+
+def test_lm_studio_takes_tool_choice_only_as_a_string() -> None:
+    params = ParamPolicy(get_preset("lmstudio").params).for_model("qwen3-4b")
+    assert params is not None
+    assert "tool_choice as a string" in params.describe()
+    # Forced to the only tool given: the same as "required", and sent so.
+    sole = req(tools=[tool("f")], tool_choice=forced("f"))
+    assert params.refusal(sole) is None
+    adapted, changed = params.adapt(sole)
+    assert changed == "sent tool_choice as required (the only tool)"
+    assert wire(adapted)["tool_choice"] == "required"
+    assert wire(adapted)["tools"] == [tool("f")]
+    assert wire(sole)["tool_choice"] == forced("f")  # the client's request is unchanged
+    # One of several tools: "required" would let the model call another, so it is refused.
+    one_of_two = req(tools=[tool("f"), tool("g")], tool_choice=forced("f"))
+    refusal = params.refusal(one_of_two)
+    assert refusal is not None
+    assert refusal.param == "tool_choice"
+    assert refusal.code == "unsupported_value"
+    # Strings go as they are, at no cost.
+    for choice in ("none", "auto", "required"):
+        plain = req(tools=[tool("f")], tool_choice=choice)
+        assert params.refusal(plain) is None
+        assert params.adapt(plain) == (plain, "")
+
+
+def test_string_tool_choice_is_lifted_by_allow_and_set_by_config() -> None:
+    preset = get_preset("lmstudio").params
+    assert merge([*preset, ParamRules(allow=("tool_choice",))], "m") is None
+    assert merge([*preset, ParamRules(string_tool_choice=False)], "m") is None
+    mine = merge([ParamRules(string_tool_choice=True)], "m")
+    assert mine is not None
+    assert mine.refusal(req(tools=[tool("f"), tool("g")], tool_choice=forced("g"))) is not None

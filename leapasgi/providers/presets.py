@@ -107,6 +107,10 @@ _DEEPSEEK = (
     ),
 )
 
+# LM Studio takes tool_choice only as a string: "Invalid tool_choice type: 'object'.
+# Supported string values: none, auto, required" (a 400).
+_LMSTUDIO = (ParamRules(string_tool_choice=True),)
+
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -210,6 +214,7 @@ PRESETS: dict[str, Preset] = {
             ALL_FEATURES,
             key_required=False,
             protocols=frozenset({_CHAT, _EMBEDDINGS}),
+            params=_LMSTUDIO,
         ),
     )
 }

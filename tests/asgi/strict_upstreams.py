@@ -26,6 +26,7 @@ __all__ = [
     "StrictUpstream",
     "anthropic_chat",
     "groq",
+    "lm_studio",
     "mistral",
     "openai_reasoning",
     "openai_refusal",
@@ -169,4 +170,15 @@ def anthropic_chat(body: dict[str, Any]) -> Behavior | None:
     if body.get("n", 1) != 1:
         error = {"type": "invalid_request_error", "message": "n: only n=1 is supported"}
         return Behavior(status=400, json_body={"type": "error", "error": error})
+    return None
+
+
+def lm_studio(body: dict[str, Any]) -> Behavior | None:
+    """What LM Studio refuses: a tool_choice that is not a string (its words, as users
+    report them)."""
+    if isinstance(body.get("tool_choice"), dict):
+        message = (
+            "Invalid tool_choice type: 'object'. Supported string values: none, auto, required"
+        )
+        return Behavior(status=400, json_body={"error": message})
     return None

@@ -17,6 +17,7 @@ from tests.asgi.strict_upstreams import (
     StrictUpstream,
     anthropic_chat,
     groq,
+    lm_studio,
     mistral,
     openai_reasoning,
 )
@@ -271,3 +272,30 @@ def test_a_responses_request_passed_through_loses_the_sampling_a_reasoning_model
     assert "top_p" not in sent
     assert sent["max_output_tokens"] == 50
     assert fake.chat_requests == []  # passed through natively, not translated
+
+
+def test_lm_studio_gets_a_forced_sole_tool_as_required_and_refuses_one_of_several(
+    serve: Serve,
+) -> None:
+    fake = StrictUpstream(lm_studio, models=("qwen3-4b",))
+    live = serve(
+        lambda ups: [upstream_config("u1", ups[0], preset="lmstudio", models=["qwen3-4b"])],
+        upstreams=[fake],
+    )
+    weather: Any = {"type": "function", "function": {"name": "weather", "parameters": {}}}
+    clock: Any = {"type": "function", "function": {"name": "clock", "parameters": {}}}
+    force: Any = {"type": "function", "function": {"name": "weather"}}
+    with live.client() as client:
+        answer = client.chat.completions.create(
+            model="qwen3-4b", messages=HI, tools=[weather], tool_choice=force
+        )
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model="qwen3-4b", messages=HI, tools=[weather, clock], tool_choice=force
+            )
+    assert answer.choices[0].message.content == "fine"
+    (sent,) = [s.json for s in fake.chat_requests]  # the refused one never left
+    assert sent["tool_choice"] == "required"
+    assert caught.value.param == "tool_choice"
+    assert caught.value.code == "unsupported_value"
+    assert "takes tool_choice only as a string" in caught.value.message
