@@ -14,6 +14,7 @@ from . import __version__
 from ._logging import configure_server_logging
 from .cli_tenants import add_commands, run
 from .exceptions import LeapError
+from .params import merge
 from .providers.presets import PRESETS
 from .redact import public_url
 
@@ -36,6 +37,11 @@ def _presets() -> int:
             key += " (optional)"
         features = ",".join(sorted(preset.features))
         print(f"{preset.name:<{width}}  {preset.base_url:<40} {key:<28} {features}")
+        for rules in preset.params:
+            scope = ", ".join(rules.models) or "every model"
+            said = merge([rules.model_copy(update={"models": ()})], "")
+            if said is not None:
+                print(f"{'':<{width}}  params ({scope}): {'; '.join(said.describe())}")
     return 0
 
 

@@ -57,6 +57,10 @@ def test_the_console_scripts_run() -> None:
     )
     assert "groq" in out.stdout
     assert "https://api.groq.com/openai/v1" in out.stdout
+    # Each preset's parameter rules, by the models they hold for.
+    reasoning = "params (o1*, o3*, o4*, gpt-5*): rename max_tokens -> max_completion_tokens"
+    assert reasoning in out.stdout
+    assert "params (every model): tool_choice as a string" in out.stdout
     out = subprocess.run(
         [sys.executable, "-m", "leapmcp", "--help"], capture_output=True, text=True, check=True
     )
