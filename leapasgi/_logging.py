@@ -217,6 +217,11 @@ class AccessLog:
         # record's ``fields``, for JsonFormatter or a host app's own structured formatter.
         self.structured = structured
 
+    @property
+    def enabled(self) -> bool:
+        """Whether a line would be written (else nothing need be made for it)."""
+        return self._logger.isEnabledFor(logging.INFO)
+
     def info(self, message: str, *args: Any, fields: Mapping[str, Any] | None = None) -> None:
         """Log ``message % args`` at INFO, with ``fields`` for a structured format."""
         logger = self._logger

@@ -88,10 +88,7 @@ def for_route(
     if params is not None:
         adapted, changed = params.adapt(request, model=route.model)
         if changed:
-            if trail is not None:
-                note = f"{route.provider}: {changed}"
-                if note not in trail.notes:
-                    trail.notes.append(note)
+            _note_adapted(trail, route, changed)
             return adapted
     if request.model == route.model:
         return request
@@ -110,11 +107,16 @@ def native_for_route(
     body, changed = params.adapt_responses(call.body)
     if not changed:
         return call
+    _note_adapted(trail, route, changed)
+    return NativeCall(call.protocol, body, call.headers, call.stream, call.endpoint)
+
+
+def _note_adapted(trail: RoutingTrail | None, route: Route, changed: str) -> None:
+    """What a provider's rules changed, in the trail once (retries send it again)."""
     if trail is not None:
         note = f"{route.provider}: {changed}"
         if note not in trail.notes:
             trail.notes.append(note)
-    return NativeCall(call.protocol, body, call.headers, call.stream, call.endpoint)
 
 
 class Admit(Protocol):

@@ -114,7 +114,10 @@ class OutcomeRecorder:
         recent = self.recent
         if recent is not None:
             recent.add(outcome, provider=provider, latency=latency)
-        if self._log.structured:
+        log = self._log
+        if not log.enabled:
+            return  # no line: neither the trail in short nor the fields are made
+        if log.structured:
             self._log_fields(outcome, provider, latency)
             return
         # chat model=m provider=u2 status=200 [error=] [tenant=] [cost=] [cache=] [hook=] attempts=2
